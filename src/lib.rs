@@ -1,0 +1,9 @@
+//! mail2sms: an email-to-SMS gateway. See ARCHITECTURE.md for the map.
+
+pub mod admin;
+pub mod config;
+pub mod intake;
+pub mod modem;
+pub mod parse;
+pub mod queue;
+pub mod sms;
