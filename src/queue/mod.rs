@@ -1,0 +1,724 @@
+//! The durable queue: requests, recipients, parts, and the event log.
+//!
+//! Every accepted mail becomes one request row, a row per recipient and a row per SMS part, all
+//! in one transaction that is on disk (SQLite WAL, `synchronous=FULL`) before the caller is told
+//! so (invariant 1). Writes go through a single writer task that takes every job waiting when it
+//! starts a transaction and commits them together: concurrent SMTP sessions share one fsync
+//! (group commit) instead of queuing for one each.
+//!
+//! Every state change is an event row with its time and reason (invariant 6); `status` and
+//! `list` are built from these rows.
+
+pub mod dispatch;
+pub mod state;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+pub use dispatch::{Change, PendingPart, Work};
+pub use state::State;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How many jobs one transaction takes at most; bounds the latency a large batch adds.
+const MAX_BATCH: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the queue store failed: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("the queue store could not be migrated: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the queue writer has stopped")]
+    WriterGone,
+    #[error("no request matches `{0}`")]
+    NotFound(String),
+    #[error("`{0}` matches several requests; give more of the id")]
+    Ambiguous(String),
+}
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Smtp,
+    Imap,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Source::Smtp => "smtp",
+            Source::Imap => "imap",
+        }
+    }
+}
+
+/// A mail to queue, already parsed: one text, one or more recipients.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub source: Source,
+    pub client: Option<String>,
+    pub helo: Option<String>,
+    pub auth_user: Option<String>,
+    /// Envelope sender; empty for the null sender `<>`.
+    pub mail_from: String,
+    pub message_id: Option<String>,
+    pub subject: Option<String>,
+    pub dsn_envid: Option<String>,
+    pub dsn_ret: Option<String>,
+    pub text: String,
+    pub encoding: crate::sms::Encoding,
+    /// The text of each SMS part, in order.
+    pub parts: Vec<String>,
+    pub truncated: bool,
+    pub size: usize,
+    pub headers: Vec<u8>,
+    pub recipients: Vec<NewRecipient>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRecipient {
+    pub address: String,
+    pub number: String,
+    pub name: Option<String>,
+    pub dsn_notify: Option<String>,
+    pub dsn_orcpt: Option<String>,
+}
+
+/// What `accept` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// A new request; `duplicates` recipients were already queued by an earlier copy.
+    Queued {
+        id: String,
+        recipients: usize,
+        duplicates: usize,
+    },
+    /// Every recipient was already queued by an earlier copy of this mail (same sender,
+    /// Message-ID and number): nothing new was stored.
+    Duplicate { id: String },
+}
+
+impl Accepted {
+    pub fn id(&self) -> &str {
+        match self {
+            Accepted::Queued { id, .. } | Accepted::Duplicate { id } => id,
+        }
+    }
+}
+
+enum Job {
+    Accept(
+        Box<NewRequest>,
+        oneshot::Sender<Result<Accepted, QueueError>>,
+    ),
+    Change(Change, oneshot::Sender<Result<(), QueueError>>),
+    /// Snapshots of modem status (name, JSON), replacing the previous ones.
+    Modems(
+        Vec<(String, String)>,
+        oneshot::Sender<Result<(), QueueError>>,
+    ),
+}
+
+/// What a job did, for the writer to hand back to whoever sent it.
+enum Outcome {
+    Accepted(Accepted),
+    Changed,
+}
+
+/// Handle to the queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    read: SqlitePool,
+    writer: mpsc::Sender<Job>,
+    /// Transactions committed by the writer; with `jobs`, shows how well commits are shared.
+    commits: Arc<AtomicU64>,
+}
+
+fn options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // Invariant 1: a commit is on disk when COMMIT returns, WAL included.
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(30))
+}
+
+impl Store {
+    /// Opens (creating and migrating if needed) the store and starts its writer task.
+    pub async fn open(path: &Path) -> Result<Store, QueueError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| QueueError::Db(sqlx::Error::Io(e)))?;
+        }
+        let mut conn = SqliteConnection::connect_with(&options(path)).await?;
+        MIGRATOR.run(&mut conn).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options(path))
+            .await?;
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let commits = Arc::new(AtomicU64::new(0));
+        tokio::spawn(writer(conn, rx, commits.clone()));
+        Ok(Store {
+            read,
+            writer: tx,
+            commits,
+        })
+    }
+
+    /// Opens an existing store for reading only (the CLI, while the gateway runs).
+    pub async fn open_read_only(path: &Path) -> Result<SqlitePool, QueueError> {
+        if !path.exists() {
+            return Err(QueueError::Db(sqlx::Error::Configuration(
+                format!("no queue store at {}", path.display()).into(),
+            )));
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        Ok(SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?)
+    }
+
+    /// Stores a request durably. Returns only after the commit is on disk.
+    pub async fn accept(&self, req: NewRequest) -> Result<Accepted, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Accept(Box::new(req), tx))
+            .await
+            .map_err(|_| QueueError::WriterGone)?;
+        rx.await.map_err(|_| QueueError::WriterGone)?
+    }
+
+    /// Applies a state change durably (with its event row). Returns after the commit.
+    pub async fn change(&self, change: Change) -> Result<(), QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Change(change, tx))
+            .await
+            .map_err(|_| QueueError::WriterGone)?;
+        rx.await.map_err(|_| QueueError::WriterGone)?
+    }
+
+    /// Records what the modem drivers report, for `mail2sms modems`.
+    pub async fn record_modems(&self, snapshots: Vec<(String, String)>) -> Result<(), QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Modems(snapshots, tx))
+            .await
+            .map_err(|_| QueueError::WriterGone)?;
+        rx.await.map_err(|_| QueueError::WriterGone)?
+    }
+
+    pub fn reader(&self) -> &SqlitePool {
+        &self.read
+    }
+
+    /// How many transactions the writer has committed so far.
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// The single writer: takes what is waiting, commits it in one transaction, answers each job.
+async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let results = commit_batch(&mut conn, &batch).await;
+        commits.fetch_add(1, Ordering::Relaxed);
+        for (job, result) in batch.drain(..).zip(results) {
+            // A caller that went away (its connection dropped) just misses the answer.
+            match (job, result) {
+                (Job::Accept(_, reply), Ok(Outcome::Accepted(a))) => {
+                    let _ = reply.send(Ok(a));
+                }
+                (Job::Accept(_, reply), Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                // `commit_batch` answers an Accept job with an Accepted outcome only.
+                (Job::Accept(_, reply), Ok(Outcome::Changed)) => {
+                    let _ = reply.send(Err(QueueError::WriterGone));
+                }
+                (Job::Change(_, reply) | Job::Modems(_, reply), result) => {
+                    let _ = reply.send(result.map(|_| ()));
+                }
+            }
+        }
+    }
+}
+
+/// Commits a batch; each job runs inside a savepoint so that one failing job fails alone.
+/// If the commit itself fails, every job in the batch fails: none of them was stored.
+async fn commit_batch(
+    conn: &mut SqliteConnection,
+    batch: &[Job],
+) -> Vec<Result<Outcome, QueueError>> {
+    let mut results: Vec<Result<Outcome, QueueError>> = Vec::with_capacity(batch.len());
+    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = e.to_string();
+            return batch
+                .iter()
+                .map(|_| Err(QueueError::Db(sqlx::Error::Protocol(msg.clone()))))
+                .collect();
+        }
+    };
+    for job in batch {
+        let r = async {
+            let mut sp = Connection::begin(&mut *tx).await?;
+            let r = match job {
+                Job::Accept(req, _) => Outcome::Accepted(insert_request(&mut sp, req).await?),
+                Job::Change(change, _) => {
+                    dispatch::apply(&mut sp, change).await?;
+                    Outcome::Changed
+                }
+                Job::Modems(snapshots, _) => {
+                    let now = now_ms();
+                    for (name, json) in snapshots {
+                        sqlx::query(
+                            "INSERT INTO modems (name, status, updated_at) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (name) DO UPDATE SET status = ?2, updated_at = ?3",
+                        )
+                        .bind(name)
+                        .bind(json)
+                        .bind(now)
+                        .execute(&mut *sp)
+                        .await?;
+                    }
+                    Outcome::Changed
+                }
+            };
+            sp.commit().await?;
+            Ok::<_, QueueError>(r)
+        }
+        .await;
+        results.push(r);
+    }
+    if let Err(e) = tx.commit().await {
+        let msg = e.to_string();
+        return batch
+            .iter()
+            .map(|_| {
+                Err(QueueError::Db(sqlx::Error::Protocol(format!(
+                    "commit failed: {msg}"
+                ))))
+            })
+            .collect();
+    }
+    results
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+fn dedup_key(req: &NewRequest, number: &str) -> Option<String> {
+    req.message_id.as_ref().filter(|m| !m.is_empty()).map(|m| {
+        format!(
+            "{}\u{0}{}\u{0}{}",
+            req.mail_from.to_ascii_lowercase(),
+            m,
+            number
+        )
+    })
+}
+
+async fn insert_request(
+    conn: &mut SqliteConnection,
+    req: &NewRequest,
+) -> Result<Accepted, QueueError> {
+    let now = now_ms();
+    // Which recipients did an earlier copy of this mail already queue?
+    let mut fresh = Vec::new();
+    let mut earlier: Option<String> = None;
+    for (i, r) in req.recipients.iter().enumerate() {
+        let key = dedup_key(req, &r.number);
+        if let Some(k) = &key {
+            let found: Option<String> =
+                sqlx::query_scalar("SELECT request_id FROM recipients WHERE dedup_key = ?1")
+                    .bind(k)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if let Some(id) = found {
+                earlier.get_or_insert(id);
+                continue;
+            }
+        }
+        // The same number twice in one envelope is one SMS.
+        if fresh
+            .iter()
+            .any(|(_, f, _): &(usize, &NewRecipient, _)| f.number == r.number)
+        {
+            continue;
+        }
+        fresh.push((i, r, key));
+    }
+    if fresh.is_empty()
+        && let Some(id) = earlier
+    {
+        return Ok(Accepted::Duplicate { id });
+    }
+
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO requests (id, received_at, source, client, helo, auth_user, mail_from,
+            message_id, subject, dsn_envid, dsn_ret, text, encoding, part_count, truncated, size, headers)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+    )
+    .bind(&id)
+    .bind(now)
+    .bind(req.source.as_str())
+    .bind(&req.client)
+    .bind(&req.helo)
+    .bind(&req.auth_user)
+    .bind(&req.mail_from)
+    .bind(&req.message_id)
+    .bind(&req.subject)
+    .bind(&req.dsn_envid)
+    .bind(&req.dsn_ret)
+    .bind(&req.text)
+    .bind(req.encoding.to_string())
+    .bind(req.parts.len() as i64)
+    .bind(req.truncated)
+    .bind(req.size as i64)
+    .bind(&req.headers)
+    .execute(&mut *conn)
+    .await?;
+
+    let origin = match (&req.source, &req.client) {
+        (Source::Smtp, Some(c)) => format!("over SMTP from {c}"),
+        (Source::Smtp, None) => "over SMTP".to_string(),
+        (Source::Imap, _) => "from an IMAP mailbox".to_string(),
+    };
+    let sender = if req.mail_from.is_empty() {
+        "<>"
+    } else {
+        &req.mail_from
+    };
+    for (idx, r, key) in &fresh {
+        let rid: i64 = sqlx::query_scalar(
+            "INSERT INTO recipients (request_id, idx, address, number, name, dsn_notify, dsn_orcpt,
+                state, updated_at, dedup_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+        )
+        .bind(&id)
+        .bind(*idx as i64)
+        .bind(&r.address)
+        .bind(&r.number)
+        .bind(&r.name)
+        .bind(&r.dsn_notify)
+        .bind(&r.dsn_orcpt)
+        .bind(State::Accepted.as_str())
+        .bind(now)
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await?;
+        for (seq, text) in req.parts.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO parts (recipient_id, seq, text, state, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(rid)
+            .bind(seq as i64 + 1)
+            .bind(text)
+            .bind(State::Accepted.as_str())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let reason = format!(
+            "accepted {origin} from {sender} for {}: {} {} part{}{}",
+            r.number,
+            req.parts.len(),
+            req.encoding,
+            if req.parts.len() == 1 { "" } else { "s" },
+            if req.truncated {
+                ", text truncated"
+            } else {
+                ""
+            },
+        );
+        sqlx::query(
+            "INSERT INTO events (at, request_id, recipient_id, state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(now)
+        .bind(&id)
+        .bind(rid)
+        .bind(State::Accepted.as_str())
+        .bind(reason)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Accepted::Queued {
+        id,
+        recipients: fresh.len(),
+        duplicates: req.recipients.len() - fresh.len(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading.
+
+/// One recipient of one request, as `mail2sms queue` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueEntry {
+    pub request: String,
+    pub received_at: String,
+    pub source: String,
+    pub mail_from: String,
+    pub message_id: Option<String>,
+    pub address: String,
+    pub number: String,
+    pub name: Option<String>,
+    pub state: String,
+    pub encoding: String,
+    pub parts: i64,
+    pub text: String,
+    pub dsn_notify: Option<String>,
+    pub dsn_orcpt: Option<String>,
+}
+
+/// Lists recipients, oldest first, optionally only those in one state.
+pub async fn list(pool: &SqlitePool, state: Option<State>) -> Result<Vec<QueueEntry>, QueueError> {
+    let rows = sqlx::query(
+        "SELECT q.id, q.received_at, q.source, q.mail_from, q.message_id, r.address, r.number,
+                r.name, r.state, q.encoding, q.part_count, q.text, r.dsn_notify, r.dsn_orcpt
+         FROM recipients r JOIN requests q ON q.id = r.request_id
+         WHERE ?1 IS NULL OR r.state = ?1
+         ORDER BY q.received_at, q.id, r.idx",
+    )
+    .bind(state.map(|s| s.as_str()))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|row| QueueEntry {
+            request: row.get(0),
+            received_at: format_ms(row.get(1)),
+            source: row.get(2),
+            mail_from: row.get(3),
+            message_id: row.get(4),
+            address: row.get(5),
+            number: row.get(6),
+            name: row.get(7),
+            state: row.get(8),
+            encoding: row.get(9),
+            parts: row.get(10),
+            text: row.get(11),
+            dsn_notify: row.get(12),
+            dsn_orcpt: row.get(13),
+        })
+        .collect())
+}
+
+/// A request with everything known about it, for `mail2sms status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestStatus {
+    pub id: String,
+    pub received_at: String,
+    pub source: String,
+    pub client: Option<String>,
+    pub auth_user: Option<String>,
+    pub mail_from: String,
+    pub message_id: Option<String>,
+    pub subject: Option<String>,
+    pub dsn_envid: Option<String>,
+    pub dsn_ret: Option<String>,
+    pub text: String,
+    pub encoding: String,
+    pub truncated: bool,
+    pub size: i64,
+    pub recipients: Vec<RecipientStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecipientStatus {
+    pub address: String,
+    pub number: String,
+    pub name: Option<String>,
+    pub state: String,
+    pub dsn_notify: Option<String>,
+    pub dsn_orcpt: Option<String>,
+    pub parts: Vec<PartStatus>,
+    pub events: Vec<EventRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartStatus {
+    pub seq: i64,
+    pub state: String,
+    pub attempts: i64,
+    pub channel: Option<String>,
+    pub message_ref: Option<i64>,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub at: String,
+    pub part: Option<i64>,
+    pub state: String,
+    pub reason: String,
+}
+
+/// Finds a request by its id or a unique prefix of it.
+pub async fn status(pool: &SqlitePool, id: &str) -> Result<RequestStatus, QueueError> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(QueueError::NotFound(id));
+    }
+    let pattern = format!("{id}%");
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM requests WHERE id LIKE ?1 LIMIT 2")
+        .bind(&pattern)
+        .fetch_all(pool)
+        .await?;
+    let id = match ids.as_slice() {
+        [] => return Err(QueueError::NotFound(id)),
+        [one] => one.clone(),
+        _ => return Err(QueueError::Ambiguous(id)),
+    };
+    let q = sqlx::query(
+        "SELECT id, received_at, source, client, auth_user, mail_from, message_id, subject,
+                dsn_envid, dsn_ret, text, encoding, truncated, size
+         FROM requests WHERE id = ?1",
+    )
+    .bind(&id)
+    .fetch_one(pool)
+    .await?;
+    let mut st = RequestStatus {
+        id: q.get(0),
+        received_at: format_ms(q.get(1)),
+        source: q.get(2),
+        client: q.get(3),
+        auth_user: q.get(4),
+        mail_from: q.get(5),
+        message_id: q.get(6),
+        subject: q.get(7),
+        dsn_envid: q.get(8),
+        dsn_ret: q.get(9),
+        text: q.get(10),
+        encoding: q.get(11),
+        truncated: q.get(12),
+        size: q.get(13),
+        recipients: Vec::new(),
+    };
+    let recipients = sqlx::query(
+        "SELECT id, address, number, name, state, dsn_notify, dsn_orcpt
+         FROM recipients WHERE request_id = ?1 ORDER BY idx",
+    )
+    .bind(&id)
+    .fetch_all(pool)
+    .await?;
+    for r in recipients {
+        let rid: i64 = r.get(0);
+        let parts = sqlx::query(
+            "SELECT seq, state, attempts, channel, message_ref, text
+             FROM parts WHERE recipient_id = ?1 ORDER BY seq",
+        )
+        .bind(rid)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|p| PartStatus {
+            seq: p.get(0),
+            state: p.get(1),
+            attempts: p.get(2),
+            channel: p.get(3),
+            message_ref: p.get(4),
+            text: p.get(5),
+        })
+        .collect();
+        let events = sqlx::query(
+            "SELECT e.at, p.seq, e.state, e.reason FROM events e
+             LEFT JOIN parts p ON p.id = e.part_id
+             WHERE e.request_id = ?1 AND (e.recipient_id = ?2 OR e.recipient_id IS NULL)
+             ORDER BY e.id",
+        )
+        .bind(&id)
+        .bind(rid)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|e| EventRow {
+            at: format_ms(e.get(0)),
+            part: e.get(1),
+            state: e.get(2),
+            reason: e.get(3),
+        })
+        .collect();
+        st.recipients.push(RecipientStatus {
+            address: r.get(1),
+            number: r.get(2),
+            name: r.get(3),
+            state: r.get(4),
+            dsn_notify: r.get(5),
+            dsn_orcpt: r.get(6),
+            parts,
+            events,
+        });
+    }
+    Ok(st)
+}
+
+/// The last status each modem driver reported: (name, status JSON, updated at).
+pub async fn modems(pool: &SqlitePool) -> Result<Vec<(String, String, String)>, QueueError> {
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT name, status, updated_at FROM modems ORDER BY name")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(n, s, at)| (n, s, format_ms(at)))
+        .collect())
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn format_ms(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt).unwrap_or_default()
+}
+
+impl FromStr for Source {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "smtp" => Ok(Source::Smtp),
+            "imap" => Ok(Source::Imap),
+            _ => Err(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

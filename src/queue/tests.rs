@@ -1,0 +1,429 @@
+use super::*;
+use crate::sms::Encoding;
+
+fn request(from: &str, message_id: Option<&str>, numbers: &[&str]) -> NewRequest {
+    NewRequest {
+        source: Source::Smtp,
+        client: Some("192.0.2.1".into()),
+        helo: Some("client.example".into()),
+        auth_user: None,
+        mail_from: from.into(),
+        message_id: message_id.map(str::to_string),
+        subject: Some("Hello".into()),
+        dsn_envid: None,
+        dsn_ret: None,
+        text: "Hello Paul".into(),
+        encoding: Encoding::Gsm7,
+        parts: vec!["Hello ".into(), "Paul".into()],
+        truncated: false,
+        size: 100,
+        headers: b"Subject: Hello\r\n\r\n".to_vec(),
+        recipients: numbers
+            .iter()
+            .map(|n| NewRecipient {
+                address: format!("{n}@sms"),
+                number: n.to_string(),
+                name: None,
+                dsn_notify: Some("SUCCESS,FAILURE".into()),
+                dsn_orcpt: None,
+            })
+            .collect(),
+    }
+}
+
+async fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn accepted_request_has_rows_parts_and_events() {
+    let (_dir, store) = open().await;
+    let a = store
+        .accept(request(
+            "john@example.com",
+            Some("<m1@x>"),
+            &["+33477858589", "+33612345678"],
+        ))
+        .await
+        .unwrap();
+    let Accepted::Queued {
+        id,
+        recipients: 2,
+        duplicates: 0,
+    } = &a
+    else {
+        panic!("{a:?}")
+    };
+    let all = list(store.reader(), None).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter()
+            .all(|e| e.state == "accepted" && e.parts == 2 && &e.request == id)
+    );
+    assert!(
+        list(store.reader(), Some(State::Sent))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let st = status(store.reader(), &id[..10]).await.unwrap();
+    assert_eq!(st.recipients.len(), 2);
+    let r = &st.recipients[0];
+    assert_eq!(r.parts.len(), 2);
+    assert_eq!(r.parts[1].text, "Paul");
+    assert_eq!(r.events.len(), 1);
+    assert!(
+        r.events[0]
+            .reason
+            .contains("accepted over SMTP from 192.0.2.1"),
+        "{}",
+        r.events[0].reason
+    );
+    assert_eq!(r.dsn_notify.as_deref(), Some("SUCCESS,FAILURE"));
+}
+
+#[tokio::test]
+async fn same_message_id_sender_and_number_is_queued_once() {
+    let (_dir, store) = open().await;
+    let first = store
+        .accept(request(
+            "john@example.com",
+            Some("<m1@x>"),
+            &["+33477858589"],
+        ))
+        .await
+        .unwrap();
+    // The same mail again (a client retrying after a lost 250): nothing new.
+    let again = store
+        .accept(request(
+            "John@Example.com",
+            Some("<m1@x>"),
+            &["+33477858589"],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Accepted::Duplicate {
+            id: first.id().to_string()
+        }
+    );
+    // The same mail with one more recipient: only the new one is queued.
+    let more = store
+        .accept(request(
+            "john@example.com",
+            Some("<m1@x>"),
+            &["+33477858589", "+33612345678"],
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            more,
+            Accepted::Queued {
+                recipients: 1,
+                duplicates: 1,
+                ..
+            }
+        ),
+        "{more:?}"
+    );
+    // Another sender, or no Message-ID at all, is another mail.
+    let other = store
+        .accept(request(
+            "anne@example.com",
+            Some("<m1@x>"),
+            &["+33477858589"],
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(other, Accepted::Queued { recipients: 1, .. }));
+    for _ in 0..2 {
+        let r = store
+            .accept(request("john@example.com", None, &["+33477858589"]))
+            .await
+            .unwrap();
+        assert!(matches!(r, Accepted::Queued { recipients: 1, .. }));
+    }
+    // The same number twice in one envelope is one SMS.
+    let twice = store
+        .accept(request(
+            "x@example.com",
+            None,
+            &["+33477858589", "+33477858589"],
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            twice,
+            Accepted::Queued {
+                recipients: 1,
+                duplicates: 1,
+                ..
+            }
+        ),
+        "{twice:?}"
+    );
+    assert_eq!(list(store.reader(), None).await.unwrap().len(), 6);
+}
+
+/// Concurrent sessions share commits: many accepts in flight take fewer transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_accepts_share_commits() {
+    let (_dir, store) = open().await;
+    let n = 300;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .accept(request(
+                    "bulk@example.com",
+                    Some(&format!("<{i}@x>")),
+                    &["+33612345678"],
+                ))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap().id().to_string());
+    }
+    assert_eq!(ids.len(), n);
+    assert!(
+        store.commit_count() < n as u64,
+        "{} commits for {n} mails",
+        store.commit_count()
+    );
+    assert_eq!(list(store.reader(), None).await.unwrap().len(), n);
+}
+
+#[tokio::test]
+async fn committed_requests_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let id = {
+        let store = Store::open(&path).await.unwrap();
+        store
+            .accept(request("a@b.c", None, &["+33612345678"]))
+            .await
+            .unwrap()
+            .id()
+            .to_string()
+    };
+    let pool = Store::open_read_only(&path).await.unwrap();
+    assert_eq!(status(&pool, &id).await.unwrap().id, id);
+    // Migrations are idempotent.
+    let store = Store::open(&path).await.unwrap();
+    assert_eq!(list(store.reader(), None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn status_lookup_errors() {
+    let (_dir, store) = open().await;
+    for _ in 0..20 {
+        store
+            .accept(request("a@b.c", None, &["+33612345678"]))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        status(store.reader(), "zz").await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(matches!(
+        status(store.reader(), "'; DROP TABLE requests; --").await,
+        Err(QueueError::NotFound(_))
+    ));
+    // UUIDv7 ids made in the same millisecond share their first characters.
+    assert!(matches!(
+        status(store.reader(), "0").await,
+        Err(QueueError::Ambiguous(_))
+    ));
+}
+
+#[tokio::test]
+async fn parts_go_sending_sent_and_the_recipient_follows() {
+    let (_dir, store) = open().await;
+    let id = store
+        .accept(request("a@b.c", None, &["+33612345678"]))
+        .await
+        .unwrap()
+        .id()
+        .to_string();
+    let work = dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(work.len(), 1);
+    let w = &work[0];
+    assert_eq!(w.all_parts, vec!["Hello ", "Paul"]);
+    assert_eq!(
+        w.pending.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // A recipient being worked on is not offered twice.
+    let busy = [w.recipient_id].into_iter().collect();
+    assert!(
+        dispatch::ready(store.reader(), 10, &busy)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    for p in &w.pending {
+        store
+            .change(Change::Sending {
+                part: p.id,
+                channel: "modem0".into(),
+            })
+            .await
+            .unwrap();
+        store
+            .change(Change::Sent {
+                part: p.id,
+                message_ref: Some(7),
+                reason: "sent via modem0".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let st = status(store.reader(), &id).await.unwrap();
+    let r = &st.recipients[0];
+    assert_eq!(r.state, "sent");
+    assert!(
+        r.parts
+            .iter()
+            .all(|p| p.state == "sent" && p.attempts == 1 && p.message_ref == Some(7))
+    );
+    // accepted, then sending + sent for each part.
+    let states: Vec<&str> = r.events.iter().map(|e| e.state.as_str()).collect();
+    assert_eq!(states, ["accepted", "sending", "sent", "sending", "sent"]);
+    assert!(
+        dispatch::ready(store.reader(), 10, &Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn retry_waits_and_permanent_failure_fails_the_message() {
+    let (_dir, store) = open().await;
+    store
+        .accept(request("a@b.c", None, &["+33612345678"]))
+        .await
+        .unwrap();
+    let w = dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let (p1, p2) = (w.pending[0].id, w.pending[1].id);
+    store
+        .change(Change::Sending {
+            part: p1,
+            channel: "modem0".into(),
+        })
+        .await
+        .unwrap();
+    store
+        .change(Change::Retry {
+            part: p1,
+            at: now_ms() + 60_000,
+            reason: "+CMS ERROR: 38, network out of order".into(),
+        })
+        .await
+        .unwrap();
+    // Part 2 is still due, part 1 waits for its retry time.
+    let again = dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        again[0].pending.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![p2]
+    );
+    assert_eq!(again[0].all_parts.len(), 2);
+
+    store
+        .change(Change::Sending {
+            part: p2,
+            channel: "modem1".into(),
+        })
+        .await
+        .unwrap();
+    store
+        .change(Change::Fail {
+            part: p2,
+            reason: "+CMS ERROR: 1, unassigned number".into(),
+        })
+        .await
+        .unwrap();
+    let st = status(store.reader(), &w.request_id).await.unwrap();
+    let r = &st.recipients[0];
+    assert_eq!(r.state, "failed");
+    assert!(r.parts.iter().all(|p| p.state == "failed"), "{:?}", r.parts);
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.reason.contains("unassigned number"))
+    );
+    assert!(
+        dispatch::ready(store.reader(), 10, &Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn parts_found_sending_after_a_crash_become_uncertain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    {
+        let store = Store::open(&path).await.unwrap();
+        store
+            .accept(request("a@b.c", None, &["+33612345678"]))
+            .await
+            .unwrap();
+        let w = dispatch::ready(store.reader(), 10, &Default::default())
+            .await
+            .unwrap()
+            .remove(0);
+        store
+            .change(Change::Sending {
+                part: w.pending[0].id,
+                channel: "modem3".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let store = Store::open(&path).await.unwrap();
+    assert_eq!(dispatch::recover(&store).await.unwrap(), 1);
+    let entries = list(store.reader(), Some(State::Uncertain)).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    let st = status(store.reader(), &entries[0].request).await.unwrap();
+    let p = &st.recipients[0].parts;
+    assert_eq!(
+        (p[0].state.as_str(), p[1].state.as_str()),
+        ("uncertain", "accepted")
+    );
+    assert!(
+        st.recipients[0]
+            .events
+            .last()
+            .unwrap()
+            .reason
+            .contains("modem3")
+    );
+    // Never offered again; the other part is still to send.
+    let work = dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(work[0].pending.len(), 1);
+    assert_eq!(work[0].pending[0].seq, 2);
+    assert_eq!(dispatch::recover(&store).await.unwrap(), 0);
+}
