@@ -1,0 +1,906 @@
+//! Configuration: one TOML file, read in two steps.
+//!
+//! 1. `Raw*` structs mirror the file (`deny_unknown_fields`, so a typo is an error and not a
+//!    silently ignored key); serde errors go through `serde_path_to_error` so they name the key.
+//! 2. [`RawConfig::validate`] turns the raw file into typed [`Config`]: countries, networks,
+//!    password hashes, certificate files are checked here, and every error names the key.
+//!
+//! Every error comes out as a [`ConfigError`] naming the file, line, column and key, because the
+//! person reading it is an admin with the file open in an editor.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::modem::driver::DriverConfig;
+use crate::modem::pool::PoolConfig;
+use crate::modem::sim::{ReportMode, SimConfig};
+use crate::parse::address::{AddressPolicy, NumberKind};
+use crate::parse::body::{BodyOptions, SubjectPolicy};
+
+/// A configuration error, located in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {key}: {message}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line; 0 when the error is about the file as a whole (e.g. it cannot be read).
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path, e.g. `smtp.tls.certificate` or `modem[2].port`; empty for the file.
+    pub key: String,
+    pub message: String,
+}
+
+/// The validated configuration of one site.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from; relative paths inside it are resolved against its folder.
+    pub source: PathBuf,
+    pub site: Site,
+    pub smtp: Smtp,
+    pub store: Store,
+    pub sms: Sms,
+    pub body: BodyOptions,
+    pub recipients: AddressPolicy,
+    pub sending: PoolConfig,
+    pub modems: Vec<ModemConfig>,
+}
+
+/// One `[[modem]]`.
+#[derive(Debug, Clone)]
+pub struct ModemConfig {
+    pub driver: DriverConfig,
+    /// E.164 prefixes this modem sends to first.
+    pub prefixes: Vec<String>,
+    /// Least time between two sends on this SIM.
+    pub min_interval: Option<std::time::Duration>,
+    /// Run a simulated modem on a pseudo-terminal at `driver.port` instead of hardware.
+    pub simulate: Option<SimulatedModem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimulatedModem {
+    pub config: SimConfig,
+    /// Where it records what it "sends" (JSON lines).
+    pub record: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub name: String,
+    /// Host name used in the SMTP greeting and in `Received:`.
+    pub hostname: String,
+    /// ISO 3166 alpha-2 code national numbers are read in.
+    pub default_country: phonenumber::country::Id,
+    /// Lower-case SMS domains, e.g. `sms`, `sms.example.com`.
+    pub sms_domains: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Smtp {
+    pub listen: Vec<SocketAddr>,
+    pub max_message_bytes: usize,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub idle_timeout: std::time::Duration,
+    /// How long a shutdown waits for sessions that are in the middle of a mail.
+    pub shutdown_grace: std::time::Duration,
+    pub tls: Option<TlsFiles>,
+    pub users: Vec<SmtpUser>,
+    /// Clients in these networks may send without AUTH (the organization's own MTA).
+    pub trusted_networks: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpUser {
+    pub name: String,
+    /// PHC string (`$argon2id$...`), checked to parse at load time.
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sms {
+    /// Longest SMS, in parts; longer texts are truncated with a visible marker.
+    pub max_parts: usize,
+    /// Map look-alike characters (’ “ – …) to GSM-7 so the text stays in the cheaper alphabet.
+    pub transliterate: bool,
+}
+
+impl Smtp {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.trusted_networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    site: RawSite,
+    #[serde(default)]
+    smtp: RawSmtp,
+    store: RawStore,
+    #[serde(default)]
+    sms: RawSms,
+    #[serde(default)]
+    body: BodyOptions,
+    #[serde(default)]
+    recipients: RawRecipients,
+    #[serde(default)]
+    sending: RawSending,
+    #[serde(default)]
+    modem: Vec<RawModem>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSending {
+    max_attempts: u32,
+    retry_base_secs: u64,
+    retry_max_secs: u64,
+    /// Hours the network keeps trying a handset that is off; 0 for the network's default.
+    validity_hours: u64,
+    status_reports: bool,
+}
+
+impl Default for RawSending {
+    fn default() -> Self {
+        RawSending {
+            max_attempts: 5,
+            retry_base_secs: 30,
+            retry_max_secs: 1800,
+            validity_hours: 48,
+            status_reports: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModem {
+    name: String,
+    port: Option<PathBuf>,
+    #[serde(default = "default_baud")]
+    baud: u32,
+    pin: Option<String>,
+    #[serde(default)]
+    prefixes: Vec<String>,
+    max_per_minute: Option<u32>,
+    #[serde(default = "default_command_timeout")]
+    command_timeout_secs: u64,
+    #[serde(default = "default_send_timeout")]
+    send_timeout_secs: u64,
+    #[serde(default = "default_health_interval")]
+    health_interval_secs: u64,
+    #[serde(default = "default_max_failures")]
+    max_failures: u32,
+    #[serde(default = "default_quarantine")]
+    quarantine_secs: u64,
+    simulate: Option<RawSimulate>,
+}
+
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_command_timeout() -> u64 {
+    10
+}
+fn default_send_timeout() -> u64 {
+    // TS 27.005 gives no bound; networks answer within seconds, modems give up near a minute.
+    60
+}
+fn default_health_interval() -> u64 {
+    30
+}
+fn default_max_failures() -> u32 {
+    3
+}
+fn default_quarantine() -> u64 {
+    300
+}
+
+/// A simulated modem (see `modem::sim`): for the demo and tests, no hardware needed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSimulate {
+    latency_ms: u64,
+    cmgs_latency_ms: u64,
+    /// Status reports: "auto" (as AT+CNMI asks), "cds", "cdsi" or "none".
+    report: ReportMode,
+    report_delay_ms: u64,
+    /// Record every SMS it "sends" as a JSON line in this file.
+    record: Option<PathBuf>,
+}
+
+impl Default for RawSimulate {
+    fn default() -> Self {
+        RawSimulate {
+            latency_ms: 5,
+            cmgs_latency_ms: 300,
+            report: ReportMode::Auto,
+            report_delay_ms: 2000,
+            record: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    name: String,
+    hostname: Option<String>,
+    default_country: String,
+    sms_domains: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSmtp {
+    listen: Vec<String>,
+    max_message_bytes: usize,
+    max_recipients: usize,
+    max_connections: usize,
+    idle_timeout_secs: u64,
+    shutdown_grace_secs: u64,
+    tls: Option<RawTls>,
+    users: Vec<RawUser>,
+    trusted_networks: Vec<String>,
+}
+
+impl Default for RawSmtp {
+    fn default() -> Self {
+        RawSmtp {
+            listen: vec!["127.0.0.1:2525".into()],
+            max_message_bytes: 10 * 1024 * 1024,
+            max_recipients: 100,
+            max_connections: 200,
+            // RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for a command.
+            idle_timeout_secs: 300,
+            shutdown_grace_secs: 10,
+            tls: None,
+            users: Vec::new(),
+            trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password_hash: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSms {
+    max_parts: usize,
+    transliterate: bool,
+}
+
+impl Default for RawSms {
+    fn default() -> Self {
+        RawSms {
+            max_parts: 6,
+            transliterate: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawRecipients {
+    /// Number types accepted; default: see `AddressPolicy::default_accepted_types`.
+    accepted_types: Option<Vec<NumberKind>>,
+    /// E.164 prefixes refused at RCPT, e.g. `+33899`.
+    blocked_prefixes: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and validation.
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        key: String::new(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(path, &src)
+}
+
+/// Parses and validates configuration text; `path` is used for messages and relative paths.
+pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
+    let locator = Locator { file: path, src };
+    let de = toml::Deserializer::parse(src).map_err(|e| locator.toml_error(&e, ""))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        locator.toml_error(e.inner(), &key)
+    })?;
+    raw.validate(&locator)
+}
+
+/// Turns byte offsets and key paths into line/column positions.
+struct Locator<'a> {
+    file: &'a Path,
+    src: &'a str,
+}
+
+impl Locator<'_> {
+    fn toml_error(&self, e: &toml::de::Error, key: &str) -> ConfigError {
+        let span = e.span().or_else(|| self.span_of(key));
+        let message = e.message().trim().to_string();
+        self.at(span, key, message)
+    }
+
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.at(self.span_of(key), key, message.into())
+    }
+
+    fn at(&self, span: Option<Range<usize>>, key: &str, message: String) -> ConfigError {
+        let (line, column) = match span {
+            Some(r) => line_col(self.src, r.start),
+            None => (0, 0),
+        };
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// The span of the value at a dotted key path (`smtp.users[1].name`); falls back to the
+    /// nearest enclosing key that exists so a missing key still points at its table.
+    fn span_of(&self, key: &str) -> Option<Range<usize>> {
+        let doc = toml::de::DeTable::parse(self.src).ok()?;
+        let mut best: Option<Range<usize>> = None;
+        let mut cur: Option<&toml::Spanned<toml::de::DeValue<'_>>> = None;
+        for seg in key_segments(key) {
+            let next = match (seg, cur) {
+                (Seg::Key(k), None) => doc.get_ref().get(k),
+                (Seg::Key(k), Some(v)) => match v.get_ref() {
+                    toml::de::DeValue::Table(t) => t.get(k),
+                    _ => None,
+                },
+                (Seg::Index(i), Some(v)) => match v.get_ref() {
+                    toml::de::DeValue::Array(a) => a.get(i),
+                    _ => None,
+                },
+                (Seg::Index(_), None) => None,
+            };
+            match next {
+                Some(v) => {
+                    best = Some(v.span());
+                    cur = Some(v);
+                }
+                None => break,
+            }
+        }
+        best
+    }
+}
+
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn key_segments(key: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in key.split('.').filter(|p| !p.is_empty()) {
+        let (name, rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            out.push(Seg::Key(name));
+        }
+        for idx in rest.split('[').filter(|s| !s.is_empty()) {
+            if let Ok(i) = idx.trim_end_matches(']').parse() {
+                out.push(Seg::Index(i));
+            }
+        }
+    }
+    out
+}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = src.get(..offset).unwrap_or(src);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl RawConfig {
+    fn validate(self, loc: &Locator<'_>) -> Result<Config, ConfigError> {
+        let base = loc.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        // [site]
+        let s = self.site;
+        if s.name.trim().is_empty() {
+            return Err(loc.error("site.name", "must not be empty"));
+        }
+        let default_country: phonenumber::country::Id = s
+            .default_country
+            .to_ascii_uppercase()
+            .parse()
+            .map_err(|_| {
+                loc.error(
+                    "site.default_country",
+                    format!(
+                        "`{}` is not an ISO 3166 alpha-2 country code (e.g. FR, GB, DE)",
+                        s.default_country
+                    ),
+                )
+            })?;
+        if s.sms_domains.is_empty() {
+            return Err(loc.error(
+                "site.sms_domains",
+                "at least one SMS domain is needed (e.g. [\"sms\"]): mail to any other domain is refused",
+            ));
+        }
+        let mut sms_domains = Vec::new();
+        for (i, d) in s.sms_domains.iter().enumerate() {
+            let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+            let valid = !d.is_empty()
+                && d.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !valid {
+                return Err(loc.error(
+                    &format!("site.sms_domains[{i}]"),
+                    format!("`{}` is not a domain name", s.sms_domains[i]),
+                ));
+            }
+            sms_domains.push(d);
+        }
+        let hostname = s.hostname.unwrap_or_else(|| format!("{}.mail2sms", s.name));
+
+        // [smtp]
+        let m = self.smtp;
+        let mut listen = Vec::new();
+        for (i, a) in m.listen.iter().enumerate() {
+            listen.push(a.parse::<SocketAddr>().map_err(|_| {
+                loc.error(
+                    &format!("smtp.listen[{i}]"),
+                    format!("`{a}` is not an address and port such as 127.0.0.1:2525 or [::]:25"),
+                )
+            })?);
+        }
+        let positive = |key: &str, v: usize| {
+            if v == 0 {
+                Err(loc.error(key, "must be greater than 0"))
+            } else {
+                Ok(v)
+            }
+        };
+        positive("smtp.max_message_bytes", m.max_message_bytes)?;
+        positive("smtp.max_recipients", m.max_recipients)?;
+        positive("smtp.max_connections", m.max_connections)?;
+        positive("smtp.idle_timeout_secs", m.idle_timeout_secs as usize)?;
+        let tls = match m.tls {
+            None => None,
+            Some(t) => {
+                let certificate = resolve(&t.certificate);
+                let key = resolve(&t.key);
+                for (k, p) in [
+                    ("smtp.tls.certificate", &certificate),
+                    ("smtp.tls.key", &key),
+                ] {
+                    if let Err(e) = std::fs::metadata(p) {
+                        return Err(loc.error(k, format!("cannot read {}: {e}", p.display())));
+                    }
+                }
+                Some(TlsFiles { certificate, key })
+            }
+        };
+        let mut users = Vec::new();
+        for (i, u) in m.users.into_iter().enumerate() {
+            if u.name.is_empty() {
+                return Err(loc.error(&format!("smtp.users[{i}].name"), "must not be empty"));
+            }
+            if argon2::password_hash::PasswordHash::new(&u.password_hash).is_err() {
+                return Err(loc.error(
+                    &format!("smtp.users[{i}].password_hash"),
+                    "is not a password hash in PHC form ($argon2id$...); make one with `mail2sms hash-password`",
+                ));
+            }
+            users.push(SmtpUser {
+                name: u.name,
+                password_hash: u.password_hash,
+            });
+        }
+        if !users.is_empty() && tls.is_none() {
+            return Err(loc.error(
+                "smtp.users",
+                "AUTH users need [smtp.tls]: passwords are only accepted over TLS",
+            ));
+        }
+        let mut trusted_networks = Vec::new();
+        for (i, n) in m.trusted_networks.iter().enumerate() {
+            let net = n
+                .parse::<IpNet>()
+                .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    loc.error(
+                        &format!("smtp.trusted_networks[{i}]"),
+                        format!("`{n}` is not a network such as 192.0.2.0/24 or an address"),
+                    )
+                })?;
+            trusted_networks.push(net);
+        }
+
+        // [sms]
+        if !(1..=255).contains(&self.sms.max_parts) {
+            return Err(loc.error(
+                "sms.max_parts",
+                "must be between 1 and 255 (the concatenation header counts parts in one octet)",
+            ));
+        }
+
+        // [body]
+        positive("body.max_input_bytes", self.body.max_input_bytes)?;
+
+        // [recipients]
+        let mut blocked_prefixes = Vec::new();
+        for (i, p) in self.recipients.blocked_prefixes.iter().enumerate() {
+            let ok =
+                p.starts_with('+') && p.len() > 1 && p[1..].bytes().all(|b| b.is_ascii_digit());
+            if !ok {
+                return Err(loc.error(
+                    &format!("recipients.blocked_prefixes[{i}]"),
+                    format!("`{p}` is not an E.164 prefix such as +33899"),
+                ));
+            }
+            blocked_prefixes.push(p.clone());
+        }
+        let recipients = AddressPolicy {
+            sms_domains: sms_domains.clone(),
+            default_country,
+            accepted_types: self
+                .recipients
+                .accepted_types
+                .unwrap_or_else(AddressPolicy::default_accepted_types),
+            blocked_prefixes,
+        };
+
+        // [sending]
+        let sn = self.sending;
+        if sn.max_attempts == 0 {
+            return Err(loc.error("sending.max_attempts", "must be at least 1"));
+        }
+        if sn.retry_base_secs > sn.retry_max_secs {
+            return Err(loc.error(
+                "sending.retry_base_secs",
+                "must not be larger than sending.retry_max_secs",
+            ));
+        }
+        let sending = PoolConfig {
+            max_attempts: sn.max_attempts,
+            retry_base: std::time::Duration::from_secs(sn.retry_base_secs),
+            retry_max: std::time::Duration::from_secs(sn.retry_max_secs),
+            validity: (sn.validity_hours > 0)
+                .then(|| std::time::Duration::from_secs(sn.validity_hours * 3600)),
+            status_reports: sn.status_reports,
+        };
+
+        // [[modem]]
+        let store_path = resolve(&self.store.path);
+        let mut modems: Vec<ModemConfig> = Vec::new();
+        for (i, m) in self.modem.into_iter().enumerate() {
+            let key = |k: &str| format!("modem[{i}].{k}");
+            if m.name.is_empty()
+                || !m
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(loc.error(&key("name"), "must be letters, digits, - or _"));
+            }
+            if modems.iter().any(|o| o.driver.name == m.name) {
+                return Err(loc.error(&key("name"), format!("`{}` names two modems", m.name)));
+            }
+            for (j, p) in m.prefixes.iter().enumerate() {
+                if !(p.starts_with('+')
+                    && p.len() > 1
+                    && p[1..].bytes().all(|b| b.is_ascii_digit()))
+                {
+                    return Err(loc.error(
+                        &format!("modem[{i}].prefixes[{j}]"),
+                        format!("`{p}` is not an E.164 prefix such as +33"),
+                    ));
+                }
+            }
+            let simulate = match &m.simulate {
+                None => None,
+                Some(sim) => {
+                    let mut c = SimConfig::numbered(i as u32);
+                    c.name = m.name.clone();
+                    c.latency_ms = sim.latency_ms;
+                    c.cmgs_latency_ms = sim.cmgs_latency_ms;
+                    c.pin = m.pin.clone();
+                    c.report.mode = sim.report;
+                    c.report.delay_ms = sim.report_delay_ms;
+                    Some(SimulatedModem {
+                        config: c,
+                        record: sim.record.as_deref().map(resolve),
+                    })
+                }
+            };
+            let port = match (&m.port, &simulate) {
+                (Some(p), _) => resolve(p),
+                // A simulated modem's terminal appears next to the store.
+                (None, Some(_)) => store_path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("modems")
+                    .join(&m.name),
+                (None, None) => {
+                    return Err(loc.error(
+                        &format!("modem[{i}]"),
+                        "needs `port` (e.g. /dev/ttyUSB0) or a [modem.simulate] table",
+                    ));
+                }
+            };
+            let secs = std::time::Duration::from_secs;
+            for (k, v) in [
+                ("command_timeout_secs", m.command_timeout_secs),
+                ("send_timeout_secs", m.send_timeout_secs),
+                ("health_interval_secs", m.health_interval_secs),
+            ] {
+                if v == 0 {
+                    return Err(loc.error(&key(k), "must be greater than 0"));
+                }
+            }
+            let min_interval = match m.max_per_minute {
+                Some(0) => return Err(loc.error(&key("max_per_minute"), "must be greater than 0")),
+                Some(n) => Some(std::time::Duration::from_millis(60_000 / u64::from(n))),
+                None => None,
+            };
+            modems.push(ModemConfig {
+                driver: DriverConfig {
+                    name: m.name.clone(),
+                    port,
+                    baud: m.baud,
+                    pin: m.pin.clone(),
+                    command_timeout: secs(m.command_timeout_secs),
+                    send_timeout: secs(m.send_timeout_secs),
+                    health_interval: secs(m.health_interval_secs),
+                    max_failures: m.max_failures.max(1),
+                    quarantine: secs(m.quarantine_secs),
+                    status_reports: sending.status_reports,
+                },
+                prefixes: m.prefixes,
+                min_interval,
+                simulate,
+            });
+        }
+
+        Ok(Config {
+            source: loc.file.to_path_buf(),
+            site: Site {
+                name: s.name,
+                hostname,
+                default_country,
+                sms_domains,
+            },
+            smtp: Smtp {
+                listen,
+                max_message_bytes: m.max_message_bytes,
+                max_recipients: m.max_recipients,
+                max_connections: m.max_connections,
+                idle_timeout: std::time::Duration::from_secs(m.idle_timeout_secs),
+                shutdown_grace: std::time::Duration::from_secs(m.shutdown_grace_secs),
+                tls,
+                users,
+                trusted_networks,
+            },
+            store: Store {
+                path: resolve(&self.store.path),
+            },
+            sms: Sms {
+                max_parts: self.sms.max_parts,
+                transliterate: self.sms.transliterate,
+            },
+            body: self.body,
+            recipients,
+            sending,
+            modems,
+        })
+    }
+}
+
+/// The subject policy in force, for display.
+pub fn subject_policy_name(p: SubjectPolicy) -> &'static str {
+    match p {
+        SubjectPolicy::SubjectAndBody => "subject-and-body",
+        SubjectPolicy::BodyOnly => "body-only",
+        SubjectPolicy::SubjectOnly => "subject-only",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[site]
+name = "paris"
+default_country = "FR"
+sms_domains = ["sms", "SMS.Example.com."]
+
+[store]
+path = "data/queue.db"
+"#;
+
+    fn parse_str(src: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("/etc/mail2sms/test.toml"), src)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.site.sms_domains, vec!["sms", "sms.example.com"]);
+        assert_eq!(c.site.default_country, phonenumber::country::Id::FR);
+        assert_eq!(c.store.path, Path::new("/etc/mail2sms/data/queue.db"));
+        assert_eq!(c.smtp.listen, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert!(c.smtp.is_trusted("127.0.0.1".parse().unwrap()));
+        assert!(c.smtp.is_trusted("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!c.smtp.is_trusted("192.0.2.1".parse().unwrap()));
+        assert_eq!(c.sms.max_parts, 6);
+    }
+
+    /// Each row: a change to the minimal config, the key the error must name, the line it must
+    /// point at, and a fragment of the message.
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"XX\"\nsms_domains = [\"sms\"]\n[store]\npath = \"q.db\"\n",
+                "site.default_country",
+                3,
+                "not an ISO 3166",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\", \"bad domain\"]\n[store]\npath = \"q.db\"\n",
+                "site.sms_domains[1]",
+                4,
+                "not a domain name",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"]\ncolour = 3\n[store]\npath = \"q.db\"\n",
+                "site.colour",
+                5,
+                "unknown field `colour`",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"]\n[store]\npath = \"q.db\"\n[smtp]\nlisten = [\"localhost\"]\n",
+                "smtp.listen[0]",
+                8,
+                "not an address and port",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"]\n[store]\npath = \"q.db\"\n[smtp]\nmax_recipients = \"many\"\n",
+                "smtp.max_recipients",
+                8,
+                "invalid type",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"]\n[store]\npath = \"q.db\"\n[smtp]\ntrusted_networks = [\"10.0.0.0/8\", \"10.0.0.0/99\"]\n",
+                "smtp.trusted_networks[1]",
+                8,
+                "not a network",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"]\n[store]\npath = \"q.db\"\n[[smtp.users]]\nname = \"a\"\npassword_hash = \"secret\"\n",
+                "smtp.users[0].password_hash",
+                9,
+                "PHC",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"]\n[store]\npath = \"q.db\"\n[sms]\nmax_parts = 0\n",
+                "sms.max_parts",
+                8,
+                "between 1 and 255",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"]\n[store]\npath = \"q.db\"\n[recipients]\nblocked_prefixes = [\"33899\"]\n",
+                "recipients.blocked_prefixes[0]",
+                8,
+                "E.164 prefix",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"]\n",
+                "",
+                0,
+                "missing field `store`",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"]\n[store]\npath = \"q.db\"\n[smtp.tls]\ncertificate = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+                "smtp.tls.certificate",
+                8,
+                "cannot read",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"\n",
+                "",
+                4,
+                "",
+            ),
+        ];
+        for (src, key, line, fragment) in cases {
+            let e = parse_str(src).expect_err(src);
+            assert_eq!(&e.key, key, "key for {src:?}: {e}");
+            if *line > 0 {
+                assert_eq!(e.line, *line, "line for {src:?}: {e}");
+            }
+            assert!(e.message.contains(fragment), "message for {src:?}: {e}");
+            assert!(e.to_string().starts_with("/etc/mail2sms/test.toml:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                load(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(
+            n >= 3,
+            "expected the demo and the two-site example, found {n} files"
+        );
+    }
+}

@@ -1,0 +1,421 @@
+//! Table tests for the SMTP session: each case is a dialogue of client input and the replies
+//! it must get, run through the sans-IO session with the I/O layer played by the test.
+
+use super::*;
+use crate::parse::address::AddressPolicy;
+
+fn config() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        hostname: "gw.example.com".into(),
+        max_message_bytes: 2000,
+        max_recipients: 3,
+        tls_available: true,
+        auth_available: true,
+        address_policy: AddressPolicy {
+            sms_domains: vec!["sms".into(), "sms.example.com".into()],
+            default_country: phonenumber::country::Id::FR,
+            accepted_types: AddressPolicy::default_accepted_types(),
+            blocked_prefixes: vec!["+33899".into()],
+        },
+    })
+}
+
+/// Plays the I/O layer: TLS always succeeds, `alice`/`secret` is the only user, every
+/// delivery is committed. Returns the replies as text and the delivered mails.
+struct Harness {
+    session: Session,
+    delivered: Vec<(Envelope, Vec<u8>)>,
+    closed: bool,
+}
+
+impl Harness {
+    fn new(trusted: bool) -> Harness {
+        Harness {
+            session: Session::new(config(), "192.0.2.7".parse().unwrap(), trusted),
+            delivered: Vec::new(),
+            closed: false,
+        }
+    }
+
+    fn send(&mut self, input: &[u8]) -> String {
+        let mut outputs = self.session.feed(input);
+        let mut wire = Vec::new();
+        while !outputs.is_empty() {
+            let mut next = Vec::new();
+            for o in outputs {
+                match o {
+                    Output::Send(b) => wire.extend_from_slice(&b),
+                    Output::Close => self.closed = true,
+                    Output::StartTls => self.session.tls_started(),
+                    Output::CheckAuth { user, password } => {
+                        let ok = user == "alice" && password == "secret";
+                        next.extend(self.session.auth_result(ok.then_some(user)));
+                    }
+                    Output::Deliver { envelope, data } => {
+                        self.delivered.push((envelope, data));
+                        next.extend(self.session.delivered(Reply::new(
+                            250,
+                            (2, 0, 0),
+                            "Queued as test",
+                        )));
+                    }
+                }
+            }
+            outputs = next;
+        }
+        String::from_utf8(wire).unwrap()
+    }
+}
+
+/// Each row: whether the client is trusted, then (input, expected reply codes in order).
+#[test]
+fn dialogues() {
+    type Step = (&'static str, &'static [&'static str]);
+    let cases: &[(&str, bool, &[Step])] = &[
+        (
+            "plain mail with several recipient forms",
+            true,
+            &[
+                ("EHLO client.example\r\n", &["250-gw.example.com"]),
+                ("MAIL FROM:<john@example.com>\r\n", &["250 2.1.0"]),
+                (
+                    "RCPT TO:<Paul@+33477858589@sms>\r\n",
+                    &["250 2.1.5 <Paul@+33477858589@sms> OK: SMS to +33477858589 (Paul)"],
+                ),
+                (
+                    "RCPT TO:<\"Anne@+33612345678\"@sms.example.com>\r\n",
+                    &["250 2.1.5"],
+                ),
+                (
+                    "RCPT TO:<0612345679@SMS>\r\n",
+                    &["250 2.1.5 <0612345679@SMS> OK: SMS to +33612345679"],
+                ),
+                ("DATA\r\n", &["354 "]),
+                (
+                    "Subject: hi\r\n\r\nHello\r\n.\r\n",
+                    &["250 2.0.0 Queued as test"],
+                ),
+                ("QUIT\r\n", &["221 2.0.0"]),
+            ],
+        ),
+        (
+            "refusals at RCPT carry their specific codes",
+            true,
+            &[
+                ("EHLO c\r\n", &["250-"]),
+                ("MAIL FROM:<john@example.com>\r\n", &["250 "]),
+                ("RCPT TO:<paul@example.org>\r\n", &["550 5.7.1"]),
+                ("RCPT TO:<paul@+3312@sms>\r\n", &["550 5.1.3"]),
+                ("RCPT TO:<+33899123456@sms>\r\n", &["550 "]),
+                ("DATA\r\n", &["554 5.5.1 No valid recipients"]),
+            ],
+        ),
+        (
+            "too many recipients is a temporary 452",
+            true,
+            &[
+                ("EHLO c\r\nMAIL FROM:<a@b.c>\r\n", &["250-", "250 2.1.0"]),
+                (
+                    "RCPT TO:<+33612345671@sms>\r\nRCPT TO:<+33612345672@sms>\r\nRCPT TO:<+33612345673@sms>\r\nRCPT TO:<+33612345674@sms>\r\n",
+                    &["250 2.1.5", "250 2.1.5", "250 2.1.5", "452 4.5.3"],
+                ),
+            ],
+        ),
+        (
+            "pipelined transaction in one write is answered in order",
+            true,
+            &[
+                ("EHLO c\r\n", &["250-"]),
+                (
+                    "MAIL FROM:<a@b.c>\r\nRCPT TO:<+33612345671@sms>\r\nRCPT TO:<bad@elsewhere.com>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\nNOOP\r\nQUIT\r\n",
+                    &[
+                        "250 2.1.0",
+                        "250 2.1.5",
+                        "550 5.7.1",
+                        "354",
+                        "250 2.0.0",
+                        "250 2.0.0 OK",
+                        "221",
+                    ],
+                ),
+            ],
+        ),
+        (
+            "commands out of order",
+            true,
+            &[
+                ("MAIL FROM:<a@b.c>\r\n", &["503 "]),
+                ("HELO c\r\n", &["250 gw.example.com"]),
+                ("RCPT TO:<+33612345671@sms>\r\n", &["503 "]),
+                ("DATA\r\n", &["503 "]),
+                (
+                    "MAIL FROM:<a@b.c>\r\nMAIL FROM:<a@b.c>\r\n",
+                    &["250 ", "503 "],
+                ),
+                ("BDAT 10 LAST\r\n", &["502 "]),
+                ("FOO\r\n", &["500 "]),
+                ("RSET\r\nMAIL FROM:<>\r\n", &["250 ", "250 "]),
+            ],
+        ),
+        (
+            "SIZE refused at MAIL",
+            true,
+            &[
+                ("EHLO c\r\n", &["250-"]),
+                ("MAIL FROM:<a@b.c> SIZE=999999\r\n", &["552 5.3.4"]),
+                ("MAIL FROM:<a@b.c> SIZE=100\r\n", &["250 "]),
+            ],
+        ),
+        (
+            "untrusted client must authenticate, only over TLS",
+            false,
+            &[
+                ("EHLO c\r\n", &["250-"]),
+                ("MAIL FROM:<a@b.c>\r\n", &["530 5.7.0"]),
+                ("AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", &["538 5.7.11"]),
+                ("STARTTLS\r\n", &["220 2.0.0"]),
+                ("MAIL FROM:<a@b.c>\r\n", &["503 "]),
+                ("EHLO c\r\n", &["250-"]),
+                ("AUTH PLAIN AGFsaWNlAHdyb25n\r\n", &["535 5.7.8"]),
+                ("AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", &["235 2.7.0"]),
+                ("MAIL FROM:<a@b.c>\r\n", &["250 "]),
+            ],
+        ),
+        (
+            "AUTH LOGIN in three steps, and cancel",
+            false,
+            &[
+                ("EHLO c\r\nSTARTTLS\r\n", &["250-", "220 "]),
+                ("EHLO c\r\n", &["250-"]),
+                ("AUTH LOGIN\r\n", &["334 VXNlcm5hbWU6"]),
+                ("*\r\n", &["501 5.0.0"]),
+                ("AUTH LOGIN\r\n", &["334 VXNlcm5hbWU6"]),
+                ("YWxpY2U=\r\n", &["334 UGFzc3dvcmQ6"]),
+                ("c2VjcmV0\r\n", &["235 "]),
+            ],
+        ),
+    ];
+    for (name, trusted, steps) in cases {
+        let mut h = Harness::new(*trusted);
+        let greeting = String::from_utf8(h.session.greeting()).unwrap();
+        assert!(
+            greeting.starts_with("220 gw.example.com"),
+            "{name}: {greeting}"
+        );
+        for (input, expected) in *steps {
+            let got = h.send(input.as_bytes());
+            check_replies(name, input, &got, expected);
+        }
+    }
+}
+
+/// Each expectation matches one reply, in order, by the start of the reply's first line.
+fn check_replies(name: &str, input: &str, got: &str, expected: &[&str]) {
+    let mut replies: Vec<&str> = Vec::new();
+    let mut first: Option<&str> = None;
+    for line in got.lines() {
+        first.get_or_insert(line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            replies.extend(first.take());
+        }
+    }
+    let ok = replies.len() == expected.len()
+        && replies.iter().zip(expected).all(|(r, e)| r.starts_with(e));
+    assert!(
+        ok,
+        "{name}: after {input:?} expected replies starting {expected:?}, got:\n{got}"
+    );
+}
+
+#[test]
+fn oversize_mail_is_refused_with_552_and_nothing_delivered() {
+    let mut h = Harness::new(true);
+    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<+33612345671@sms>\r\nDATA\r\n");
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    body.extend(std::iter::repeat_n(b'x', 3000));
+    body.extend_from_slice(b"\r\n.\r\n");
+    let got = h.send(&body);
+    assert!(got.starts_with("552 5.3.4"), "{got}");
+    assert!(h.delivered.is_empty());
+    // The session goes on.
+    assert!(h.send(b"MAIL FROM:<a@b.c>\r\n").starts_with("250 "));
+}
+
+/// SMTP smuggling (CVE-2023-51764): `<LF>.<LF>` and `<LF>.<CR><LF>` are not the end of data,
+/// so a second mail hidden behind them is part of the first one's text, not a new mail.
+#[test]
+fn bare_lf_dot_never_ends_data() {
+    for ending in ["\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r\n"] {
+        let mut h = Harness::new(true);
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<+33612345671@sms>\r\nDATA\r\n");
+        let smuggled = format!(
+            "Subject: one\r\n\r\nfirst{ending}MAIL FROM:<evil@x.y>\r\nRCPT TO:<+33612345672@sms>\r\nDATA\r\nsecond\r\n.\r\n"
+        );
+        let got = h.send(smuggled.as_bytes());
+        assert_eq!(h.delivered.len(), 1, "ending {ending:?}: {got}");
+        let data = String::from_utf8_lossy(&h.delivered[0].1);
+        assert!(
+            data.contains("evil@x.y") && data.contains("second"),
+            "ending {ending:?}: {data}"
+        );
+        assert_eq!(h.delivered[0].0.recipients.len(), 1);
+        assert!(got.starts_with("250 2.0.0"), "{got}");
+    }
+}
+
+#[test]
+fn dot_stuffing_is_removed_and_data_delivered_whole() {
+    let mut h = Harness::new(true);
+    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c> RET=HDRS ENVID=abc123\r\n");
+    h.send(b"RCPT TO:<Paul@+33477858589@sms> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Paul@+2B33477858589@sms\r\nDATA\r\n");
+    // Split at awkward places: inside CRLF, before the dot.
+    for chunk in [
+        &b"Subject: s\r\n\r\n..leading dot\r"[..],
+        b"\n",
+        b"line\r\n",
+        b".",
+        b"\r\n",
+    ] {
+        h.send(chunk);
+    }
+    assert_eq!(h.delivered.len(), 1);
+    let (env, data) = &h.delivered[0];
+    assert_eq!(data, b"Subject: s\r\n\r\n.leading dot\r\nline\r\n");
+    assert_eq!(env.mail_from, "a@b.c");
+    assert_eq!(env.ret, Some("hdrs"));
+    assert_eq!(env.envid.as_deref(), Some("abc123"));
+    let r = &env.recipients[0];
+    assert_eq!(r.recipient.number, "+33477858589");
+    assert_eq!(r.recipient.name.as_deref(), Some("Paul"));
+    assert_eq!(r.notify.as_deref(), Some("SUCCESS,FAILURE"));
+    // ORCPT is xtext (RFC 3461 §4): `+2B` is the `+`.
+    assert_eq!(r.orcpt.as_deref(), Some("Paul@+33477858589@sms"));
+}
+
+#[test]
+fn ehlo_offers_auth_only_over_tls() {
+    let mut h = Harness::new(false);
+    let plain = h.send(b"EHLO c\r\n");
+    for ext in [
+        "PIPELINING",
+        "SIZE 2000",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "DSN",
+        "STARTTLS",
+    ] {
+        assert!(plain.contains(ext), "{ext} missing from {plain}");
+    }
+    assert!(!plain.contains("AUTH"), "{plain}");
+    h.send(b"STARTTLS\r\n");
+    let tls = h.send(b"EHLO c\r\n");
+    assert!(
+        tls.contains("AUTH PLAIN LOGIN") || tls.contains("AUTH LOGIN PLAIN"),
+        "{tls}"
+    );
+    assert!(!tls.contains("STARTTLS"), "{tls}");
+}
+
+/// CVE-2011-0411: commands pipelined behind STARTTLS in the clear are dropped.
+#[test]
+fn plaintext_after_starttls_is_discarded() {
+    let mut h = Harness::new(true);
+    h.send(b"EHLO c\r\n");
+    let got = h.send(b"STARTTLS\r\nMAIL FROM:<injected@x.y>\r\n");
+    assert_eq!(got, "220 2.0.0 Ready to start TLS\r\n");
+    assert!(h.send(b"MAIL FROM:<a@b.c>\r\n").starts_with("503 "));
+}
+
+#[test]
+fn overlong_line_and_error_flood() {
+    let mut h = Harness::new(true);
+    h.send(b"EHLO c\r\n");
+    let mut long = vec![b'A'; MAX_LINE + 100];
+    long.extend_from_slice(b"\r\n");
+    assert!(h.send(&long).starts_with("500 5.5.6"));
+    assert!(h.send(b"NOOP\r\n").starts_with("250 "));
+    let mut got = String::new();
+    for _ in 0..MAX_ERRORS {
+        got.push_str(&h.send(b"BOGUS\r\n"));
+    }
+    assert!(got.contains("421 "), "{got}");
+    assert!(h.closed);
+}
+
+#[test]
+fn three_failed_auths_close_the_session() {
+    let mut h = Harness::new(false);
+    h.send(b"EHLO c\r\nSTARTTLS\r\n");
+    h.send(b"EHLO c\r\n");
+    let mut last = String::new();
+    for _ in 0..3 {
+        last = h.send(b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n");
+    }
+    assert!(last.starts_with("421 "), "{last}");
+    assert!(h.closed);
+}
+
+#[test]
+fn rcpt_address_is_split_from_parameters() {
+    let cases = [
+        (
+            "RCPT TO:<Paul@+33477858589@sms>\r\n",
+            Some("Paul@+33477858589@sms"),
+        ),
+        (
+            "rcpt to: <\"a>b\"@sms> NOTIFY=NEVER\r\n",
+            Some("\"a>b\"@sms"),
+        ),
+        ("RCPT TO:<\"q\\\"x\"@sms>\r\n", Some("\"q\\\"x\"@sms")),
+        ("RCPT TO:Paul@sms\r\n", None),
+        ("RCPT TO:<unterminated\r\n", None),
+        ("RCPT FROM:<a@sms>\r\n", None),
+    ];
+    for (line, want) in cases {
+        assert_eq!(
+            split_rcpt(line.as_bytes()).map(|(a, _)| a).as_deref(),
+            want,
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn arbitrary_input_never_panics() {
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let words: &[&[u8]] = &[
+        b"EHLO x\r\n",
+        b"MAIL FROM:<a@b.c>\r\n",
+        b"RCPT TO:<+33612345671@sms>\r\n",
+        b"DATA\r\n",
+        b"\r\n.\r\n",
+        b"AUTH PLAIN\r\n",
+        b"AUTH LOGIN\r\n",
+        b"STARTTLS\r\n",
+        b"RSET\r\n",
+        b"\n",
+        b"\r",
+        b".",
+        b"\x00\xff",
+        b"RCPT TO:<\"",
+        b"@@@",
+        b"=\r\n",
+    ];
+    for _ in 0..2000 {
+        let mut h = Harness::new(next() % 2 == 0);
+        for _ in 0..(next() % 30) {
+            let w = words[(next() % words.len() as u64) as usize];
+            if h.closed {
+                break;
+            }
+            h.send(w);
+        }
+    }
+}

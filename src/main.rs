@@ -1,0 +1,223 @@
+//! The `mail2sms` command: runs the gateway and lets an admin look inside it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use mail2sms::{admin, config, intake, queue};
+
+#[derive(Parser)]
+#[command(name = "mail2sms", version, about = "Email-to-SMS gateway")]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "MAIL2SMS_CONFIG",
+        default_value = "/etc/mail2sms/mail2sms.toml"
+    )]
+    config: PathBuf,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGINT or SIGTERM.
+    Run,
+    /// Check a configuration file and say what is wrong with it (file, line, key).
+    CheckConfig {
+        /// The file to check (default: --config).
+        file: Option<PathBuf>,
+    },
+    /// Show one request: each recipient's state, parts and history.
+    Status {
+        /// Request id, or a unique prefix of it.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List queued recipients, oldest first.
+    Queue {
+        /// Only recipients in this state (accepted, routed, sending, sent, delivered, failed, uncertain).
+        #[arg(long)]
+        state: Option<queue::State>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each modem's identity, signal, registration, state and counters.
+    Modems {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a password on standard input and print its Argon2id hash for `[[smtp.users]]`.
+    HashPassword,
+    /// Run simulated GSM modems on pseudo-terminals (for tests and trying things out).
+    ModemSim(mail2sms::modem::sim::SimArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mail2sms: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mail2sms: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run => run(&cli.config).await.map(|_| ExitCode::SUCCESS),
+        Command::CheckConfig { file } => {
+            let file = file.unwrap_or(cli.config);
+            match config::load(&file) {
+                Ok(c) => {
+                    println!("{}: OK", file.display());
+                    print!("{}", admin::describe_config(&c));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Status { id, json } => {
+            let pool = open_store_for_reading(&cli.config).await?;
+            let st = queue::status(&pool, &id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", admin::render_status(&st));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue { state, json } => {
+            let pool = open_store_for_reading(&cli.config).await?;
+            let entries = queue::list(&pool, state).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print!("{}", admin::render_queue(&entries));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Modems { json } => {
+            let pool = open_store_for_reading(&cli.config).await?;
+            let rows = queue::modems(&pool).await?;
+            if json {
+                let v: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(_, s, at)| {
+                        let mut v: serde_json::Value =
+                            serde_json::from_str(s).unwrap_or(serde_json::Value::Null);
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert("updated_at".into(), at.clone().into());
+                        }
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", admin::render_modems(&rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ModemSim(args) => mail2sms::modem::sim::run_cli(args)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "no password on standard input");
+            println!("{}", admin::hash_password(password)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn open_store_for_reading(config_path: &std::path::Path) -> anyhow::Result<sqlx::SqlitePool> {
+    let cfg = config::load(config_path)?;
+    Ok(queue::Store::open_read_only(&cfg.store.path).await?)
+}
+
+async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = Arc::new(config::load(config_path)?);
+    let store = queue::Store::open(&cfg.store.path)
+        .await
+        .with_context(|| format!("opening the queue at {}", cfg.store.path.display()))?;
+    let shutdown = CancellationToken::new();
+    let uncertain = queue::dispatch::recover(&store).await?;
+    if uncertain > 0 {
+        warn!(
+            parts = uncertain,
+            "parts were being sent when the gateway stopped; they are now `uncertain` and will not be sent again"
+        );
+    }
+    let queued = Arc::new(tokio::sync::Notify::new());
+    let modems =
+        mail2sms::modem::start_modems(&cfg, &store, queued.clone(), shutdown.clone()).await?;
+    let intake = intake::Intake::new(cfg.clone(), store.clone(), queued);
+    let listener = intake::smtp::Listener::start(cfg.clone(), intake, shutdown.clone()).await?;
+    info!(site = %cfg.site.name, store = %cfg.store.path.display(), modems, "mail2sms running");
+
+    wait_for_signal().await?;
+    info!("shutting down");
+    shutdown.cancel();
+    if tokio::time::timeout(cfg.smtp.shutdown_grace, listener.wait())
+        .await
+        .is_err()
+    {
+        info!("sessions still open after the grace period; closing them");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! Shared harness for end-to-end tests: runs the real `mail2sms` binary in a temporary folder
+//! with its own config, store and port, and reads its queue back through the CLI.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mail2sms");
+
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    pub child: Option<Child>,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Gateway {
+    /// Writes a config (the `extra` TOML is appended: [smtp.tls], users, ...) and starts the
+    /// gateway, waiting until it accepts connections.
+    pub fn start(smtp_extra: &str, extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("mail2sms.toml");
+        let text = format!(
+            r#"
+[site]
+name = "test"
+hostname = "gw.test"
+default_country = "FR"
+sms_domains = ["sms", "sms.example.com"]
+
+[store]
+path = "queue.db"
+
+[smtp]
+listen = ["127.0.0.1:{port}"]
+max_message_bytes = 100000
+max_recipients = 5
+{smtp_extra}
+
+{extra}
+"#
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut g = Gateway {
+            dir,
+            config,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: None,
+        };
+        g.spawn();
+        g
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts (or restarts) the process and waits for the SMTP port.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("gateway.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["--config", self.config.to_str().unwrap(), "run"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start mail2sms");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(self.addr).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("gateway exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe_kill(c.id(), "TERM");
+        c.wait().unwrap()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `mail2sms queue --json`, parsed.
+    pub fn queue(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["queue", "--json"]);
+        assert!(
+            out.status.success(),
+            "queue --json failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("queue --json is JSON")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+/// Runs a program, failing the test with its output when it cannot be started.
+pub fn run(cmd: &mut Command) -> Output {
+    let name = format!("{cmd:?}");
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e} (is it installed? .ci/run installs it)"))
+}
+
+/// Runs a Python script from tests/e2e with arguments; its stdout is returned.
+pub fn python(script: &str, args: &[&str]) -> Output {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2e")
+        .join(script);
+    run(Command::new("python3").arg(path).args(args))
+}
+
+/// Writes a self-signed certificate and key for `localhost` with openssl.
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let out = run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]));
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// Argon2 hash of a password, made by the binary itself.
+pub fn hash_password(password: &str) -> String {
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
