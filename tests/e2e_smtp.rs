@@ -78,7 +78,15 @@ fn every_address_form_is_queued_with_its_number_and_name() {
             let port = g.addr.port().to_string();
             let out = python(
                 "smtp_client.py",
-                &["send", "127.0.0.1", &port, "john@example.com", addr, "Meeting", "Room 4 at 10:00"],
+                &[
+                    "send",
+                    "127.0.0.1",
+                    &port,
+                    "john@example.com",
+                    addr,
+                    "Meeting",
+                    "Room 4 at 10:00",
+                ],
             );
             let r: Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(r["data"][0], 250, "smtplib to {addr}: {r}");
@@ -208,7 +216,10 @@ fn oversize_mail_is_refused_at_mail_and_after_data() {
     // Undeclared: read to the end, then refused.
     let big = g.path("big.txt");
     std::fs::write(&big, "x".repeat(150_000)).unwrap();
-    let (ok, out) = swaks(&g, &["--to", "0612345678@sms", "--body", big.to_str().unwrap()]);
+    let (ok, out) = swaks(
+        &g,
+        &["--to", "0612345678@sms", "--body", big.to_str().unwrap()],
+    );
     assert!(!ok, "{out}");
     assert!(out.contains("552 5.3.4"), "{out}");
     assert!(g.queue().is_empty());
@@ -456,5 +467,54 @@ fn check_config_names_file_line_and_key() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn connections_over_the_limit_get_421() {
+    let g = Gateway::start("max_connections = 2", "");
+    let _a = connect(&g);
+    let _b = connect(&g);
+    let mut c = TcpStream::connect(g.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = String::new();
+    let _ = c.read_to_string(&mut reply);
+    assert!(reply.starts_with("421 Too many connections"), "{reply:?}");
+    // A slot freed is a slot for the next client.
+    drop(_a);
+    std::thread::sleep(Duration::from_millis(200));
+    let _d = connect(&g);
+}
+
+#[test]
+fn idle_sessions_are_closed_with_421() {
+    let g = Gateway::start("idle_timeout_secs = 1", "");
+    let mut s = connect(&g);
+    exchange(&mut s, "EHLO c\r\n", 1);
+    let start = std::time::Instant::now();
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    assert!(rest.starts_with("421 4.4.2"), "{rest:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn help_noop_rset_vrfy_answer() {
+    let g = Gateway::start("", "");
+    let mut s = connect(&g);
+    let r = exchange(
+        &mut s,
+        "EHLO c\r\nHELP\r\nNOOP\r\nRSET\r\nVRFY paul\r\nQUIT\r\n",
+        6,
+    );
+    let finals: Vec<&str> = r
+        .lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| &l[..3])
+        .collect();
+    assert_eq!(finals, ["250", "214", "250", "250", "252", "221"], "{r}");
+    assert!(
+        r.contains("214-2.0.0 mail2sms: mail to NAME@+NUMBER@<sms domain> becomes an SMS"),
+        "{r}"
     );
 }
