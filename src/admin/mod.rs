@@ -165,6 +165,27 @@ pub fn render_status(st: &RequestStatus) -> String {
     s
 }
 
+/// `mail2sms held`: what the SMS-pumping guard holds, and why.
+pub fn render_held(entries: &[crate::queue::policy::HeldEntry]) -> String {
+    if entries.is_empty() {
+        return "nothing is held\n".to_string();
+    }
+    let mut s = String::new();
+    for e in entries {
+        let _ = writeln!(
+            s,
+            "{}  {}  {:<16} {} part(s) from {}\n  {}",
+            e.request, e.received_at, e.number, e.parts, e.sender, e.reason
+        );
+    }
+    let _ = writeln!(
+        s,
+        "{} held recipient(s); `mail2sms held release ID` sends them, `mail2sms held drop ID` fails them",
+        entries.len()
+    );
+    s
+}
+
 /// `mail2sms modems`: one block per modem, from the status the drivers recorded.
 pub fn render_modems(rows: &[(String, String, String)]) -> String {
     if rows.is_empty() {

@@ -256,6 +256,9 @@ pub fn summarise(parts: &[State]) -> State {
     if parts.contains(&Uncertain) {
         return Uncertain;
     }
+    if parts.contains(&Held) {
+        return Held;
+    }
     for s in [Accepted, Routed, Sending, Sent] {
         if parts.contains(&s) {
             return s;

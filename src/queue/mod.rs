@@ -10,6 +10,7 @@
 //! `list` are built from these rows.
 
 pub mod dispatch;
+pub mod policy;
 pub mod state;
 
 use std::path::Path;
@@ -27,6 +28,7 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 pub use dispatch::{Change, PendingPart, Work};
+pub use policy::{Guard, QueuePolicy, QuotaExceeded, Quotas};
 pub use state::State;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -46,6 +48,8 @@ pub enum QueueError {
     NotFound(String),
     #[error("`{0}` matches several requests; give more of the id")]
     Ambiguous(String),
+    #[error("quota exceeded: {0}")]
+    Quota(QuotaExceeded),
 }
 
 /// Where a request came from.
@@ -74,6 +78,11 @@ pub struct NewRequest {
     pub auth_user: Option<String>,
     /// Envelope sender; empty for the null sender `<>`.
     pub mail_from: String,
+    /// Who quotas and the pumping guard count this against: the authenticated user, else the
+    /// envelope sender, lower-cased.
+    pub sender: String,
+    /// The envelope sender's domain, lower-cased, for domain quotas.
+    pub sender_domain: String,
     pub message_id: Option<String>,
     pub subject: Option<String>,
     pub dsn_envid: Option<String>,
@@ -93,6 +102,8 @@ pub struct NewRecipient {
     pub address: String,
     pub number: String,
     pub name: Option<String>,
+    /// ISO 3166 code of the destination, for the pumping guard.
+    pub country: Option<String>,
     pub dsn_notify: Option<String>,
     pub dsn_orcpt: Option<String>,
 }
@@ -105,6 +116,8 @@ pub enum Accepted {
         id: String,
         recipients: usize,
         duplicates: usize,
+        /// Recipients the pumping guard held for an admin (they are queued, not sent).
+        held: usize,
     },
     /// Every recipient was already queued by an earlier copy of this mail (same sender,
     /// Message-ID and number): nothing new was stored.
@@ -142,6 +155,7 @@ enum Outcome {
 #[derive(Clone)]
 pub struct Store {
     read: SqlitePool,
+    path: std::path::PathBuf,
     writer: mpsc::Sender<Job>,
     /// Transactions committed by the writer; with `jobs`, shows how well commits are shared.
     commits: Arc<AtomicU64>,
@@ -159,8 +173,21 @@ fn options(path: &Path) -> SqliteConnectOptions {
 }
 
 impl Store {
-    /// Opens (creating and migrating if needed) the store and starts its writer task.
+    /// Opens (creating and migrating if needed) the store with no quotas and no pumping guard.
     pub async fn open(path: &Path) -> Result<Store, QueueError> {
+        let policy = QueuePolicy {
+            quotas: Quotas::default(),
+            guard: Guard {
+                enabled: false,
+                ..Guard::default()
+            },
+        };
+        Store::open_with(path, policy).await
+    }
+
+    /// Opens (creating and migrating if needed) the store and starts its writer task, which
+    /// enforces `policy` on every request.
+    pub async fn open_with(path: &Path, policy: QueuePolicy) -> Result<Store, QueueError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -174,9 +201,10 @@ impl Store {
             .await?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let commits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(writer(conn, rx, commits.clone()));
+        tokio::spawn(writer(conn, rx, commits.clone(), Arc::new(policy)));
         Ok(Store {
             read,
+            path: path.to_path_buf(),
             writer: tx,
             commits,
         })
@@ -196,6 +224,20 @@ impl Store {
         Ok(SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts)
+            .await?)
+    }
+
+    /// Opens an existing store for an admin's change from the CLI while the gateway may run
+    /// (SQLite serializes it with the gateway's writer).
+    pub async fn open_for_admin(path: &Path) -> Result<SqlitePool, QueueError> {
+        if !path.exists() {
+            return Err(QueueError::Db(sqlx::Error::Configuration(
+                format!("no queue store at {}", path.display()).into(),
+            )));
+        }
+        Ok(SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options(path).create_if_missing(false))
             .await?)
     }
 
@@ -233,6 +275,10 @@ impl Store {
         &self.read
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// How many transactions the writer has committed so far.
     pub fn commit_count(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
@@ -240,10 +286,15 @@ impl Store {
 }
 
 /// The single writer: takes what is waiting, commits it in one transaction, answers each job.
-async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>, commits: Arc<AtomicU64>) {
+async fn writer(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Job>,
+    commits: Arc<AtomicU64>,
+    limits: Arc<QueuePolicy>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let results = commit_batch(&mut conn, &batch).await;
+        let results = commit_batch(&mut conn, &batch, &limits).await;
         commits.fetch_add(1, Ordering::Relaxed);
         for (job, result) in batch.drain(..).zip(results) {
             // A caller that went away (its connection dropped) just misses the answer.
@@ -271,6 +322,7 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>, commits
 async fn commit_batch(
     conn: &mut SqliteConnection,
     batch: &[Job],
+    limits: &QueuePolicy,
 ) -> Vec<Result<Outcome, QueueError>> {
     let mut results: Vec<Result<Outcome, QueueError>> = Vec::with_capacity(batch.len());
     let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
@@ -287,7 +339,9 @@ async fn commit_batch(
         let r = async {
             let mut sp = Connection::begin(&mut *tx).await?;
             let r = match job {
-                Job::Accept(req, _) => Outcome::Accepted(insert_request(&mut sp, req).await?),
+                Job::Accept(req, _) => {
+                    Outcome::Accepted(insert_request(&mut sp, req, limits).await?)
+                }
                 Job::Change(change, _) => {
                     dispatch::apply(&mut sp, change).await?;
                     Outcome::Changed
@@ -353,6 +407,7 @@ fn dedup_key(req: &NewRequest, number: &str) -> Option<String> {
 async fn insert_request(
     conn: &mut SqliteConnection,
     req: &NewRequest,
+    limits: &QueuePolicy,
 ) -> Result<Accepted, QueueError> {
     let now = now_ms();
     // Which recipients did an earlier copy of this mail already queue?
@@ -385,12 +440,38 @@ async fn insert_request(
     {
         return Ok(Accepted::Duplicate { id });
     }
+    let new_parts = (req.parts.len() * fresh.len()) as u64;
+    policy::check_quotas(
+        conn,
+        &limits.quotas,
+        &req.sender,
+        &req.sender_domain,
+        new_parts,
+        now,
+    )
+    .await?;
+    // The guard looks at earlier requests only, so it decides before this one is inserted.
+    let mut suspicions = Vec::with_capacity(fresh.len());
+    for (_, r, _) in &fresh {
+        suspicions.push(
+            policy::suspicion(
+                conn,
+                &limits.guard,
+                &req.sender,
+                &r.number,
+                r.country.as_deref(),
+                now,
+            )
+            .await?,
+        );
+    }
 
     let id = new_id();
     sqlx::query(
         "INSERT INTO requests (id, received_at, source, client, helo, auth_user, mail_from,
-            message_id, subject, dsn_envid, dsn_ret, text, encoding, part_count, truncated, size, headers)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            message_id, subject, dsn_envid, dsn_ret, text, encoding, part_count, truncated, size,
+            headers, sender, sender_domain)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )
     .bind(&id)
     .bind(now)
@@ -409,6 +490,8 @@ async fn insert_request(
     .bind(req.truncated)
     .bind(req.size as i64)
     .bind(&req.headers)
+    .bind(&req.sender)
+    .bind(&req.sender_domain)
     .execute(&mut *conn)
     .await?;
 
@@ -422,11 +505,12 @@ async fn insert_request(
     } else {
         &req.mail_from
     };
-    for (idx, r, key) in &fresh {
+    let mut held = 0;
+    for ((idx, r, key), suspicion) in fresh.iter().zip(suspicions) {
         let rid: i64 = sqlx::query_scalar(
             "INSERT INTO recipients (request_id, idx, address, number, name, dsn_notify, dsn_orcpt,
-                state, updated_at, dedup_key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+                state, updated_at, dedup_key, country)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
         )
         .bind(&id)
         .bind(*idx as i64)
@@ -438,6 +522,7 @@ async fn insert_request(
         .bind(State::Accepted.as_str())
         .bind(now)
         .bind(key)
+        .bind(&r.country)
         .fetch_one(&mut *conn)
         .await?;
         for (seq, text) in req.parts.iter().enumerate() {
@@ -475,11 +560,31 @@ async fn insert_request(
         .bind(reason)
         .execute(&mut *conn)
         .await?;
+        match suspicion {
+            policy::Verdict::Hold(why) => {
+                // This recipient and the unsent rest of its burst wait for an admin.
+                held += policy::hold_burst(conn, &limits.guard, &req.sender, &r.number, &why, now)
+                    .await?
+                    .max(1);
+            }
+            policy::Verdict::NewRange { since } => {
+                // Every message to a range new to the sender waits until the range is as old
+                // as the delay: a burst shows itself before any of it leaves.
+                let at = since + limits.guard.first_contact_delay.as_millis() as i64;
+                sqlx::query("UPDATE parts SET next_attempt_at = ?2 WHERE recipient_id = ?1")
+                    .bind(rid)
+                    .bind(at)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            _ => {}
+        }
     }
     Ok(Accepted::Queued {
         id,
         recipients: fresh.len(),
         duplicates: req.recipients.len() - fresh.len(),
+        held,
     })
 }
 

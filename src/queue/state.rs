@@ -8,6 +8,9 @@
 //! ```
 //! `uncertain` is final: such a part may or may not have left, and sending it again could send
 //! it twice, so it is reported instead (invariant 3).
+//!
+//! `held` is outside the flow: the SMS-pumping guard put the message aside for an admin, who
+//! releases it (back to `accepted`) or drops it (`failed`) with `mail2sms held`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,10 +27,11 @@ pub enum State {
     Delivered,
     Failed,
     Uncertain,
+    Held,
 }
 
 impl State {
-    pub const ALL: [State; 7] = [
+    pub const ALL: [State; 8] = [
         State::Accepted,
         State::Routed,
         State::Sending,
@@ -35,6 +39,7 @@ impl State {
         State::Delivered,
         State::Failed,
         State::Uncertain,
+        State::Held,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +51,7 @@ impl State {
             State::Delivered => "delivered",
             State::Failed => "failed",
             State::Uncertain => "uncertain",
+            State::Held => "held",
         }
     }
 

@@ -8,6 +8,11 @@ fn request(from: &str, message_id: Option<&str>, numbers: &[&str]) -> NewRequest
         helo: Some("client.example".into()),
         auth_user: None,
         mail_from: from.into(),
+        sender: from.to_ascii_lowercase(),
+        sender_domain: from
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default(),
         message_id: message_id.map(str::to_string),
         subject: Some("Hello".into()),
         dsn_envid: None,
@@ -24,6 +29,7 @@ fn request(from: &str, message_id: Option<&str>, numbers: &[&str]) -> NewRequest
                 address: format!("{n}@sms"),
                 number: n.to_string(),
                 name: None,
+                country: Some("FR".into()),
                 dsn_notify: Some("SUCCESS,FAILURE".into()),
                 dsn_orcpt: None,
             })
@@ -52,6 +58,7 @@ async fn accepted_request_has_rows_parts_and_events() {
         id,
         recipients: 2,
         duplicates: 0,
+        held: 0,
     } = &a
     else {
         panic!("{a:?}")
@@ -426,4 +433,240 @@ async fn parts_found_sending_after_a_crash_become_uncertain() {
     assert_eq!(work[0].pending.len(), 1);
     assert_eq!(work[0].pending[0].seq, 2);
     assert_eq!(dispatch::recover(&store).await.unwrap(), 0);
+}
+
+async fn open_with(policy: QueuePolicy) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(&dir.path().join("q.db"), policy)
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+fn no_guard() -> Guard {
+    Guard {
+        enabled: false,
+        ..Guard::default()
+    }
+}
+
+/// Quotas count parts (parts x recipients) and are enforced exactly at the limit.
+#[tokio::test]
+async fn quotas_are_exact() {
+    let (_dir, store) = open_with(QueuePolicy {
+        quotas: Quotas {
+            sender_per_hour: Some(10),
+            domain_per_day: Some(14),
+            ..Quotas::default()
+        },
+        guard: no_guard(),
+    })
+    .await;
+    // 2 parts x 2 recipients = 4 parts each.
+    for _ in 0..2 {
+        store
+            .accept(request("a@x.com", None, &["+33612345678", "+33712345678"]))
+            .await
+            .unwrap();
+    }
+    // 8 used; 2 more fit exactly (2 parts x 1 recipient).
+    store
+        .accept(request("a@x.com", None, &["+33612345679"]))
+        .await
+        .unwrap();
+    let err = store
+        .accept(request("a@x.com", None, &["+33612345670"]))
+        .await
+        .unwrap_err();
+    let QueueError::Quota(q) = err else {
+        panic!("{err}")
+    };
+    assert_eq!((q.used, q.needed, q.limit, q.window), (10, 2, 10, "hour"));
+    assert!(q.to_string().contains("sender a@x.com"), "{q}");
+    // Another sender of the same domain: the domain's day quota (14) has 4 left.
+    store
+        .accept(request("b@x.com", None, &["+33612345671", "+33612345672"]))
+        .await
+        .unwrap();
+    let err = store
+        .accept(request("c@x.com", None, &["+33612345673"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QueueError::Quota(QuotaExceeded {
+                window: "day",
+                limit: 14,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    // A refused request left nothing behind.
+    assert_eq!(list(store.reader(), None).await.unwrap().len(), 7);
+}
+
+#[tokio::test]
+async fn consecutive_numbers_are_held_with_their_burst() {
+    let (_dir, store) = open_with(QueuePolicy {
+        quotas: Quotas::default(),
+        guard: Guard {
+            max_per_block: 4,
+            ..Guard::default()
+        },
+    })
+    .await;
+    let mut outcomes = Vec::new();
+    for i in 0..10 {
+        let n = format!("+336123456{i:02}");
+        outcomes.push(
+            store
+                .accept(request("pump@x.com", None, &[n.as_str()]))
+                .await
+                .unwrap(),
+        );
+    }
+    let held: Vec<usize> = outcomes
+        .iter()
+        .map(|a| match a {
+            Accepted::Queued { held, .. } => *held,
+            _ => 0,
+        })
+        .collect();
+    // The 4th number of the range trips the guard and takes the 3 unsent ones with it.
+    assert_eq!(held, [0, 0, 0, 4, 1, 1, 1, 1, 1, 1]);
+    let entries = policy::held(store.reader()).await.unwrap();
+    assert_eq!(entries.len(), 10);
+    assert!(
+        entries[0].reason.contains("4 numbers in +336123456xx"),
+        "{}",
+        entries[0].reason
+    );
+    assert!(
+        dispatch::ready(store.reader(), 100, &Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another sender, another range, is not affected.
+    let ok = store
+        .accept(request("fine@x.com", None, &["+33612345601"]))
+        .await
+        .unwrap();
+    assert!(matches!(ok, Accepted::Queued { held: 0, .. }));
+
+    // An admin releases one request: it goes back to the queue.
+    let admin = Store::open_for_admin(store.path()).await.unwrap();
+    let first = entries[0].request.clone();
+    assert_eq!(
+        policy::decide_held(&admin, &first, true, "test")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        dispatch::ready(store.reader(), 100, &Default::default())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        policy::decide_held(&admin, "all", false, "test")
+            .await
+            .unwrap(),
+        9
+    );
+    assert!(policy::held(store.reader()).await.unwrap().is_empty());
+    assert_eq!(
+        list(store.reader(), Some(State::Failed))
+            .await
+            .unwrap()
+            .len(),
+        9
+    );
+}
+
+#[tokio::test]
+async fn many_countries_are_held() {
+    let (_dir, store) = open_with(QueuePolicy {
+        quotas: Quotas::default(),
+        guard: Guard {
+            max_countries: 2,
+            ..Guard::default()
+        },
+    })
+    .await;
+    let mut req = request("trip@x.com", None, &["+33612345678"]);
+    for (n, c) in [
+        ("+33612345678", "FR"),
+        ("+447911123456", "GB"),
+        ("+4915112345678", "DE"),
+    ] {
+        req.recipients[0].number = n.into();
+        req.recipients[0].country = Some(c.into());
+        store.accept(req.clone()).await.unwrap();
+    }
+    let held = policy::held(store.reader()).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].number, "+4915112345678");
+    assert!(
+        held[0].reason.contains("3 destination countries"),
+        "{}",
+        held[0].reason
+    );
+}
+
+/// With a first-contact delay the start of a burst is still queued when the guard trips, so
+/// nothing of it is sent.
+#[tokio::test]
+async fn first_contact_delay_keeps_the_start_of_a_burst() {
+    let (_dir, store) = open_with(QueuePolicy {
+        quotas: Quotas::default(),
+        guard: Guard {
+            max_per_block: 3,
+            first_contact_delay: Duration::from_secs(30),
+            ..Guard::default()
+        },
+    })
+    .await;
+    store
+        .accept(request("pump@x.com", None, &["+33612345600"]))
+        .await
+        .unwrap();
+    // Messages to a range new to the sender wait out the delay.
+    assert!(
+        dispatch::ready(store.reader(), 10, &Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .accept(request("pump@x.com", None, &["+33612345601"]))
+        .await
+        .unwrap();
+    assert!(
+        dispatch::ready(store.reader(), 10, &Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Other ranges and other senders are not slowed by it.
+    store
+        .accept(request("fine@x.com", None, &["+33712345601"]))
+        .await
+        .unwrap();
+    // The third trips the guard: all three are held, none was handed to a modem.
+    store
+        .accept(request("pump@x.com", None, &["+33612345602"]))
+        .await
+        .unwrap();
+    assert_eq!(policy::held(store.reader()).await.unwrap().len(), 3);
+    assert!(
+        dispatch::ready(store.reader(), 10, &Default::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
