@@ -20,6 +20,8 @@ use crate::modem::pool::PoolConfig;
 use crate::modem::sim::{ReportMode, SimConfig};
 use crate::parse::address::{AddressPolicy, NumberKind};
 use crate::parse::body::{BodyOptions, SubjectPolicy};
+use crate::policy::Destinations;
+use crate::queue::{Guard, QueuePolicy, Quotas};
 
 /// A configuration error, located in the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,8 +47,21 @@ pub struct Config {
     pub sms: Sms,
     pub body: BodyOptions,
     pub recipients: AddressPolicy,
+    pub destinations: Destinations,
     pub sending: PoolConfig,
     pub modems: Vec<ModemConfig>,
+    pub senders: Senders,
+    pub queue_policy: QueuePolicy,
+}
+
+/// `[senders]`: who may send (see `policy`).
+#[derive(Debug, Clone)]
+pub struct Senders {
+    pub allowed_addresses: Vec<String>,
+    pub allowed_domains: Vec<String>,
+    pub accept_internet_mail: bool,
+    pub dns_server: Option<SocketAddr>,
+    pub pins: std::collections::HashMap<String, String>,
 }
 
 /// One `[[modem]]`.
@@ -83,6 +98,8 @@ pub struct Site {
 pub struct Smtp {
     pub listen: Vec<SocketAddr>,
     pub max_message_bytes: usize,
+    /// Largest header block accepted; a mail with more is refused after DATA.
+    pub max_header_bytes: usize,
     pub max_recipients: usize,
     pub max_connections: usize,
     pub idle_timeout: std::time::Duration,
@@ -150,6 +167,76 @@ pub struct RawConfig {
     sending: RawSending,
     #[serde(default)]
     modem: Vec<RawModem>,
+    #[serde(default)]
+    senders: RawSenders,
+    #[serde(default)]
+    quotas: RawQuotas,
+    #[serde(default)]
+    guard: RawGuard,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSenders {
+    allowed_addresses: Vec<String>,
+    allowed_domains: Vec<String>,
+    accept_internet_mail: bool,
+    dns_server: Option<String>,
+    pins: Vec<RawPin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPin {
+    address: String,
+    pin: String,
+}
+
+/// SMS parts per window; 0 is no limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQuotas {
+    sender_parts_per_hour: u64,
+    sender_parts_per_day: u64,
+    domain_parts_per_hour: u64,
+    domain_parts_per_day: u64,
+}
+
+impl Default for RawQuotas {
+    fn default() -> Self {
+        // Generous for a person, small for a compromised account.
+        RawQuotas {
+            sender_parts_per_hour: 200,
+            sender_parts_per_day: 1000,
+            domain_parts_per_hour: 2000,
+            domain_parts_per_day: 10000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGuard {
+    enabled: bool,
+    window_minutes: u64,
+    block_digits: usize,
+    max_per_block: usize,
+    max_countries: usize,
+    first_contact_delay_secs: u64,
+}
+
+impl Default for RawGuard {
+    fn default() -> Self {
+        let g = Guard::default();
+        RawGuard {
+            enabled: g.enabled,
+            window_minutes: g.window.as_secs() / 60,
+            block_digits: g.block_digits,
+            max_per_block: g.max_per_block,
+            max_countries: g.max_countries,
+            first_contact_delay_secs: g.first_contact_delay.as_secs(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +345,7 @@ struct RawSite {
 struct RawSmtp {
     listen: Vec<String>,
     max_message_bytes: usize,
+    max_header_bytes: usize,
     max_recipients: usize,
     max_connections: usize,
     idle_timeout_secs: u64,
@@ -272,6 +360,7 @@ impl Default for RawSmtp {
         RawSmtp {
             listen: vec!["127.0.0.1:2525".into()],
             max_message_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 256 * 1024,
             max_recipients: 100,
             max_connections: 200,
             // RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for a command.
@@ -327,6 +416,9 @@ struct RawRecipients {
     accepted_types: Option<Vec<NumberKind>>,
     /// E.164 prefixes refused at RCPT, e.g. `+33899`.
     blocked_prefixes: Vec<String>,
+    /// ISO 3166 alpha-2 codes SMS may go to (empty: all but the blocked ones).
+    allowed_countries: Vec<String>,
+    blocked_countries: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -523,6 +615,7 @@ impl RawConfig {
             }
         };
         positive("smtp.max_message_bytes", m.max_message_bytes)?;
+        positive("smtp.max_header_bytes", m.max_header_bytes)?;
         positive("smtp.max_recipients", m.max_recipients)?;
         positive("smtp.max_connections", m.max_connections)?;
         positive("smtp.idle_timeout_secs", m.idle_timeout_secs as usize)?;
@@ -602,6 +695,27 @@ impl RawConfig {
             }
             blocked_prefixes.push(p.clone());
         }
+        let countries = |key: &str, list: &[String]| -> Result<Vec<String>, ConfigError> {
+            list.iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    let up = c.to_ascii_uppercase();
+                    match up.parse::<phonenumber::country::Id>() {
+                        Ok(_) => Ok(up),
+                        Err(_) => Err(loc.error(
+                            &format!("recipients.{key}[{j}]"),
+                            format!("`{c}` is not an ISO 3166 alpha-2 country code"),
+                        )),
+                    }
+                })
+                .collect()
+        };
+        let allowed_countries = countries("allowed_countries", &self.recipients.allowed_countries)?;
+        let blocked_countries = countries("blocked_countries", &self.recipients.blocked_countries)?;
+        let destinations = Destinations {
+            allowed_countries,
+            blocked_countries,
+        };
         let recipients = AddressPolicy {
             sms_domains: sms_domains.clone(),
             default_country,
@@ -724,6 +838,80 @@ impl RawConfig {
             });
         }
 
+        // [senders]
+        let sd = self.senders;
+        for (i, a) in sd.allowed_addresses.iter().enumerate() {
+            if !a.contains('@') {
+                return Err(loc.error(
+                    &format!("senders.allowed_addresses[{i}]"),
+                    format!("`{a}` is not an address; put domains in allowed_domains"),
+                ));
+            }
+        }
+        let dns_server = match &sd.dns_server {
+            None => None,
+            Some(d) => Some(
+                d.parse::<SocketAddr>()
+                    .or_else(|_| d.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| {
+                        loc.error(
+                            "senders.dns_server",
+                            format!("`{d}` is not an address such as 127.0.0.1:53"),
+                        )
+                    })?,
+            ),
+        };
+        let mut pins = std::collections::HashMap::new();
+        for (i, p) in sd.pins.iter().enumerate() {
+            if !(4..=12).contains(&p.pin.len()) || !p.pin.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(loc.error(&format!("senders.pins[{i}].pin"), "must be 4 to 12 digits"));
+            }
+            pins.insert(p.address.to_ascii_lowercase(), p.pin.clone());
+        }
+        if sd.accept_internet_mail
+            && sd.allowed_addresses.is_empty()
+            && sd.allowed_domains.is_empty()
+        {
+            return Err(loc.error(
+                "senders.accept_internet_mail",
+                "needs allowed_addresses or allowed_domains: mail from the internet is only taken from listed senders",
+            ));
+        }
+        let senders = Senders {
+            allowed_addresses: sd.allowed_addresses,
+            allowed_domains: sd.allowed_domains,
+            accept_internet_mail: sd.accept_internet_mail,
+            dns_server,
+            pins,
+        };
+
+        // [quotas], [guard]
+        let q = self.quotas;
+        let limit = |v: u64| (v > 0).then_some(v);
+        let g = self.guard;
+        if g.enabled && (g.max_per_block < 2 || g.window_minutes == 0 || g.max_countries == 0) {
+            return Err(loc.error(
+                "guard",
+                "max_per_block must be at least 2, window_minutes and max_countries at least 1",
+            ));
+        }
+        let queue_policy = QueuePolicy {
+            quotas: Quotas {
+                sender_per_hour: limit(q.sender_parts_per_hour),
+                sender_per_day: limit(q.sender_parts_per_day),
+                domain_per_hour: limit(q.domain_parts_per_hour),
+                domain_per_day: limit(q.domain_parts_per_day),
+            },
+            guard: Guard {
+                enabled: g.enabled,
+                window: std::time::Duration::from_secs(g.window_minutes * 60),
+                block_digits: g.block_digits.clamp(1, 6),
+                max_per_block: g.max_per_block,
+                max_countries: g.max_countries,
+                first_contact_delay: std::time::Duration::from_secs(g.first_contact_delay_secs),
+            },
+        };
+
         Ok(Config {
             source: loc.file.to_path_buf(),
             site: Site {
@@ -735,6 +923,7 @@ impl RawConfig {
             smtp: Smtp {
                 listen,
                 max_message_bytes: m.max_message_bytes,
+                max_header_bytes: m.max_header_bytes,
                 max_recipients: m.max_recipients,
                 max_connections: m.max_connections,
                 idle_timeout: std::time::Duration::from_secs(m.idle_timeout_secs),
@@ -752,8 +941,11 @@ impl RawConfig {
             },
             body: self.body,
             recipients,
+            destinations,
             sending,
             modems,
+            senders,
+            queue_policy,
         })
     }
 }

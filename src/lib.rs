@@ -5,5 +5,6 @@ pub mod config;
 pub mod intake;
 pub mod modem;
 pub mod parse;
+pub mod policy;
 pub mod queue;
 pub mod sms;

@@ -30,6 +30,20 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand)]
+enum HeldAction {
+    /// Send them after all.
+    Release {
+        /// Request id (or a unique prefix), or `all`.
+        id: String,
+    },
+    /// Fail them for good, as suspected SMS pumping.
+    Drop {
+        /// Request id (or a unique prefix), or `all`.
+        id: String,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Human,
@@ -57,6 +71,13 @@ enum Command {
         /// Only recipients in this state (accepted, routed, sending, sent, delivered, failed, uncertain).
         #[arg(long)]
         state: Option<queue::State>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requests the SMS-pumping guard held: list them, or release or drop them.
+    Held {
+        #[command(subcommand)]
+        action: Option<HeldAction>,
         #[arg(long)]
         json: bool,
     },
@@ -139,6 +160,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Held { action, json } => {
+            let cfg = config::load(&cli.config)?;
+            let who = std::env::var("USER").unwrap_or_else(|_| "an admin".into());
+            match action {
+                None => {
+                    let pool = queue::Store::open_read_only(&cfg.store.path).await?;
+                    let held = queue::policy::held(&pool).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&held)?);
+                    } else {
+                        print!("{}", admin::render_held(&held));
+                    }
+                }
+                Some(action) => {
+                    let (id, release) = match action {
+                        HeldAction::Release { id } => (id, true),
+                        HeldAction::Drop { id } => (id, false),
+                    };
+                    let pool = queue::Store::open_for_admin(&cfg.store.path).await?;
+                    let n = queue::policy::decide_held(&pool, &id, release, &who).await?;
+                    println!(
+                        "{} {n} recipient(s)",
+                        if release { "released" } else { "dropped" }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Modems { json } => {
             let pool = open_store_for_reading(&cli.config).await?;
             let rows = queue::modems(&pool).await?;
@@ -181,7 +230,7 @@ async fn open_store_for_reading(config_path: &std::path::Path) -> anyhow::Result
 
 async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Arc::new(config::load(config_path)?);
-    let store = queue::Store::open(&cfg.store.path)
+    let store = queue::Store::open_with(&cfg.store.path, cfg.queue_policy.clone())
         .await
         .with_context(|| format!("opening the queue at {}", cfg.store.path.display()))?;
     let shutdown = CancellationToken::new();
@@ -195,7 +244,16 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let queued = Arc::new(tokio::sync::Notify::new());
     let modems =
         mail2sms::modem::start_modems(&cfg, &store, queued.clone(), shutdown.clone()).await?;
-    let intake = intake::Intake::new(cfg.clone(), store.clone(), queued);
+    let senders = mail2sms::policy::SenderPolicy::new(
+        cfg.senders.allowed_addresses.clone(),
+        cfg.senders.allowed_domains.clone(),
+        cfg.senders.accept_internet_mail,
+        cfg.senders.pins.clone(),
+        cfg.senders.dns_server,
+        cfg.site.hostname.clone(),
+    )
+    .context("setting up the sender checks")?;
+    let intake = intake::Intake::new(cfg.clone(), store.clone(), senders, queued);
     let listener = intake::smtp::Listener::start(cfg.clone(), intake, shutdown.clone()).await?;
     info!(site = %cfg.site.name, store = %cfg.store.path.display(), modems, "mail2sms running");
 

@@ -5,14 +5,16 @@
 
 pub mod smtp;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::parse::body::{self, BodyError};
-use crate::queue::{Accepted, NewRecipient, NewRequest, Source, Store};
+use crate::policy::{self, SenderContext, SenderPolicy};
+use crate::queue::{Accepted, NewRecipient, NewRequest, QueueError, Source, Store};
 use smtp::session::{Envelope, Reply, Session};
 
 /// Turns complete mails into queued requests. Cheap to clone.
@@ -20,15 +22,31 @@ use smtp::session::{Envelope, Reply, Session};
 pub struct Intake {
     config: Arc<Config>,
     store: Store,
+    senders: Arc<SenderPolicy>,
     /// Told when a request is committed, so idle senders start at once.
     queued: Arc<Notify>,
 }
 
+/// Who handed the mail over, as far as the sender rules care.
+pub struct Origin<'a> {
+    pub source: Source,
+    pub client: Option<IpAddr>,
+    pub helo: Option<&'a str>,
+    pub auth_user: Option<&'a str>,
+    pub trusted: bool,
+}
+
 impl Intake {
-    pub fn new(config: Arc<Config>, store: Store, queued: Arc<Notify>) -> Intake {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        senders: SenderPolicy,
+        queued: Arc<Notify>,
+    ) -> Intake {
         Intake {
             config,
             store,
+            senders: Arc::new(senders),
             queued,
         }
     }
@@ -37,14 +55,16 @@ impl Intake {
     /// after the commit is on disk (invariant 1); on a store failure a `451` makes the client
     /// keep the mail and try again, so nothing already accepted is lost.
     pub async fn accept_smtp(&self, session: &Session, envelope: Envelope, data: Vec<u8>) -> Reply {
+        let origin = Origin {
+            source: Source::Smtp,
+            client: Some(session.client()),
+            helo: session.helo(),
+            auth_user: session.auth_user(),
+            trusted: session.is_trusted(),
+        };
         let client = session.client().to_string();
-        let request = match self.build(&envelope, &data) {
-            Ok(mut r) => {
-                r.client = Some(client.clone());
-                r.helo = session.helo().map(str::to_string);
-                r.auth_user = session.auth_user().map(str::to_string);
-                r
-            }
+        let request = match self.build(&origin, &envelope, &data).await {
+            Ok(r) => r,
             Err(reply) => {
                 info!(%client, from = %envelope.mail_from, code = reply.code, reason = ?reply.lines, "mail refused");
                 return reply;
@@ -57,14 +77,17 @@ impl Intake {
                 id,
                 recipients,
                 duplicates,
+                held,
             }) => {
                 self.queued.notify_one();
-                info!(%id, %client, from = %envelope.mail_from, recipients, duplicates, parts, "queued");
+                info!(%id, %client, from = %envelope.mail_from, recipients, duplicates, held, parts, "queued");
                 let dup = if duplicates > 0 {
                     format!(", {duplicates} already queued by an earlier copy")
                 } else {
                     String::new()
                 };
+                // A held request is accepted like any other: the reply does not tell a
+                // fraudster which pattern gave it away.
                 Reply::new(
                     250,
                     (2, 0, 0),
@@ -83,6 +106,15 @@ impl Intake {
                     format!("Already queued as {id}; not queued again"),
                 )
             }
+            Err(QueueError::Quota(q)) => {
+                info!(%client, from = %envelope.mail_from, reason = %q, "quota");
+                // Temporary: the client keeps the mail and the quota frees up with time.
+                Reply::new(
+                    451,
+                    (4, 7, 1),
+                    format!("Quota reached: {q}; try again later"),
+                )
+            }
             Err(e) => {
                 warn!(%client, error = %e, "could not queue a mail");
                 Reply::new(451, (4, 3, 0), "Local error while queuing; try again later")
@@ -90,23 +122,72 @@ impl Intake {
         }
     }
 
-    /// Parses the mail and splits its text; a refusal comes back as the SMTP reply to give.
-    fn build(&self, envelope: &Envelope, data: &[u8]) -> Result<NewRequest, Reply> {
+    /// Parses the mail, applies the sender rules and splits its text; a refusal comes back as
+    /// the SMTP reply to give.
+    async fn build(
+        &self,
+        origin: &Origin<'_>,
+        envelope: &Envelope,
+        data: &[u8],
+    ) -> Result<NewRequest, Reply> {
+        let headers = header_block(data);
+        if headers.len() > self.config.smtp.max_header_bytes {
+            return Err(Reply::new(
+                552,
+                (5, 3, 4),
+                format!(
+                    "The header is {} bytes, more than the {} accepted",
+                    headers.len(),
+                    self.config.smtp.max_header_bytes
+                ),
+            ));
+        }
         let info = body::extract(data, &self.config.body).map_err(|e| body_error_reply(&e))?;
-        let text = if self.config.sms.transliterate {
-            crate::sms::transliterate(&info.text)
-        } else {
-            info.text.clone()
+        let ctx = SenderContext {
+            client: origin.client.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            helo: origin.helo.unwrap_or(""),
+            mail_from: &envelope.mail_from,
+            auth_user: origin.auth_user,
+            trusted: origin.trusted,
+            header_from: info.from.as_deref(),
         };
+        let rule = self
+            .senders
+            .authorize(&ctx, data)
+            .await
+            .map_err(|r| Reply::new(550, (5, 7, 1), format!("Not allowed to send SMS: {r}")))?;
+        let mut text = info.text.clone();
+        let mut subject = info.subject.clone();
+        if let Some(pin) = self.senders.pin_for(&ctx) {
+            let clean = policy::take_pin(info.subject.as_deref(), pin)
+                .map_err(|r| Reply::new(550, (5, 7, 1), format!("Not allowed to send SMS: {r}")))?;
+            text = policy::strip_pin_from_text(&text, info.subject.as_deref());
+            subject = Some(clean);
+        }
+        debug!(from = %envelope.mail_from, %rule, "sender allowed");
+        if self.config.sms.transliterate {
+            text = crate::sms::transliterate(&text);
+        }
         let seg = crate::sms::segment(&text, Some(self.config.sms.max_parts));
+        let sender = match origin.auth_user {
+            Some(u) => u.to_ascii_lowercase(),
+            None => envelope.mail_from.to_ascii_lowercase(),
+        };
+        let sender_domain = envelope
+            .mail_from
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
         Ok(NewRequest {
-            source: Source::Smtp,
-            client: None,
-            helo: None,
-            auth_user: None,
+            source: origin.source,
+            client: origin.client.map(|c| c.to_string()),
+            helo: origin.helo.map(str::to_string),
+            auth_user: origin.auth_user.map(str::to_string),
             mail_from: envelope.mail_from.clone(),
+            sender,
+            sender_domain,
             message_id: info.message_id.clone(),
-            subject: info.subject.clone(),
+            subject,
             dsn_envid: envelope.envid.clone(),
             dsn_ret: envelope.ret.map(str::to_string),
             text: seg.parts.concat(),
@@ -114,7 +195,7 @@ impl Intake {
             parts: seg.parts,
             truncated: seg.truncated,
             size: data.len(),
-            headers: header_block(data).to_vec(),
+            headers: headers.to_vec(),
             recipients: envelope
                 .recipients
                 .iter()
@@ -122,6 +203,7 @@ impl Intake {
                     address: r.raw.clone(),
                     number: r.recipient.number.clone(),
                     name: r.recipient.name.clone(),
+                    country: r.recipient.country.clone(),
                     dsn_notify: r.notify.clone(),
                     dsn_orcpt: r.orcpt.clone(),
                 })

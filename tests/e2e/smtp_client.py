@@ -5,6 +5,10 @@
       One mail; prints JSON: {"refused": {rcpt: [code, text]}, "data": [code, text] | null,
       "error": str | null}.
 
+  smtp_client.py burst HOST PORT FROM FIRST_NUMBER COUNT
+      COUNT mails on one connection, each to the next number after FIRST_NUMBER (E.164);
+      prints how many got 250.
+
   smtp_client.py load HOST PORT CLIENTS MAILS_PER_CLIENT ACKED_FILE
       CLIENTS threads each send MAILS_PER_CLIENT mails with a unique Message-ID, one connection
       per mail; every Message-ID that got 250 after DATA is appended to ACKED_FILE and flushed
@@ -98,5 +102,23 @@ def load(argv):
         t.join()
 
 
+def burst(argv):
+    host, port, sender, first, count = argv[:5]
+    base = int(first.lstrip("+"))
+    accepted = 0
+    s = smtplib.SMTP(host, int(port), timeout=60)
+    s.ehlo("client.example")
+    for i in range(int(count)):
+        number = "+%d" % (base + i)
+        msg = build(sender, [f"{number}@sms"], "promo", f"code {i}", f"<burst-{i}@client.example>")
+        try:
+            s.sendmail(sender, [f"{number}@sms"], msg.as_bytes())
+            accepted += 1
+        except smtplib.SMTPException:
+            pass
+    s.quit()
+    print(accepted)
+
+
 if __name__ == "__main__":
-    {"send": send, "load": load}[sys.argv[1]](sys.argv[2:])
+    {"send": send, "load": load, "burst": burst}[sys.argv[1]](sys.argv[2:])

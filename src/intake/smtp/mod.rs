@@ -57,7 +57,9 @@ impl Listener {
             max_recipients: config.smtp.max_recipients,
             tls_available: tls.is_some(),
             auth_available: !config.smtp.users.is_empty(),
+            accept_untrusted: config.senders.accept_internet_mail,
             address_policy: config.recipients.clone(),
+            destinations: config.destinations.clone(),
         });
         let shared = Arc::new(Shared {
             session,

@@ -16,6 +16,7 @@ use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 use smtp_proto::{EhloResponse, Request};
 
 use crate::parse::address::{AddressPolicy, Recipient, parse_recipient};
+use crate::policy::Destinations;
 
 /// Longest command line accepted. RFC 5321 §4.5.3.1.4 says 512 octets, but extensions
 /// (DSN's ORCPT, long AUTH responses) make longer lines legitimate.
@@ -35,7 +36,11 @@ pub struct SessionConfig {
     pub tls_available: bool,
     /// Users are configured: AUTH is offered (over TLS only).
     pub auth_available: bool,
+    /// Unauthenticated clients outside the trusted networks may go on to DATA; the sender
+    /// rules (DMARC) decide after it.
+    pub accept_untrusted: bool,
     pub address_policy: AddressPolicy,
+    pub destinations: Destinations,
 }
 
 /// One SMTP reply: a code, an enhanced status code (RFC 3463) and one or more lines of text.
@@ -524,7 +529,11 @@ impl Session {
     }
 
     fn may_send(&self) -> bool {
-        self.trusted || self.auth_user.is_some()
+        self.trusted || self.auth_user.is_some() || self.cfg.accept_untrusted
+    }
+
+    pub fn is_trusted(&self) -> bool {
+        self.trusted
     }
 
     fn mail(
@@ -640,6 +649,13 @@ impl Session {
                 return self.error(out, Reply::new(code, (a, b, c), format!("<{raw}>: {e}")));
             }
         };
+        if let Err(r) = self
+            .cfg
+            .destinations
+            .check(&recipient.number, recipient.country.as_deref())
+        {
+            return self.error(out, Reply::new(550, (5, 7, 1), format!("<{raw}>: {r}")));
+        }
         let notify = notify_string(to.flags);
         let shown = match &recipient.name {
             Some(n) => format!("SMS to {} ({n})", recipient.number),

@@ -11,6 +11,11 @@ fn config() -> Arc<SessionConfig> {
         max_recipients: 3,
         tls_available: true,
         auth_available: true,
+        accept_untrusted: false,
+        destinations: crate::policy::Destinations {
+            allowed_countries: Vec::new(),
+            blocked_countries: vec!["DE".into()],
+        },
         address_policy: AddressPolicy {
             sms_domains: vec!["sms".into(), "sms.example.com".into()],
             default_country: phonenumber::country::Id::FR,
@@ -107,6 +112,12 @@ fn dialogues() {
                 ("RCPT TO:<paul@example.org>\r\n", &["550 5.7.1"]),
                 ("RCPT TO:<paul@+3312@sms>\r\n", &["550 5.1.3"]),
                 ("RCPT TO:<+33899123456@sms>\r\n", &["550 "]),
+                (
+                    "RCPT TO:<+4915112345678@sms>\r\n",
+                    &[
+                        "550 5.7.1 <+4915112345678@sms>: sending to +4915112345678 is not allowed: SMS to country DE are blocked",
+                    ],
+                ),
                 ("DATA\r\n", &["554 5.5.1 No valid recipients"]),
             ],
         ),
