@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -285,6 +285,3 @@ async fn check_password(config: &Config, user: &str, password: &str) -> bool {
     .await
     .unwrap_or(false)
 }
-
-#[allow(dead_code)]
-fn _assert_stream_traits<S: AsyncRead + AsyncWrite + Unpin>() {}

@@ -391,7 +391,7 @@ impl Session {
         }
         let request = match Request::parse(&mut line.iter()) {
             Ok(r) => r,
-            Err(e) => return self.syntax_error(line, e, out),
+            Err(e) => return self.syntax_error(e, out),
         };
         match request {
             Request::Ehlo { host } => self.hello(host.as_ref(), true, out),
@@ -454,7 +454,7 @@ impl Session {
         }
     }
 
-    fn syntax_error(&mut self, line: &[u8], e: smtp_proto::Error, out: &mut Vec<Output>) {
+    fn syntax_error(&mut self, e: smtp_proto::Error, out: &mut Vec<Output>) {
         use smtp_proto::Error as E;
         let r = match e {
             E::UnknownCommand => Reply::new(500, (5, 5, 2), "Command not recognized"),
@@ -481,7 +481,6 @@ impl Session {
             ),
             E::ResponseTooLong => Reply::new(500, (5, 5, 6), "Line too long"),
             E::NeedsMoreData { .. } | E::InvalidResponse { .. } => {
-                let _ = line;
                 Reply::new(500, (5, 5, 2), "Syntax error")
             }
         };
@@ -625,7 +624,7 @@ impl Session {
         let to = match Request::parse(&mut params_line.iter()) {
             Ok(Request::Rcpt { to }) => to,
             Ok(_) => return self.error(out, Reply::new(500, (5, 5, 2), "Syntax error")),
-            Err(e) => return self.syntax_error(line, e, out),
+            Err(e) => return self.syntax_error(e, out),
         };
         let Some(env) = self.envelope.as_mut() else {
             return self.error(out, Reply::new(503, (5, 5, 1), "Send MAIL first"));
