@@ -17,6 +17,7 @@ use mail2sms::parse::address::{
     AddressError, AddressPolicy, NumberKind, normalize_number, parse_recipient,
 };
 use mail2sms::parse::body::{BodyOptions, extract, header_recipients};
+use mail2sms::policy::Destinations;
 use mail2sms::sms;
 
 /// `decode` on arbitrary octets, with and without an SMSC field, and `from_hex` on them as
@@ -177,15 +178,18 @@ pub struct Dialogue {
 ///
 /// Input layout: octet 0 configures the session (bit 0 trusted client, bit 1 a certificate is
 /// configured, bit 2 users are configured, bit 3 a 64-byte message limit instead of 2000,
-/// bit 4 one recipient per mail instead of 3); octet 1 decides the password checks (bit `n % 8`
-/// for the `n`th, 1 = accepted). The rest is chunks, each a length octet then that many bytes
-/// fed at once; length 0 means "all the rest", so a seed can hold a readable dialogue.
+/// bit 4 one recipient per mail instead of 3, bit 5 unauthenticated clients accepted, bit 6
+/// SMS only to France and the United Kingdom; North Korea is always blocked); octet 1 decides
+/// the password checks (bit `n % 8` for the `n`th, 1 = accepted). The rest is chunks, each a
+/// length octet then that many bytes fed at once; length 0 means "all the rest", so a seed can
+/// hold a readable dialogue.
 ///
 /// The I/O layer accepts every TLS handshake and commits every mail with `250 2.0.0 ok`.
 /// Checked on every output: each `Send` is one well-formed reply; a TLS, password or commit
 /// request ends its batch; a password is only asked for under TLS; a delivered mail has 1 to
-/// `max_recipients` recipients that the address policy accepts, at most `max_message_bytes`
-/// of data, and comes from a trusted or authenticated client; after `Close` nothing more comes.
+/// `max_recipients` recipients that the address policy and the destination countries accept,
+/// at most `max_message_bytes` of data, and comes from a trusted or authenticated client
+/// unless unauthenticated clients are accepted; after `Close` nothing more comes.
 pub fn smtp_session(data: &[u8]) -> Dialogue {
     let [flags, auth_bits, chunks @ ..] = data else {
         return Dialogue::default();
@@ -196,7 +200,15 @@ pub fn smtp_session(data: &[u8]) -> Dialogue {
         max_recipients: if flags & 0x10 != 0 { 1 } else { 3 },
         tls_available: flags & 0x02 != 0,
         auth_available: flags & 0x04 != 0,
+        accept_untrusted: flags & 0x20 != 0,
         address_policy: address_policy(),
+        destinations: Destinations {
+            allowed_countries: match flags & 0x40 {
+                0 => Vec::new(),
+                _ => vec!["FR".to_string(), "GB".to_string()],
+            },
+            blocked_countries: vec!["KP".to_string()],
+        },
     });
     let trusted = flags & 0x01 != 0;
     let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
@@ -290,12 +302,17 @@ impl SmtpIo {
                             self.cfg.max_message_bytes
                         );
                         assert!(
-                            self.trusted || self.dialogue.authenticated,
+                            self.trusted
+                                || self.dialogue.authenticated
+                                || self.cfg.accept_untrusted,
                             "mail accepted from an unauthenticated, untrusted client"
                         );
                         for r in &envelope.recipients {
                             let again = parse_recipient(&r.raw, &self.cfg.address_policy);
                             assert_eq!(again.as_ref(), Ok(&r.recipient), "{:?}", r.raw);
+                            let country = r.recipient.country.as_deref();
+                            let allowed = self.cfg.destinations.check(&r.recipient.number, country);
+                            assert!(allowed.is_ok(), "{:?} delivered: {allowed:?}", r.raw);
                         }
                         self.dialogue.delivered += 1;
                         pending = self.session.delivered(Reply::new(250, (2, 0, 0), "ok"));
