@@ -197,7 +197,7 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         mail2sms::modem::start_modems(&cfg, &store, queued.clone(), shutdown.clone()).await?;
     let intake = intake::Intake::new(cfg.clone(), store.clone(), queued);
     let listener = intake::smtp::Listener::start(cfg.clone(), intake, shutdown.clone()).await?;
-    info!(site = %cfg.site.name, store = %cfg.store.path.display(), modems, "mail2sms running");
+    info!(site = %cfg.site.name, store = %cfg.store.path.display(), modems = modems.count(), "mail2sms running");
 
     wait_for_signal().await?;
     info!("shutting down");
@@ -207,6 +207,22 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         .is_err()
     {
         info!("sessions still open after the grace period; closing them");
+    }
+    // A part in a modem's hands gets its answer recorded, rather than becoming `uncertain`.
+    let longest_send = cfg
+        .modems
+        .iter()
+        .map(|m| m.driver.command_timeout + m.driver.send_timeout)
+        .max()
+        .unwrap_or_default();
+    if tokio::time::timeout(
+        longest_send + std::time::Duration::from_secs(5),
+        modems.wait(),
+    )
+    .await
+    .is_err()
+    {
+        warn!("a modem did not finish its send in time; its part will be `uncertain`");
     }
     Ok(())
 }
