@@ -449,7 +449,10 @@ async fn answers_owed_from_before_a_crash_do_not_shift_the_dialogue() {
     // the next open, as on a real port).
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while sim.sent().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the PDU never arrived");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the PDU never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let shutdown = CancellationToken::new();

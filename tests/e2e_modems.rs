@@ -353,10 +353,13 @@ fn base64(bytes: &[u8]) -> String {
 #[test]
 fn four_modems_unplugged_hung_and_failing_lose_and_duplicate_nothing() {
     let sim = SimProcess::start(4, &["--latency-ms", "2", "--cmgs-latency-ms", "120"]);
-    let g = Gateway::start(
-        "max_connections = 100",
-        &format!("{SENDING}\n{}", sim.modem_config(6)),
+    // modem3 sends to +3361... first (the multi-part mails below): its failed attempts must
+    // still move to the other modems.
+    let modems = sim.modem_config(6).replace(
+        "name = \"modem3\"\n",
+        "name = \"modem3\"\nprefixes = [\"+3361\"]\n",
     );
+    let g = Gateway::start("max_connections = 100", &format!("{SENDING}\n{modems}"));
     // modem3 answers +CMS ERROR: 38 (network out of order, temporary) to 30% of its sends.
     sim.control(json!({"cmd": "error_rate", "modem": "modem3", "code": 38, "rate": 0.3}));
 
@@ -511,6 +514,15 @@ fn four_modems_unplugged_hung_and_failing_lose_and_duplicate_nothing() {
             .count(),
         0
     );
+    // Affinity: most of the +3361 parts went through modem3, which prefers them.
+    let affine = records.iter().filter(|r| r.dest.starts_with("+3361"));
+    let (on_modem3, elsewhere): (Vec<_>, Vec<_>) = affine.partition(|r| r.modem == "modem3");
+    assert!(
+        on_modem3.len() > elsewhere.len(),
+        "{} +3361 parts on modem3, {} elsewhere",
+        on_modem3.len(),
+        elsewhere.len()
+    );
     let per_modem: Vec<(String, usize)> = (0..4)
         .map(|n| {
             let name = format!("modem{n}");
@@ -522,10 +534,12 @@ fn four_modems_unplugged_hung_and_failing_lose_and_duplicate_nothing() {
     eprintln!(
         "{} recipients, {parts_total} parts, {} SMS recorded; outcomes {outcome:?}; per modem {per_modem:?}; \
          modem3 injected {injected} errors; {retried} parts retried, {moved} of them on another modem; \
-         modem1 sent {} after its replug",
+         modem1 sent {} after its replug; +3361 parts: {} on modem3, {} elsewhere",
         recipients,
         records.len(),
-        by_modem("modem1", replugged_at)
+        by_modem("modem1", replugged_at),
+        on_modem3.len(),
+        elsewhere.len()
     );
 
     // What `mail2sms modems` says: modem1 back, modem2 rested (a silent modem takes a few
@@ -546,6 +560,9 @@ fn four_modems_unplugged_hung_and_failing_lose_and_duplicate_nothing() {
         modem("modem3")["failed"].as_u64().unwrap() == injected
     });
     assert!(injected > 0);
+    let text = String::from_utf8(g.cli(&["modems"]).stdout).unwrap();
+    assert!(text.contains("modem1: ready"), "{text}");
+    eprintln!("mail2sms modems:\n{text}");
 }
 
 #[test]

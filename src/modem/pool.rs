@@ -218,10 +218,13 @@ fn should_take(modems: &[Candidate<'_>], me: usize, job: &Job) -> bool {
             .enumerate()
             .filter(move |(i, m)| *i != me && m.ready)
     };
-    // Prefix affinity: leave a message to a ready modem that prefers its number.
-    let preferred_elsewhere = !mine.prefers(number) && others().any(|(_, m)| m.prefers(number));
+    let avoid = job.avoid.as_deref();
+    // Prefix affinity: leave a message to a ready modem that prefers its number, unless that
+    // modem failed its last attempt (it would leave it in turn, and nobody would send it).
+    let preferred_elsewhere =
+        !mine.prefers(number) && others().any(|(_, m)| m.prefers(number) && avoid != Some(m.name));
     // A retry goes to another modem than the one that failed it, when one is ready.
-    let failed_here = job.avoid.as_deref() == Some(mine.name) && others().next().is_some();
+    let failed_here = avoid == Some(mine.name) && others().next().is_some();
     !preferred_elsewhere && !failed_here
 }
 
@@ -502,6 +505,12 @@ mod tests {
                 [true, true, true],
                 ("+447911123456", None, Some("b")),
                 [true, false, true],
+            ),
+            // Even the modem that prefers the number: the others take its retry.
+            (
+                [true, true, true],
+                ("+33612345678", None, Some("a")),
+                [false, true, true],
             ),
             (
                 [false, true, false],
