@@ -663,3 +663,33 @@ fn sigterm_while_sending_waits_for_the_answer() {
     assert_eq!(sim.records().len(), 2);
     assert!(g.queue().iter().all(|e| e["state"] == "sent"));
 }
+
+#[test]
+fn per_sim_rate_limit_spaces_the_sends() {
+    let sim = SimProcess::start(2, &["--latency-ms", "2", "--cmgs-latency-ms", "20"]);
+    // modem0 may send 60 a minute: one a second. modem1 has no limit and is pulled out, so
+    // that modem0 alone sends.
+    let modems = sim.modem_config(6).replace(
+        "name = \"modem0\"\n",
+        "name = \"modem0\"\nmax_per_minute = 60\n",
+    );
+    sim.control(json!({"cmd": "unplug", "modem": "modem1"}));
+    let g = Gateway::start("", &format!("{SENDING}\n{modems}"));
+    let long = "Un message en deux parties, pour voir que la limite vaut aussi entre les parties \
+                d'un même message: chaque envoi compte pour l'opérateur.";
+    smtp_send(&g, &["+33640000001@sms".into()], "a", long);
+    for k in 2..5 {
+        smtp_send(&g, &[format!("+3364000000{k}@sms")], "b", "court");
+    }
+    wait_until("all sent", Duration::from_secs(60), || unfinished(&g) == 0);
+    let mut times: Vec<u64> = sim.records().iter().map(|r| r.time_ms).collect();
+    times.sort();
+    assert!(times.len() >= 5, "{times:?}");
+    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // The gateway spaces the starts of its sends; the modem takes each PDU a prompt's round
+    // trip later, which varies by some milliseconds under load.
+    assert!(gaps.iter().all(|g| *g >= 900), "gaps {gaps:?} ms");
+    let span: u64 = gaps.iter().sum();
+    assert!(span >= 1000 * gaps.len() as u64 - 100, "gaps {gaps:?} ms");
+    assert!(sim.records().iter().all(|r| r.modem == "modem0"));
+}

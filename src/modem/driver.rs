@@ -207,9 +207,8 @@ impl Modem {
         urcs: Option<mpsc::UnboundedSender<Unsolicited>>,
         shutdown: CancellationToken,
     ) -> Modem {
-        let tracker = tokio_util::task::TaskTracker::new();
-        let modem = Modem::start_tracked(cfg, urcs, shutdown, &tracker);
-        tracker.close();
+        let (modem, driver) = Modem::new(cfg, urcs, shutdown);
+        tokio::spawn(driver);
         modem
     }
 
@@ -221,6 +220,17 @@ impl Modem {
         shutdown: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Modem {
+        let (modem, driver) = Modem::new(cfg, urcs, shutdown);
+        tracker.spawn(driver);
+        modem
+    }
+
+    /// The handle and the driver task to run.
+    fn new(
+        cfg: DriverConfig,
+        urcs: Option<mpsc::UnboundedSender<Unsolicited>>,
+        shutdown: CancellationToken,
+    ) -> (Modem, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(1);
         let status = ModemStatus {
             name: cfg.name.clone(),
@@ -243,13 +253,12 @@ impl Modem {
             last_error: None,
         };
         let (status_tx, status_rx) = watch::channel(status);
-        let name = cfg.name.clone();
-        tracker.spawn(Driver::new(cfg, status_tx, urcs).run(rx, shutdown));
-        Modem {
-            name,
+        let modem = Modem {
+            name: cfg.name.clone(),
             tx,
             status: status_rx,
-        }
+        };
+        (modem, Driver::new(cfg, status_tx, urcs).run(rx, shutdown))
     }
 
     pub fn name(&self) -> &str {
