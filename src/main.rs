@@ -255,7 +255,7 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     .context("setting up the sender checks")?;
     let intake = intake::Intake::new(cfg.clone(), store.clone(), senders, queued);
     let listener = intake::smtp::Listener::start(cfg.clone(), intake, shutdown.clone()).await?;
-    info!(site = %cfg.site.name, store = %cfg.store.path.display(), modems, "mail2sms running");
+    info!(site = %cfg.site.name, store = %cfg.store.path.display(), modems = modems.count(), "mail2sms running");
 
     wait_for_signal().await?;
     info!("shutting down");
@@ -265,6 +265,22 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         .is_err()
     {
         info!("sessions still open after the grace period; closing them");
+    }
+    // A part in a modem's hands gets its answer recorded, rather than becoming `uncertain`.
+    let longest_send = cfg
+        .modems
+        .iter()
+        .map(|m| m.driver.command_timeout + m.driver.send_timeout)
+        .max()
+        .unwrap_or_default();
+    if tokio::time::timeout(
+        longest_send + std::time::Duration::from_secs(5),
+        modems.wait(),
+    )
+    .await
+    .is_err()
+    {
+        warn!("a modem did not finish its send in time; its part will be `uncertain`");
     }
     Ok(())
 }

@@ -235,11 +235,15 @@ pub fn render_modems(rows: &[(String, String, String)]) -> String {
         let _ = writeln!(s, "  signal     {signal}, {reg}");
         let _ = writeln!(
             s,
-            "  counters   {} sent, {} failed, {} reopened",
+            "  counters   {} sent, {} failed, {} reopened, {} quarantined",
             v["sent"].as_u64().unwrap_or(0),
             v["failed"].as_u64().unwrap_or(0),
-            v["reopened"].as_u64().unwrap_or(0)
+            v["reopened"].as_u64().unwrap_or(0),
+            v["quarantined"].as_u64().unwrap_or(0)
         );
+        if let Some(since) = v["since"].as_str() {
+            let _ = writeln!(s, "  state since {since}");
+        }
         if let Some(e) = v["last_error"].as_str() {
             let _ = writeln!(s, "  last error {e}");
         }

@@ -6,6 +6,14 @@
 //! time on request. When the port goes away (a USB stick pulled) it reopens it with backoff;
 //! after repeated failures it rests the modem (quarantine) and probes it again later.
 //!
+//! Sending is two-step ([`Modem::reserve`], then [`Lease::send`]) so that the caller can mark
+//! the part `sending` on disk between the two (invariant 3) knowing that the modem is ready
+//! and waiting for exactly that PDU: a part is never marked `sending` for a modem that then
+//! turns out to be unplugged, and a PDU handed over is always written.
+//!
+//! Failures are counted per modem and reset by a successful send (not by a successful
+//! initialization: a modem that initializes but cannot send must still end up rested).
+//!
 //! No crate drives GSM modems from a host well (see `at.rs`), so this is ours. All parsing is
 //! in the sans-IO `at` module; this file is only the I/O and the policy.
 
@@ -15,12 +23,18 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::at::{self, AtEvent, AtParser, CmsClass, FinalCode, Urc};
 use super::pdu::SubmitPdu;
+
+/// First wait before reopening a port; doubled up to [`MAX_REOPEN_BACKOFF`].
+const MIN_REOPEN_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between two attempts to open a missing port: a replugged modem is back in
+/// service within this time.
+const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How a modem is driven; from `[[modem]]` in the config.
 #[derive(Debug, Clone)]
@@ -29,7 +43,7 @@ pub struct DriverConfig {
     pub port: PathBuf,
     pub baud: u32,
     pub pin: Option<String>,
-    /// Answer time allowed for an ordinary command.
+    /// Answer time allowed for an ordinary command, and for the `> ` prompt of `AT+CMGS`.
     pub command_timeout: Duration,
     /// Answer time allowed for `AT+CMGS` once the PDU is written (the network's round trip).
     pub send_timeout: Duration,
@@ -62,17 +76,22 @@ impl DriverConfig {
 
 /// Where the modem stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase", tag = "state", content = "detail")]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
 pub enum ModemState {
-    /// Opening the port or initializing.
+    /// Opening the port or initializing (again, after a failure: see `last_error`).
     Starting,
     Ready,
+    /// The modem answers but is not registered on a network (`+CREG` stat not 1 or 5): it is
+    /// given nothing to send until it is.
+    NoNetwork(String),
     /// The port cannot be opened or went away; reopening with backoff.
     Unplugged(String),
     /// Rested after repeated failures until the time given (RFC 3339).
     Quarantined(String),
     /// Initialization failed for a reason a retry will not fix (wrong PIN, no PIN given).
     Failed(String),
+    /// The gateway stopped.
+    Stopped,
 }
 
 /// What the driver knows about its modem, published on every change.
@@ -81,6 +100,8 @@ pub struct ModemStatus {
     pub name: String,
     pub port: String,
     pub state: ModemState,
+    /// When `state` last changed (RFC 3339).
+    pub since: String,
     pub manufacturer: Option<String>,
     pub model: Option<String>,
     pub imei: Option<String>,
@@ -91,9 +112,16 @@ pub struct ModemStatus {
     pub dbm: Option<i16>,
     /// `+CREG` stat: 1 home, 5 roaming.
     pub registration: Option<u8>,
+    /// Messages the network took (`+CMGS: <mr>`).
     pub sent: u64,
+    /// Sends that did not end with `+CMGS: <mr>`.
     pub failed: u64,
+    /// Times the port was reopened or the modem initialized again after a failure.
     pub reopened: u64,
+    /// Times the modem was rested.
+    pub quarantined: u64,
+    /// Failures since the last successful send.
+    pub failures: u32,
     pub last_error: Option<String>,
 }
 
@@ -110,6 +138,7 @@ pub enum SendError {
     /// A bare `ERROR` or another final code: the modem gives no reason.
     #[error("the modem answered {0} without a reason")]
     Refused(String),
+    /// Only from [`Modem::reserve`]: nothing was handed over.
     #[error("the modem is not ready: {0}")]
     NotReady(String),
     #[error("no answer before the message was written: {0}")]
@@ -139,16 +168,35 @@ pub struct Unsolicited {
     pub urc: Urc,
 }
 
-struct SendRequest {
-    pdu: SubmitPdu,
-    reply: oneshot::Sender<Result<u8, SendError>>,
+/// A caller asks for the modem; the driver answers with a lease once it is ready and idle.
+struct Reserve {
+    reply: oneshot::Sender<Result<Lease, SendError>>,
+}
+
+/// The modem is ready and waits for one PDU from the holder of this lease, doing nothing else
+/// meanwhile. Dropping the lease without sending releases the modem.
+pub struct Lease {
+    pdu: oneshot::Sender<SubmitPdu>,
+    result: oneshot::Receiver<Result<u8, SendError>>,
+}
+
+impl Lease {
+    /// Sends the SMS-SUBMIT; returns the TP-MR the network gave it.
+    pub async fn send(self, pdu: SubmitPdu) -> Result<u8, SendError> {
+        self.pdu.send(pdu).map_err(|_| {
+            SendError::BeforePdu("the driver stopped before the message was written".into())
+        })?;
+        self.result.await.map_err(|_| {
+            SendError::AfterPdu("the driver stopped while the message was being sent".into())
+        })?
+    }
 }
 
 /// Handle to a running driver. Cheap to clone.
 #[derive(Clone)]
 pub struct Modem {
     name: String,
-    tx: mpsc::Sender<SendRequest>,
+    tx: mpsc::Sender<Reserve>,
     status: watch::Receiver<ModemStatus>,
 }
 
@@ -159,11 +207,36 @@ impl Modem {
         urcs: Option<mpsc::UnboundedSender<Unsolicited>>,
         shutdown: CancellationToken,
     ) -> Modem {
+        let (modem, driver) = Modem::new(cfg, urcs, shutdown);
+        tokio::spawn(driver);
+        modem
+    }
+
+    /// Like [`Modem::start`], with the driver task in `tracker` so that a graceful stop can
+    /// wait for it to finish the send in hand.
+    pub fn start_tracked(
+        cfg: DriverConfig,
+        urcs: Option<mpsc::UnboundedSender<Unsolicited>>,
+        shutdown: CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Modem {
+        let (modem, driver) = Modem::new(cfg, urcs, shutdown);
+        tracker.spawn(driver);
+        modem
+    }
+
+    /// The handle and the driver task to run.
+    fn new(
+        cfg: DriverConfig,
+        urcs: Option<mpsc::UnboundedSender<Unsolicited>>,
+        shutdown: CancellationToken,
+    ) -> (Modem, impl Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(1);
         let status = ModemStatus {
             name: cfg.name.clone(),
             port: cfg.port.display().to_string(),
             state: ModemState::Starting,
+            since: now_rfc3339(),
             manufacturer: None,
             model: None,
             imei: None,
@@ -175,16 +248,17 @@ impl Modem {
             sent: 0,
             failed: 0,
             reopened: 0,
+            quarantined: 0,
+            failures: 0,
             last_error: None,
         };
         let (status_tx, status_rx) = watch::channel(status);
-        let name = cfg.name.clone();
-        tokio::spawn(Driver::new(cfg, status_tx, urcs).run(rx, shutdown));
-        Modem {
-            name,
+        let modem = Modem {
+            name: cfg.name.clone(),
             tx,
             status: status_rx,
-        }
+        };
+        (modem, Driver::new(cfg, status_tx, urcs).run(rx, shutdown))
     }
 
     pub fn name(&self) -> &str {
@@ -199,20 +273,25 @@ impl Modem {
         self.status.borrow().state == ModemState::Ready
     }
 
-    /// Waits until the modem's status changes.
+    /// Waits until the modem's status changes; false once the driver has stopped.
     pub async fn changed(&mut self) -> bool {
         self.status.changed().await.is_ok()
     }
 
-    /// Sends one SMS-SUBMIT; returns the TP-MR the network gave it.
-    pub async fn send(&self, pdu: SubmitPdu) -> Result<u8, SendError> {
+    /// Waits until the modem is ready and idle, and reserves it for one send.
+    pub async fn reserve(&self) -> Result<Lease, SendError> {
         let (reply, rx) = oneshot::channel();
+        let stopped = || SendError::NotReady("the driver has stopped".into());
         self.tx
-            .send(SendRequest { pdu, reply })
+            .send(Reserve { reply })
             .await
-            .map_err(|_| SendError::NotReady("the driver has stopped".into()))?;
-        rx.await
-            .map_err(|_| SendError::NotReady("the driver has stopped".into()))?
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Reserves the modem and sends one SMS-SUBMIT; returns the TP-MR the network gave it.
+    pub async fn send(&self, pdu: SubmitPdu) -> Result<u8, SendError> {
+        self.reserve().await?.send(pdu).await
     }
 }
 
@@ -222,6 +301,12 @@ enum CmdError {
     Timeout,
     Io(String),
     Final(FinalCode),
+}
+
+impl CmdError {
+    fn port_lost(&self) -> bool {
+        matches!(self, CmdError::Io(_))
+    }
 }
 
 impl std::fmt::Display for CmdError {
@@ -260,9 +345,27 @@ struct Driver {
 /// Why the serving loop ended.
 enum Ended {
     Shutdown,
-    /// Reopen (port lost) or re-initialize (modem confused).
-    Restart(String),
+    /// Reopen the port (it was lost) or initialize the modem again (it was confused).
+    Restart {
+        reason: String,
+        port_lost: bool,
+    },
     Quarantine(String),
+}
+
+/// A failed send and whether the port went away with it.
+struct SendFailure {
+    error: SendError,
+    port_lost: bool,
+}
+
+impl SendFailure {
+    fn new(error: SendError) -> SendFailure {
+        SendFailure {
+            error,
+            port_lost: false,
+        }
+    }
 }
 
 impl Driver {
@@ -280,19 +383,42 @@ impl Driver {
     }
 
     fn set_state(&self, state: ModemState, error: Option<String>) {
-        self.status.send_modify(|s| {
+        self.status.send_if_modified(|s| {
+            let mut changed = false;
             if s.state != state {
                 info!(modem = %s.name, state = ?state, "modem state");
+                s.state = state;
+                s.since = now_rfc3339();
+                changed = true;
             }
-            s.state = state;
-            if error.is_some() {
+            if error.is_some() && s.last_error != error {
                 s.last_error = error;
+                changed = true;
             }
+            changed
         });
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<SendRequest>, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+    fn state(&self) -> ModemState {
+        self.status.borrow().state.clone()
+    }
+
+    fn set_failures(&mut self, n: u32) {
+        self.failures = n;
+        self.status.send_if_modified(|s| {
+            let changed = s.failures != n;
+            s.failures = n;
+            changed
+        });
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Reserve>, shutdown: CancellationToken) {
+        self.run_port(&mut rx, &shutdown).await;
+        self.set_state(ModemState::Stopped, None);
+    }
+
+    async fn run_port(&mut self, rx: &mut mpsc::Receiver<Reserve>, shutdown: &CancellationToken) {
+        let mut backoff = MIN_REOPEN_BACKOFF;
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -302,70 +428,69 @@ impl Driver {
                 Err(e) => {
                     let msg = format!("cannot open {}: {e}", self.cfg.port.display());
                     self.set_state(ModemState::Unplugged(msg.clone()), Some(msg));
-                    if self.wait_refusing(&mut rx, backoff, &shutdown).await {
+                    if self.wait_refusing(rx, backoff, shutdown).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff = (backoff * 2).min(MAX_REOPEN_BACKOFF);
                     continue;
                 }
             };
             self.set_state(ModemState::Starting, None);
             let ended = match self.init(&mut conn).await {
                 Ok(()) => {
-                    backoff = Duration::from_millis(200);
-                    self.failures = 0;
-                    self.set_state(ModemState::Ready, None);
-                    self.serve(&mut conn, &mut rx, &shutdown).await
+                    backoff = MIN_REOPEN_BACKOFF;
+                    self.set_state(self.network_state(), None);
+                    self.serve(&mut conn, rx, shutdown).await
                 }
                 Err(InitError::Fatal(msg)) => {
+                    warn!(modem = %self.cfg.name, reason = %msg, "modem cannot be used");
                     self.set_state(ModemState::Failed(msg.clone()), Some(msg));
-                    // A wrong PIN does not fix itself; a config reload or restart will.
-                    let _ = self.wait_refusing(&mut rx, Duration::MAX, &shutdown).await;
+                    // A wrong PIN does not fix itself; a config change and a restart will.
+                    let _ = self.wait_refusing(rx, Duration::MAX, shutdown).await;
                     return;
                 }
-                Err(InitError::Retry(msg)) => {
-                    self.failures += 1;
-                    if self.failures >= self.cfg.max_failures {
-                        Ended::Quarantine(msg)
-                    } else {
-                        Ended::Restart(msg)
-                    }
-                }
+                Err(InitError::Retry { reason, port_lost }) => self.failure(reason, port_lost),
             };
             drop(conn);
             match ended {
                 Ended::Shutdown => return,
-                Ended::Restart(msg) => {
-                    warn!(modem = %self.cfg.name, reason = %msg, "modem restarting");
+                Ended::Restart { reason, port_lost } => {
+                    warn!(modem = %self.cfg.name, %reason, "modem restarting");
                     self.status.send_modify(|s| s.reopened += 1);
-                    self.set_state(ModemState::Unplugged(msg.clone()), Some(msg));
-                    if self.wait_refusing(&mut rx, backoff, &shutdown).await {
+                    let state = if port_lost {
+                        ModemState::Unplugged(reason.clone())
+                    } else {
+                        ModemState::Starting
+                    };
+                    self.set_state(state, Some(reason));
+                    if self.wait_refusing(rx, backoff, shutdown).await {
                         return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff = (backoff * 2).min(MAX_REOPEN_BACKOFF);
                 }
                 Ended::Quarantine(msg) => {
-                    let until = crate::queue::format_ms(
-                        crate::queue::now_ms() + self.cfg.quarantine.as_millis() as i64,
-                    );
+                    let until = crate::queue::format_ms(crate::queue::now_ms().saturating_add(
+                        i64::try_from(self.cfg.quarantine.as_millis()).unwrap_or(i64::MAX),
+                    ));
                     warn!(modem = %self.cfg.name, reason = %msg, %until, "modem quarantined");
+                    self.status.send_modify(|s| s.quarantined += 1);
                     self.set_state(ModemState::Quarantined(until), Some(msg));
-                    if self
-                        .wait_refusing(&mut rx, self.cfg.quarantine, &shutdown)
-                        .await
-                    {
+                    if self.wait_refusing(rx, self.cfg.quarantine, shutdown).await {
                         return;
                     }
-                    self.failures = self.cfg.max_failures.saturating_sub(1);
+                    // The probe: reopen and initialize. One more failure before a successful
+                    // send rests the modem again.
+                    self.set_failures(self.cfg.max_failures.saturating_sub(1));
+                    backoff = MIN_REOPEN_BACKOFF;
                 }
             }
         }
     }
 
-    /// Waits `d`, answering send requests with "not ready". True when shutting down.
+    /// Waits `d`, answering reservations with "not ready". True when shutting down.
     async fn wait_refusing(
         &self,
-        rx: &mut mpsc::Receiver<SendRequest>,
+        rx: &mut mpsc::Receiver<Reserve>,
         d: Duration,
         shutdown: &CancellationToken,
     ) -> bool {
@@ -382,16 +507,33 @@ impl Driver {
                 _ = sleep => return false,
                 req = rx.recv() => match req {
                     Some(req) => {
-                        let why = match &self.status.borrow().state {
-                            ModemState::Ready | ModemState::Starting => "starting".to_string(),
-                            ModemState::Unplugged(m) | ModemState::Failed(m) => m.clone(),
-                            ModemState::Quarantined(until) => format!("rested until {until}"),
-                        };
-                        let _ = req.reply.send(Err(SendError::NotReady(why)));
+                        let _ = req.reply.send(Err(SendError::NotReady(self.not_ready_reason())));
                     }
                     None => return true,
                 },
             }
+        }
+    }
+
+    fn not_ready_reason(&self) -> String {
+        match &self.status.borrow().state {
+            ModemState::Ready => "busy".to_string(),
+            ModemState::Starting => "initializing".to_string(),
+            ModemState::Stopped => "stopped".to_string(),
+            ModemState::NoNetwork(m) | ModemState::Unplugged(m) | ModemState::Failed(m) => {
+                m.clone()
+            }
+            ModemState::Quarantined(until) => format!("rested until {until}"),
+        }
+    }
+
+    /// Ready, unless the last registration we heard of says the modem cannot send.
+    fn network_state(&self) -> ModemState {
+        match self.status.borrow().registration {
+            Some(stat) if !at::creg_registered(stat) => {
+                ModemState::NoNetwork(format!("not registered: {}", creg_text(stat)))
+            }
+            _ => ModemState::Ready,
         }
     }
 
@@ -412,23 +554,7 @@ impl Driver {
 
     async fn init(&mut self, c: &mut Conn) -> Result<(), InitError> {
         let t = self.cfg.command_timeout;
-        // Get the modem's attention: a half-typed command or a pending prompt from before
-        // is cleared by ESC, then `AT` until it answers (some modems need a few).
-        let _ = c.io.write_all(b"\x1b\r").await;
-        let mut alive = false;
-        for _ in 0..3 {
-            match self.exec(c, "AT", Duration::from_secs(2).min(t)).await {
-                Ok(_) => {
-                    alive = true;
-                    break;
-                }
-                Err(CmdError::Io(e)) => return Err(InitError::Retry(format!("port error: {e}"))),
-                Err(_) => {}
-            }
-        }
-        if !alive {
-            return Err(InitError::Retry("the modem does not answer AT".into()));
-        }
+        self.sync(c).await?;
         // Echo off, numeric error codes (V.250 E0, TS 27.007 §9.1).
         self.exec(c, "ATE0", t).await.map_err(InitError::retry)?;
         self.exec(c, "AT+CMEE=1", t)
@@ -439,8 +565,7 @@ impl Driver {
             .exec(c, "AT+CPIN?", t)
             .await
             .map_err(InitError::retry)?;
-        let state = cpin.iter().find_map(|l| at::parse_cpin(l));
-        match state {
+        match cpin.iter().find_map(|l| at::parse_cpin(l)) {
             Some(at::PinState::Ready) | None => {}
             Some(at::PinState::SimPin) => {
                 let Some(pin) = self.cfg.pin.clone() else {
@@ -448,6 +573,13 @@ impl Driver {
                         "the SIM asks for a PIN and none is configured".into(),
                     ));
                 };
+                // A PIN is digits only (TS 31.102 §9.5.1); anything else would also end the
+                // quoted string and smuggle text into the command line.
+                if pin.is_empty() || !pin.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(InitError::Fatal(
+                        "the configured PIN is not made of digits".into(),
+                    ));
+                }
                 self.exec(c, &format!("AT+CPIN=\"{pin}\""), t)
                     .await
                     .map_err(|e| {
@@ -485,6 +617,10 @@ impl Driver {
                 let _ = self.exec(c, "AT+CNMI=2,1,0,2,0", t).await;
             }
         }
+        let previous_imsi = self.status.borrow().imsi.clone();
+        if previous_imsi.is_some() && previous_imsi != imsi {
+            warn!(modem = %self.cfg.name, before = ?previous_imsi, now = ?imsi, "another SIM is in this port now");
+        }
         self.status.send_modify(|s| {
             s.imei = imei;
             s.imsi = imsi;
@@ -493,8 +629,59 @@ impl Driver {
         });
         self.health(c).await.map_err(InitError::retry)?;
         let st = self.status.borrow().clone();
-        info!(modem = %st.name, imei = ?st.imei, imsi = ?st.imsi, operator = ?st.operator, rssi = ?st.rssi, "modem ready");
+        info!(modem = %st.name, imei = ?st.imei, imsi = ?st.imsi, operator = ?st.operator, rssi = ?st.rssi, registration = ?st.registration, "modem initialized");
         Ok(())
+    }
+
+    /// Gets the modem's attention and makes sure its next answer is to our next command.
+    ///
+    /// ESC cancels a half-typed PDU left by whoever had the port before (a crashed gateway),
+    /// then `AT` until it answers. The modem may still owe answers to commands from before,
+    /// e.g. the `+CMGS:` of a message sent just before a crash: the first `OK` may be one of
+    /// those, and ours would then come next and answer the command after, shifting every
+    /// answer by one (an IMEI read as the IMSI). So after an `OK` the line must stay quiet for
+    /// a moment; another final result code means we were out of step, and we try again.
+    async fn sync(&mut self, c: &mut Conn) -> Result<(), InitError> {
+        const QUIET: Duration = Duration::from_millis(300);
+        let _ = c.io.write_all(b"\x1b\r").await;
+        let answer_time = Duration::from_secs(2).min(self.cfg.command_timeout);
+        // Silence three times is a silent modem; answers out of step are worth a few more
+        // rounds.
+        let mut silent = 0;
+        for _ in 0..6 {
+            match self.exec(c, "AT", answer_time).await {
+                Ok(_) => {}
+                Err(e @ CmdError::Io(_)) => return Err(InitError::retry(e)),
+                Err(CmdError::Timeout) => {
+                    silent += 1;
+                    if silent == 3 {
+                        break;
+                    }
+                    continue;
+                }
+                Err(CmdError::Final(_)) => continue,
+            }
+            c.parser.set_pending(Some("AT"));
+            let quiet_until = Instant::now() + QUIET;
+            let mut in_step = true;
+            loop {
+                match self.next_event(c, quiet_until).await {
+                    Err(CmdError::Timeout) => break,
+                    Err(e) => return Err(InitError::retry(e)),
+                    Ok(AtEvent::Final(_)) => in_step = false,
+                    Ok(_) => {}
+                }
+            }
+            c.parser.set_pending(None);
+            if in_step {
+                return Ok(());
+            }
+            debug!(modem = %self.cfg.name, "answers from an earlier command; synchronizing again");
+        }
+        Err(InitError::Retry {
+            reason: "the modem does not answer AT".into(),
+            port_lost: false,
+        })
     }
 
     /// Signal, registration and operator (TS 27.007 §8.5, §7.2, §7.3).
@@ -502,11 +689,17 @@ impl Driver {
         let t = self.cfg.command_timeout;
         let csq = self.exec(c, "AT+CSQ", t).await?;
         let creg = self.exec(c, "AT+CREG?", t).await?;
-        let cops = self.exec(c, "AT+COPS?", t).await.unwrap_or_default();
+        let cops = match self.exec(c, "AT+COPS?", t).await {
+            Ok(lines) => lines,
+            Err(e @ (CmdError::Io(_) | CmdError::Timeout)) => return Err(e),
+            // Some modems refuse +COPS? while searching; the operator is only informative.
+            Err(CmdError::Final(_)) => Vec::new(),
+        };
         let csq = csq.iter().find_map(|l| at::parse_csq(l));
         let creg = creg.iter().find_map(|l| at::parse_creg(l));
         let op = cops.iter().find_map(|l| at::parse_cops(l));
-        self.status.send_modify(|s| {
+        self.status.send_if_modified(|s| {
+            let before = (s.rssi, s.registration, s.operator.clone());
             if let Some(q) = csq {
                 s.rssi = Some(q.rssi);
                 s.dbm = q.dbm();
@@ -517,6 +710,7 @@ impl Driver {
             if op.is_some() {
                 s.operator = op;
             }
+            before != (s.rssi, s.registration, s.operator.clone())
         });
         Ok(())
     }
@@ -524,115 +718,153 @@ impl Driver {
     async fn serve(
         &mut self,
         c: &mut Conn,
-        rx: &mut mpsc::Receiver<SendRequest>,
+        rx: &mut mpsc::Receiver<Reserve>,
         shutdown: &CancellationToken,
     ) -> Ended {
         let mut health = tokio::time::interval(self.cfg.health_interval);
+        health.set_missed_tick_behavior(MissedTickBehavior::Delay);
         health.reset();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
                 req = rx.recv() => {
                     let Some(req) = req else { return Ended::Shutdown };
-                    let result = self.send(c, &req.pdu).await;
+                    if self.state() != ModemState::Ready {
+                        let _ = req.reply.send(Err(SendError::NotReady(self.not_ready_reason())));
+                        continue;
+                    }
+                    let (pdu_tx, pdu_rx) = oneshot::channel();
+                    let (result_tx, result_rx) = oneshot::channel();
+                    let lease = Lease { pdu: pdu_tx, result: result_rx };
+                    if req.reply.send(Ok(lease)).is_err() {
+                        continue;
+                    }
+                    // The holder marks its part `sending` on disk, then hands the PDU over,
+                    // or drops the lease. Not cancelled by shutdown: a PDU handed over is a
+                    // part already marked `sending`, and it is written.
+                    let Ok(pdu) = pdu_rx.await else { continue };
+                    let result = self.send(c, &pdu).await;
                     let ended = self.after_send(&result);
-                    let _ = req.reply.send(result);
+                    let _ = result_tx.send(result.map_err(|f| f.error));
                     if let Some(e) = ended {
                         return e;
                     }
                 }
                 _ = health.tick() => {
                     if let Err(e) = self.health(c).await {
-                        return self.failure(e.to_string(), matches!(e, CmdError::Io(_)));
+                        let lost = e.port_lost();
+                        return self.failure(format!("health check: {e}"), lost);
                     }
+                    self.set_state(self.network_state(), None);
                 }
                 // Between commands the modem may speak on its own (+CDS, +CMTI, ^RSSI).
                 r = c.io.read(&mut c.buf) => match r {
-                    Ok(0) => return Ended::Restart("the port closed".into()),
+                    Ok(0) => return Ended::Restart { reason: "the port closed".into(), port_lost: true },
                     Ok(n) => {
                         let bytes = c.buf[..n].to_vec();
                         c.parser.feed(&bytes);
                         self.drain_idle(c);
                     }
-                    Err(e) => return Ended::Restart(format!("port error: {e}")),
+                    Err(e) => return Ended::Restart { reason: format!("port error: {e}"), port_lost: true },
                 },
             }
         }
     }
 
-    /// Counts a failure; decides whether to carry on, restart or rest the modem.
-    fn failure(&mut self, msg: String, port_lost: bool) -> Ended {
-        self.failures += 1;
+    /// Counts a failure; decides whether to initialize again or rest the modem.
+    fn failure(&mut self, reason: String, port_lost: bool) -> Ended {
+        self.set_failures(self.failures.saturating_add(1));
         self.status
-            .send_modify(|s| s.last_error = Some(msg.clone()));
+            .send_modify(|s| s.last_error = Some(reason.clone()));
         if self.failures >= self.cfg.max_failures {
-            Ended::Quarantine(msg)
-        } else if port_lost {
-            Ended::Restart(msg)
+            Ended::Quarantine(format!(
+                "{} failures in a row; the last: {reason}",
+                self.failures
+            ))
         } else {
-            Ended::Restart(format!("re-initializing after: {msg}"))
+            Ended::Restart { reason, port_lost }
         }
     }
 
-    fn after_send(&mut self, result: &Result<u8, SendError>) -> Option<Ended> {
-        match result {
+    fn after_send(&mut self, result: &Result<u8, SendFailure>) -> Option<Ended> {
+        let f = match result {
             Ok(_) => {
-                self.failures = 0;
+                self.set_failures(0);
                 self.status.send_modify(|s| s.sent += 1);
+                return None;
+            }
+            Err(f) => f,
+        };
+        let e = &f.error;
+        self.status.send_modify(|s| {
+            s.failed += 1;
+            s.last_error = Some(e.to_string());
+        });
+        match e {
+            // The network refused this message; the modem did its job.
+            SendError::Cms { code, .. } if !at::cms_blames_modem(*code) => {
+                self.set_failures(0);
                 None
             }
-            Err(e) => {
-                self.status.send_modify(|s| {
-                    s.failed += 1;
-                    s.last_error = Some(e.to_string());
-                });
-                match e {
-                    // The network refused this message; the modem is fine.
-                    SendError::Cms { code, .. } if !at::cms_blames_modem(*code) => {
-                        self.failures = 0;
-                        None
-                    }
-                    SendError::Cms { .. } | SendError::CmsText(_) | SendError::Refused(_) => {
-                        self.failures += 1;
-                        (self.failures >= self.cfg.max_failures)
-                            .then(|| Ended::Quarantine(e.to_string()))
-                    }
-                    SendError::NotReady(m) | SendError::BeforePdu(m) | SendError::AfterPdu(m) => {
-                        Some(self.failure(m.clone(), false))
-                    }
-                }
+            // The modem (or its SIM, or its subscription) cannot send: count it; the modem
+            // itself still talks, so it is not initialized again.
+            SendError::Cms { .. } | SendError::CmsText(_) | SendError::Refused(_) => {
+                self.set_failures(self.failures.saturating_add(1));
+                (self.failures >= self.cfg.max_failures).then(|| {
+                    Ended::Quarantine(format!(
+                        "{} failed sends in a row; the last: {e}",
+                        self.failures
+                    ))
+                })
+            }
+            // Silence or a lost port: whatever state the modem is in is unknown.
+            SendError::NotReady(m) | SendError::BeforePdu(m) | SendError::AfterPdu(m) => {
+                Some(self.failure(m.clone(), f.port_lost))
             }
         }
     }
 
     /// `AT+CMGS=<len>`, the prompt, the PDU and Ctrl-Z, then `+CMGS: <mr>` (TS 27.005 §3.5.1).
-    async fn send(&mut self, c: &mut Conn, pdu: &SubmitPdu) -> Result<u8, SendError> {
+    async fn send(&mut self, c: &mut Conn, pdu: &SubmitPdu) -> Result<u8, SendFailure> {
         let cmd = format!("AT+CMGS={}", pdu.tpdu_len);
-        let t = self.cfg.command_timeout;
-        let deadline = Instant::now() + t;
+        let deadline = Instant::now() + self.cfg.command_timeout;
         c.parser.set_pending(Some(&cmd));
-        write_line(c, &cmd)
-            .await
-            .map_err(|e| SendError::BeforePdu(format!("port error: {e}")))?;
+        if let Err(e) = write_line(c, &cmd).await {
+            return Err(SendFailure {
+                error: SendError::BeforePdu(format!("port error: {e}")),
+                port_lost: true,
+            });
+        }
         loop {
             match self.next_event(c, deadline).await {
                 Ok(AtEvent::Prompt) => break,
-                Ok(AtEvent::Final(code)) => return Err(final_to_send_error(code)),
+                Ok(AtEvent::Final(code)) => {
+                    return Err(SendFailure::new(final_to_send_error(code)));
+                }
                 Ok(_) => {}
                 Err(e) => {
                     // Cancel whatever the modem thinks it is waiting for.
                     let _ = c.io.write_all(b"\x1b").await;
                     c.parser.set_pending(None);
-                    return Err(SendError::BeforePdu(e.to_string()));
+                    return Err(SendFailure {
+                        port_lost: e.port_lost(),
+                        error: SendError::BeforePdu(format!("waiting for the prompt: {e}")),
+                    });
                 }
             }
         }
+        // The mail text travels as hex digits: no byte of it can end or derail the command
+        // (invariant 2). Ctrl-Z is the one byte that makes the modem send.
         let mut body = pdu.hex().into_bytes();
         body.push(0x1a);
         if let Err(e) = c.io.write_all(&body).await {
-            return Err(SendError::AfterPdu(format!(
-                "port error while writing: {e}"
-            )));
+            // `write_all` fails only before all of the buffer is written, so the Ctrl-Z at its
+            // end did not reach the modem: nothing was sent.
+            let _ = c.io.write_all(b"\x1b").await;
+            return Err(SendFailure {
+                error: SendError::BeforePdu(format!("port error while writing the message: {e}")),
+                port_lost: true,
+            });
         }
         let _ = c.io.flush().await;
         let deadline = Instant::now() + self.cfg.send_timeout;
@@ -646,14 +878,21 @@ impl Driver {
                 }
                 Ok(AtEvent::Final(FinalCode::Ok)) => {
                     return mr.ok_or_else(|| {
-                        SendError::AfterPdu(
+                        SendFailure::new(SendError::AfterPdu(
                             "OK without +CMGS: the message reference is unknown".into(),
-                        )
+                        ))
                     });
                 }
-                Ok(AtEvent::Final(code)) => return Err(final_to_send_error(code)),
+                Ok(AtEvent::Final(code)) => {
+                    return Err(SendFailure::new(final_to_send_error(code)));
+                }
                 Ok(_) => {}
-                Err(e) => return Err(SendError::AfterPdu(e.to_string())),
+                Err(e) => {
+                    return Err(SendFailure {
+                        port_lost: e.port_lost(),
+                        error: SendError::AfterPdu(format!("waiting for +CMGS: {e}")),
+                    });
+                }
             }
         }
     }
@@ -726,7 +965,12 @@ impl Driver {
     fn urc(&mut self, u: Urc) {
         match &u {
             Urc::Rssi(r) => self.status.send_modify(|s| s.rssi = Some(*r)),
-            Urc::Creg { stat } => self.status.send_modify(|s| s.registration = Some(*stat)),
+            Urc::Creg { stat } => {
+                self.status.send_modify(|s| s.registration = Some(*stat));
+                if matches!(self.state(), ModemState::Ready | ModemState::NoNetwork(_)) {
+                    self.set_state(self.network_state(), None);
+                }
+            }
             Urc::Boot | Urc::Ring => return,
             _ => {}
         }
@@ -744,14 +988,17 @@ impl Driver {
 
 enum InitError {
     /// Worth another try (port trouble, a confused modem).
-    Retry(String),
+    Retry { reason: String, port_lost: bool },
     /// Not until someone changes something (PIN).
     Fatal(String),
 }
 
 impl InitError {
     fn retry(e: CmdError) -> InitError {
-        InitError::Retry(e.to_string())
+        InitError::Retry {
+            port_lost: e.port_lost(),
+            reason: format!("initializing: {e}"),
+        }
     }
 }
 
@@ -781,4 +1028,21 @@ fn final_to_send_error(code: FinalCode) -> SendError {
         FinalCode::Error => SendError::Refused("ERROR".into()),
         other => SendError::Refused(format!("{other:?}")),
     }
+}
+
+/// `+CREG` `<stat>` in words (TS 27.007 §7.2).
+fn creg_text(stat: u8) -> &'static str {
+    match stat {
+        0 => "not searching",
+        1 => "home network",
+        2 => "searching",
+        3 => "registration denied",
+        4 => "unknown",
+        5 => "roaming",
+        _ => "a registration state not in TS 27.007",
+    }
+}
+
+fn now_rfc3339() -> String {
+    crate::queue::format_ms(crate::queue::now_ms())
 }

@@ -19,20 +19,62 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::config::Config;
 use crate::queue::Store;
 
+/// How often a modem's status is written even when it did not change, so that
+/// `mail2sms modems` can tell a live gateway's report from a stale one by its time.
+const STATUS_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// The running modem stage.
+pub struct Modems {
+    modems: Vec<driver::Modem>,
+    store: Store,
+    tasks: TaskTracker,
+    /// The simulated modems of `[modem.simulate]`, kept running as long as the gateway.
+    _sims: Vec<sim::SimHandle>,
+}
+
+impl Modems {
+    /// How many modems are configured.
+    pub fn count(&self) -> usize {
+        self.modems.len()
+    }
+
+    /// After the shutdown token is cancelled: waits for each worker to finish the part in
+    /// hand (a part marked `sending` gets its answer recorded rather than becoming
+    /// `uncertain` at the next start), then records the modems' last status.
+    pub async fn wait(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        let last: Vec<(String, String)> = self
+            .modems
+            .iter()
+            .map(|m| {
+                let json = serde_json::to_string(&m.status()).unwrap_or_default();
+                (m.name().to_string(), json)
+            })
+            .collect();
+        if !last.is_empty()
+            && let Err(e) = self.store.record_modems(last).await
+        {
+            warn!(error = %e, "cannot record the modems' last status");
+        }
+    }
+}
+
 /// Starts what `[[modem]]` asks for: simulated modems first (so their terminals exist), a
 /// driver per modem, the worker pool, and the task that records modem status for the CLI.
-/// Returns how many modems there are.
 pub async fn start_modems(
     cfg: &Config,
     store: &Store,
     queued: Arc<Notify>,
     shutdown: CancellationToken,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Modems> {
+    let tasks = TaskTracker::new();
     let mut pool_modems = Vec::new();
     let mut sims = Vec::new();
     for m in &cfg.modems {
@@ -50,49 +92,51 @@ pub async fn start_modems(
             .with_context(|| format!("starting simulated modem {}", m.driver.name))?;
             sims.push(handle);
         }
-        let modem = driver::Modem::start(m.driver.clone(), None, shutdown.clone());
+        let modem = driver::Modem::start_tracked(m.driver.clone(), None, shutdown.clone(), &tasks);
         pool_modems.push(pool::PoolModem {
             modem,
             prefixes: m.prefixes.clone(),
             min_interval: m.min_interval,
         });
     }
-    let n = pool_modems.len();
-    if n == 0 {
-        return Ok(0);
+    let modems: Vec<driver::Modem> = pool_modems.iter().map(|m| m.modem.clone()).collect();
+    if !modems.is_empty() {
+        tokio::spawn(record_status(
+            store.clone(),
+            modems.clone(),
+            shutdown.clone(),
+        ));
+        pool::Pool::start(
+            store.clone(),
+            cfg.sending.clone(),
+            pool_modems,
+            queued,
+            shutdown,
+            &tasks,
+        );
     }
-    tokio::spawn(record_status(
-        store.clone(),
-        pool_modems.iter().map(|m| m.modem.clone()).collect(),
-        sims,
-        shutdown.clone(),
-    ));
-    pool::Pool::start(
-        store.clone(),
-        cfg.sending.clone(),
-        pool_modems,
-        queued,
-        shutdown,
-    );
-    Ok(n)
+    Ok(Modems {
+        modems,
+        store: store.clone(),
+        tasks,
+        _sims: sims,
+    })
 }
 
-/// Writes each modem's status to the store when it changed, at most once a second. Holds the
-/// simulated modems' handles, so they run as long as the gateway.
-async fn record_status(
-    store: Store,
-    modems: Vec<driver::Modem>,
-    _sims: Vec<sim::SimHandle>,
-    shutdown: CancellationToken,
-) {
-    let mut last: Vec<String> = vec![String::new(); modems.len()];
+/// Writes each modem's status to the store when it changed (at most once a second) and
+/// every [`STATUS_HEARTBEAT`] anyway.
+async fn record_status(store: Store, modems: Vec<driver::Modem>, shutdown: CancellationToken) {
+    let mut last: Vec<(String, tokio::time::Instant)> =
+        vec![(String::new(), tokio::time::Instant::now()); modems.len()];
     loop {
+        let now = tokio::time::Instant::now();
         let mut changed = Vec::new();
-        for (i, m) in modems.iter().enumerate() {
+        for (m, (json_before, written)) in modems.iter().zip(last.iter_mut()) {
             let json = serde_json::to_string(&m.status()).unwrap_or_default();
-            if json != last[i] {
+            if json != *json_before || now.duration_since(*written) >= STATUS_HEARTBEAT {
                 changed.push((m.name().to_string(), json.clone()));
-                last[i] = json;
+                *json_before = json;
+                *written = now;
             }
         }
         if !changed.is_empty()

@@ -1,10 +1,24 @@
 //! The worker pool: one worker per modem, pulling the site's queued messages.
 //!
 //! A feeder reads ready messages from the queue into a shared list; each worker takes the
-//! first one its modem should send (prefix affinity first, and not the modem that just failed
-//! it when another can take it), and sends all its parts, in order, on its modem. Before each
-//! `AT+CMGS` the part is marked `sending` durably (invariant 3); the answer marks it `sent`,
-//! schedules a retry with backoff (on another modem), or fails it with its reason.
+//! first one its modem should send and sends all its parts, in order, on its modem. Which
+//! modem takes which message:
+//! - the rest of a message goes to the modem that took its earlier parts while that modem is
+//!   ready: a handset joins the parts of a concatenated SMS only when they come from the same
+//!   number (TS 23.040 §9.2.3.24.1), so splitting a message over two SIMs breaks it;
+//! - otherwise a modem whose `prefixes` match the number takes it first (prefix affinity), and
+//!   the others leave it while such a modem is ready;
+//! - a message whose last attempt failed on a modem goes to another one when another is ready.
+//!
+//! Each worker waits for its SIM's rate limit (`max_per_minute`) before taking a message, so
+//! that a free modem takes it meanwhile.
+//!
+//! For each part the worker reserves the modem (it is then ready and waiting), marks the part
+//! `sending` durably (invariant 3), and only then hands the PDU over; a modem that is not
+//! ready is never given a part marked `sending`, so "not ready" costs no attempt. The answer
+//! marks the part `sent`, schedules a retry with backoff (the rest of the message waits with
+//! it), fails it with its reason (a permanent `+CMS ERROR`, TS 27.005 §3.2.5, or the last
+//! allowed attempt), or makes it `uncertain` (no answer after the PDU was written).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -13,6 +27,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::driver::{Modem, SendError};
@@ -56,12 +71,6 @@ pub struct PoolModem {
     pub min_interval: Option<Duration>,
 }
 
-impl PoolModem {
-    fn prefers(&self, number: &str) -> bool {
-        self.prefixes.iter().any(|p| number.starts_with(p.as_str()))
-    }
-}
-
 struct Job {
     work: Work,
     /// The modem the last attempt failed on.
@@ -92,14 +101,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts the feeder and a worker per modem. `wake` is notified by intake when a new
-    /// request is committed, so an idle pool starts sending at once.
+    /// Starts the feeder and a worker per modem in `tracker`. `wake` is notified by intake
+    /// when a new request is committed, so an idle pool starts sending at once. On
+    /// `shutdown` each worker finishes the part in hand and stops; the rest stays queued.
     pub fn start(
         store: Store,
         cfg: PoolConfig,
         modems: Vec<PoolModem>,
         wake: Arc<Notify>,
         shutdown: CancellationToken,
+        tracker: &TaskTracker,
     ) -> Pool {
         let inner = Arc::new(Inner {
             store,
@@ -109,9 +120,9 @@ impl Pool {
             wake_feeder: wake,
             work_listed: Notify::new(),
         });
-        tokio::spawn(feeder(inner.clone(), shutdown.clone()));
+        tracker.spawn(feeder(inner.clone(), shutdown.clone()));
         for i in 0..inner.modems.len() {
-            tokio::spawn(worker(inner.clone(), i, shutdown.clone()));
+            tracker.spawn(worker(inner.clone(), i, shutdown.clone()));
         }
         Pool { inner }
     }
@@ -132,6 +143,9 @@ async fn feeder(inner: Arc<Inner>, shutdown: CancellationToken) {
     // Enough to keep every modem busy without reading the whole queue into memory.
     let target = (inner.modems.len() * 8).max(16);
     loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
         let (listed, busy) = {
             let j = lock(&inner.jobs);
             (j.list.len(), j.busy.clone())
@@ -168,24 +182,68 @@ async fn feeder(inner: Arc<Inner>, shutdown: CancellationToken) {
     }
 }
 
+/// What the choice of a modem needs to know about each: its name, its preferred prefixes,
+/// and whether it is ready now.
+struct Candidate<'a> {
+    name: &'a str,
+    prefixes: &'a [String],
+    ready: bool,
+}
+
+impl Candidate<'_> {
+    fn prefers(&self, number: &str) -> bool {
+        self.prefixes.iter().any(|p| number.starts_with(p.as_str()))
+    }
+}
+
+/// Whether modem `me` should take `job` now.
+fn should_take(modems: &[Candidate<'_>], me: usize, job: &Job) -> bool {
+    let Some(mine) = modems.get(me).filter(|m| m.ready) else {
+        return false;
+    };
+    let ready_by_name = |name: &str| modems.iter().any(|m| m.ready && m.name == name);
+    // The rest of a message follows its first parts while their modem can take it.
+    if let Some(sent_on) = job.work.sent_on.as_deref() {
+        if sent_on == mine.name {
+            return true;
+        }
+        if ready_by_name(sent_on) {
+            return false;
+        }
+    }
+    let number = &job.work.number;
+    let others = || {
+        modems
+            .iter()
+            .enumerate()
+            .filter(move |(i, m)| *i != me && m.ready)
+    };
+    let avoid = job.avoid.as_deref();
+    // Prefix affinity: leave a message to a ready modem that prefers its number, unless that
+    // modem failed its last attempt (it would leave it in turn, and nobody would send it).
+    let preferred_elsewhere =
+        !mine.prefers(number) && others().any(|(_, m)| m.prefers(number) && avoid != Some(m.name));
+    // A retry goes to another modem than the one that failed it, when one is ready.
+    let failed_here = avoid == Some(mine.name) && others().next().is_some();
+    !preferred_elsewhere && !failed_here
+}
+
 /// Picks the job the modem `me` should send next, if any.
 fn take_job(inner: &Inner, me: usize) -> Option<Job> {
-    let mine = &inner.modems[me];
-    let ready: Vec<bool> = inner.modems.iter().map(|m| m.modem.is_ready()).collect();
-    let others_ready = ready.iter().enumerate().any(|(i, r)| *r && i != me);
+    let modems: Vec<Candidate<'_>> = inner
+        .modems
+        .iter()
+        .map(|m| Candidate {
+            name: m.modem.name(),
+            prefixes: &m.prefixes,
+            ready: m.modem.is_ready(),
+        })
+        .collect();
     let mut j = lock(&inner.jobs);
-    let pos = j.list.iter().position(|job| {
-        let number = &job.work.number;
-        // Prefix affinity: leave a message to a ready modem that prefers its number.
-        let preferred_elsewhere = !mine.prefers(number)
-            && inner
-                .modems
-                .iter()
-                .enumerate()
-                .any(|(i, m)| i != me && ready[i] && m.prefers(number));
-        let failed_here = job.avoid.as_deref() == Some(mine.modem.name()) && others_ready;
-        !preferred_elsewhere && !failed_here
-    })?;
+    let pos = j
+        .list
+        .iter()
+        .position(|job| should_take(&modems, me, job))?;
     j.list.remove(pos)
 }
 
@@ -209,6 +267,16 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
             }
             continue;
         }
+        // The SIM's rate limit: wait before taking a message, so a free modem takes it.
+        if let (Some(gap), Some(last)) = (pm.min_interval, last_send)
+            && Instant::now() < last + gap
+        {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(last + gap) => {}
+            }
+            continue;
+        }
         // Register interest before looking, so a notification between the two is not lost.
         let listed = inner.work_listed.notified();
         let Some(job) = take_job(&inner, me) else {
@@ -222,13 +290,20 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
             continue;
         };
         let rid = job.work.recipient_id;
-        send_job(&inner, &pm, job, &mut last_send).await;
+        send_job(&inner, &pm, job, &mut last_send, &shutdown).await;
         release(&inner, rid);
     }
 }
 
-/// Sends the pending parts of one message on one modem, in order.
-async fn send_job(inner: &Inner, pm: &PoolModem, job: Job, last_send: &mut Option<Instant>) {
+/// Sends the pending parts of one message on one modem, in order. Parts it does not get to
+/// (the modem went away, the gateway is stopping) stay queued and are read again.
+async fn send_job(
+    inner: &Inner,
+    pm: &PoolModem,
+    job: Job,
+    last_send: &mut Option<Instant>,
+    shutdown: &CancellationToken,
+) {
     let store = &inner.store;
     let name = pm.modem.name().to_string();
     let w = job.work;
@@ -242,7 +317,8 @@ async fn send_job(inner: &Inner, pm: &PoolModem, job: Job, last_send: &mut Optio
         validity: inner.cfg.validity,
         // 0: the modem assigns TP-MR itself and tells us in +CMGS.
         message_ref: 0,
-        // The same reference for every part of this message, whichever modem sends which.
+        // The same reference for every part of this message, across retries and restarts,
+        // and different for the messages that follow it to the same number.
         concat_ref: (w.recipient_id & 0xff) as u16,
         ..SubmitOptions::default()
     };
@@ -270,9 +346,19 @@ async fn send_job(inner: &Inner, pm: &PoolModem, job: Job, last_send: &mut Optio
                 .await;
             return;
         };
+        if shutdown.is_cancelled() {
+            return;
+        }
         if let (Some(gap), Some(last)) = (pm.min_interval, *last_send) {
             tokio::time::sleep_until(last + gap).await;
         }
+        let lease = match pm.modem.reserve().await {
+            Ok(l) => l,
+            Err(e) => {
+                debug!(modem = %name, recipient = w.recipient_id, error = %e, "modem not ready; the message goes back to the queue");
+                return;
+            }
+        };
         // Invariant 3: on disk as `sending` before the modem sees it.
         if let Err(e) = store
             .change(Change::Sending {
@@ -285,7 +371,7 @@ async fn send_job(inner: &Inner, pm: &PoolModem, job: Job, last_send: &mut Optio
             return;
         }
         *last_send = Some(Instant::now());
-        let result = pm.modem.send(pdu).await;
+        let result = lease.send(pdu).await;
         let attempts = part.attempts + 1;
         let change = match result {
             Ok(mr) => {
@@ -306,20 +392,22 @@ async fn send_job(inner: &Inner, pm: &PoolModem, job: Job, last_send: &mut Optio
                 let wait = backoff(&inner.cfg, attempts);
                 Change::Retry {
                     part: part.id,
-                    at: queue::now_ms() + wait.as_millis() as i64,
+                    at: queue::now_ms()
+                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
                     reason: format!(
-                        "attempt {attempts} failed on {name}: {e}; retrying in {}s, on another modem if one is free",
+                        "attempt {attempts} of {} failed on {name}: {e}; retrying in {}s",
+                        inner.cfg.max_attempts,
                         wait.as_secs()
                     ),
                 }
             }
             Err(e) if e.is_temporary() => Change::Fail {
                 part: part.id,
-                reason: format!("failed after {attempts} attempts; the last on {name}: {e}"),
+                reason: format!("failed after {attempts} attempts; the last, on {name}: {e}"),
             },
             Err(e) => Change::Fail {
                 part: part.id,
-                reason: format!("{name}: {e} (permanent)"),
+                reason: format!("{name}: {e} (a permanent failure: not tried again)"),
             },
         };
         let stop = !matches!(change, Change::Sent { .. });
@@ -332,7 +420,9 @@ async fn send_job(inner: &Inner, pm: &PoolModem, job: Job, last_send: &mut Optio
             return;
         }
         if stop {
-            // The rest of the message waits with it, so its parts stay together.
+            // The rest of the message waits with it, so its parts stay together. After an
+            // uncertain part the rest is sent: the recipient more likely has that part than
+            // not, and the uncertain one is reported either way.
             if let Some(at) = retry_at {
                 for rest in &w.pending[i + 1..] {
                     let _ = store
@@ -362,6 +452,121 @@ fn backoff(cfg: &PoolConfig, attempts: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(number: &str, sent_on: Option<&str>, avoid: Option<&str>) -> Job {
+        Job {
+            work: Work {
+                recipient_id: 1,
+                request_id: "r".into(),
+                number: number.into(),
+                encoding: crate::sms::Encoding::Gsm7,
+                all_parts: vec!["a".into(), "b".into()],
+                pending: Vec::new(),
+                sent_on: sent_on.map(str::to_string),
+            },
+            avoid: avoid.map(str::to_string),
+        }
+    }
+
+    /// Who takes what: stickiness of a started message, prefix affinity, avoiding the modem
+    /// that failed the last attempt, and each of them giving way when the modem it names is
+    /// not ready.
+    #[test]
+    fn which_modem_takes_a_message() {
+        let fr = vec!["+33".to_string()];
+        let none: Vec<String> = Vec::new();
+        // (ready flags of a, b, c; the job; which of a, b, c take it)
+        type Case = (
+            [bool; 3],
+            (&'static str, Option<&'static str>, Option<&'static str>),
+            [bool; 3],
+        );
+        let cases: &[Case] = &[
+            // a prefers +33: it alone takes French numbers while ready...
+            (
+                [true, true, true],
+                ("+33612345678", None, None),
+                [true, false, false],
+            ),
+            // ...anyone takes them when it is not...
+            (
+                [false, true, true],
+                ("+33612345678", None, None),
+                [false, true, true],
+            ),
+            // ...and anyone takes other numbers.
+            (
+                [true, true, true],
+                ("+447911123456", None, None),
+                [true, true, true],
+            ),
+            // A retry avoids the modem that failed it, unless no other is ready.
+            (
+                [true, true, true],
+                ("+447911123456", None, Some("b")),
+                [true, false, true],
+            ),
+            // Even the modem that prefers the number: the others take its retry.
+            (
+                [true, true, true],
+                ("+33612345678", None, Some("a")),
+                [false, true, true],
+            ),
+            (
+                [false, true, false],
+                ("+447911123456", None, Some("b")),
+                [false, true, false],
+            ),
+            // The rest of a message stays with the modem that sent its first parts, even
+            // against affinity and even after failing there...
+            (
+                [true, true, true],
+                ("+33612345678", Some("c"), None),
+                [false, false, true],
+            ),
+            (
+                [true, true, true],
+                ("+447911123456", Some("b"), Some("b")),
+                [false, true, false],
+            ),
+            // ...until that modem is not ready: then the usual rules.
+            (
+                [true, true, false],
+                ("+33612345678", Some("c"), None),
+                [true, false, false],
+            ),
+            (
+                [false, true, false],
+                ("+447911123456", Some("c"), Some("b")),
+                [false, true, false],
+            ),
+        ];
+        for (ready, (number, sent_on, avoid), want) in cases {
+            let modems = [
+                Candidate {
+                    name: "a",
+                    prefixes: &fr,
+                    ready: ready[0],
+                },
+                Candidate {
+                    name: "b",
+                    prefixes: &none,
+                    ready: ready[1],
+                },
+                Candidate {
+                    name: "c",
+                    prefixes: &none,
+                    ready: ready[2],
+                },
+            ];
+            let j = job(number, *sent_on, *avoid);
+            let got: Vec<bool> = (0..3).map(|me| should_take(&modems, me, &j)).collect();
+            assert_eq!(
+                got, want,
+                "ready {ready:?}, {number} sent_on {sent_on:?} avoid {avoid:?}"
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -25,6 +25,10 @@ pub struct Work {
     pub all_parts: Vec<String>,
     /// The parts still to send, in order.
     pub pending: Vec<PendingPart>,
+    /// The channel (modem) that took the latest part already handed over, if any: the rest
+    /// of the message should go the same way, because a handset joins the parts of a
+    /// concatenated SMS only when they come from the same sender (TS 23.040 §9.2.3.24.1).
+    pub sent_on: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,11 +104,15 @@ pub async fn ready(
             },
             all_parts: Vec::with_capacity(parts.len()),
             pending: Vec::new(),
+            sent_on: None,
         };
         for p in &parts {
             work.all_parts.push(p.get(2));
             let state: String = p.get(3);
             let due = p.get::<Option<i64>, _>(6).is_none_or(|at| at <= now);
+            if matches!(state.as_str(), "sent" | "delivered" | "uncertain") {
+                work.sent_on = p.get(5);
+            }
             if (state == "accepted" || state == "routed") && due {
                 work.pending.push(PendingPart {
                     id: p.get(0),

@@ -216,3 +216,5 @@ pub fn hash_password(password: &str) -> String {
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+pub mod sim;

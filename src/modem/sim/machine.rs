@@ -57,6 +57,8 @@ pub struct SimCounters {
     pub rejected: u64,
     /// Sends cancelled with ESC.
     pub cancelled: u64,
+    /// `AT+CMGD` commands executed: a message body that smuggled one in would show here.
+    pub deletes: u64,
     /// Status reports delivered to the terminal (`+CDS`) or stored.
     pub reports: u64,
     /// Status reports lost because the message memory was full.
@@ -73,6 +75,10 @@ struct Settings {
     cmgf: u8,
     /// `+CREG` unsolicited mode.
     creg_n: u8,
+    /// `+CGREG` unsolicited mode (GPRS registration, TS 27.007 §10.1.20).
+    cgreg_n: u8,
+    /// `+COPS` `<format>` of the operator: 0 long name, 1 short name, 2 numeric (MCC MNC).
+    cops_format: u8,
     /// `+CNMI` `<mode>,<mt>,<bm>,<ds>,<bfr>`.
     cnmi: [u8; 5],
     cscs: String,
@@ -88,6 +94,8 @@ impl Settings {
             cmee: 0,
             cmgf: 0,
             creg_n: 0,
+            cgreg_n: 0,
+            cops_format: 0,
             cnmi: [0; 5],
             cscs: "GSM".to_string(),
             csms: 0,
@@ -620,13 +628,29 @@ impl SimModem {
 
     fn creg_urc(&mut self, now: u64) {
         let stat = self.reg_stat();
-        match self.settings.creg_n {
-            1 => self.unsolicited(now, &format!("+CREG: {stat}")),
-            2 if matches!(stat, 1 | 5) => {
-                self.unsolicited(now, &format!("+CREG: {stat},\"{LAC}\",\"{CELL}\""))
+        for (name, n) in [
+            ("+CREG", self.settings.creg_n),
+            ("+CGREG", self.settings.cgreg_n),
+        ] {
+            match n {
+                1 => self.unsolicited(now, &format!("{name}: {stat}")),
+                2 if matches!(stat, 1 | 5) => {
+                    self.unsolicited(now, &format!("{name}: {stat},\"{LAC}\",\"{CELL}\""))
+                }
+                2 => self.unsolicited(now, &format!("{name}: {stat}")),
+                _ => {}
             }
-            2 => self.unsolicited(now, &format!("+CREG: {stat}")),
-            _ => {}
+        }
+    }
+
+    /// `+CREG: <n>,<stat>[,<lac>,<ci>]` and its `+CGREG` twin (TS 27.007 §7.2, §10.1.20):
+    /// the simulated network attaches packet service wherever it registers.
+    fn registration_line(&self, name: &str, n: u8) -> String {
+        let stat = self.reg_stat();
+        if n == 2 && matches!(stat, 1 | 5) {
+            format!("{name}: {n},{stat},\"{LAC}\",\"{CELL}\"")
+        } else {
+            format!("{name}: {n},{stat}")
         }
     }
 
@@ -729,21 +753,54 @@ impl SimModem {
                 self.settings.creg_n = n;
             }
             ("+CREG", Read) => {
-                let stat = self.reg_stat();
-                let n = self.settings.creg_n;
-                lines.push(if n == 2 && matches!(stat, 1 | 5) {
-                    format!("+CREG: {n},{stat},\"{LAC}\",\"{CELL}\"")
-                } else {
-                    format!("+CREG: {n},{stat}")
-                });
+                lines.push(self.registration_line("+CREG", self.settings.creg_n));
             }
+            ("+CGREG", Set) => {
+                let n = int_arg(0)?;
+                if n > 2 {
+                    return Err(Fail::Cme(4));
+                }
+                self.settings.cgreg_n = n;
+            }
+            ("+CGREG", Read) => {
+                lines.push(self.registration_line("+CGREG", self.settings.cgreg_n));
+            }
+            ("+CGREG", Test) => lines.push("+CGREG: (0-2)".to_string()),
+            // Packet service attachment (TS 27.007 §10.1.9): attached while registered.
+            ("+CGATT", Read) => lines.push(format!("+CGATT: {}", u8::from(self.registered()))),
+            ("+CGATT", Set) => {
+                if int_arg(0)? > 1 {
+                    return Err(Fail::Cme(4));
+                }
+            }
+            ("+CGATT", Test) => lines.push("+CGATT: (0,1)".to_string()),
             ("+CREG", Test) => lines.push("+CREG: (0-2)".to_string()),
             ("+COPS", Read) => lines.push(if self.registered() {
-                format!("+COPS: 0,0,\"{}\"", self.cfg.operator)
+                let f = self.settings.cops_format;
+                let oper = match f {
+                    0 => self.cfg.operator.as_str(),
+                    1 => "TEST",
+                    _ => "00101",
+                };
+                format!("+COPS: 0,{f},\"{oper}\"")
             } else {
                 "+COPS: 0".to_string()
             }),
-            ("+COPS", Set) => {}
+            // `<mode>[,<format>[,<oper>]]`: only mode 3 (set the format) changes anything here;
+            // the simulated modem stays on its one network whatever is asked.
+            ("+COPS", Set) => {
+                let mode = int_arg(0)?;
+                if mode > 4 {
+                    return Err(Fail::Cme(4));
+                }
+                if let Some(f) = args.get(1).filter(|a| !a.is_empty()) {
+                    let f = f.parse::<u8>().map_err(|_| Fail::Cme(4))?;
+                    if f > 2 {
+                        return Err(Fail::Cme(4));
+                    }
+                    self.settings.cops_format = f;
+                }
+            }
             ("+COPS", Test) => lines.push(format!(
                 "+COPS: (2,\"{}\",\"TEST\",\"00101\"),,(0-4),(0-2)",
                 self.cfg.operator
@@ -905,6 +962,7 @@ impl SimModem {
             }),
             ("+CMGD", Set) => {
                 self.sim_ready_sms()?;
+                self.counters.deletes += 1;
                 let flag = match args.get(1).map(String::as_str) {
                     None | Some("") => 0,
                     Some(f) => f.parse::<u8>().map_err(|_| Fail::Cms(302))?,
@@ -1812,6 +1870,7 @@ mod tests {
         assert_eq!(rec.first().map(|r| r.text.as_str()), Some(nasty));
         assert_eq!(rec.first().map(|r| r.dcs), Some(0x08), "sent as UCS-2");
         assert_eq!(m.storage_usage().0, 1, "AT+CMGD=1,4 was not executed");
+        assert_eq!(m.counters().deletes, 0);
         assert_eq!(say(&mut m, 0, b"AT+CMGF?\r"), info(&["+CMGF: 0"]));
     }
 
@@ -2001,6 +2060,7 @@ mod tests {
         );
         assert_eq!(say(&mut m, 0, b"AT+CMGR=21\r"), "\r\n+CMS ERROR: 321\r\n");
         assert_eq!(say(&mut m, 0, b"AT+CMGD=1,4\r"), ok());
+        assert_eq!(m.counters().deletes, 2, "each AT+CMGD counts");
         assert_eq!(say(&mut m, 0, b"AT+CMGL=4\r"), ok());
 
         say(&mut m, 0, b"AT+CMGF=1\r");
@@ -2181,6 +2241,28 @@ mod tests {
         say(&mut m, 0, b"AT+CREG=2\r");
         m.set_registration(0, 5);
         assert_eq!(m.poll_output(0), b"\r\n+CREG: 5,\"1A2B\",\"0C3D\"\r\n");
+        // Packet service registration follows (gammu's `networkinfo` asks for it).
+        assert_eq!(
+            say(&mut m, 0, b"AT+CREG=0;+CGREG=1;+CGREG?\r"),
+            info(&["+CGREG: 1,5"])
+        );
+        m.set_registration(0, 1);
+        assert_eq!(m.poll_output(0), b"\r\n+CGREG: 1\r\n");
+        assert_eq!(
+            say(&mut m, 0, b"AT+CGREG=2;+CGREG?\r"),
+            info(&["+CGREG: 2,1,\"1A2B\",\"0C3D\""])
+        );
+        assert_eq!(say(&mut m, 0, b"AT+CGREG=3\r"), "\r\n+CME ERROR: 4\r\n");
+        // The operator in the format asked for (gammu asks for the numeric one, then names).
+        assert_eq!(
+            say(&mut m, 0, b"AT+COPS=3,2;+COPS?\r"),
+            info(&["+COPS: 0,2,\"00101\""])
+        );
+        assert_eq!(
+            say(&mut m, 0, b"AT+COPS=3,0;+COPS?\r"),
+            info(&["+COPS: 0,0,\"Test PLMN 1-1\""])
+        );
+        assert_eq!(say(&mut m, 0, b"AT+COPS=3,7\r"), "\r\n+CME ERROR: 4\r\n");
     }
 
     #[test]
