@@ -1,8 +1,9 @@
-//! Intake: where mail enters the gateway (SMTP now; an IMAP mailbox later) and becomes a
+//! Intake: where mail enters the gateway (the SMTP listener, IMAP mailboxes) and becomes a
 //! queued request. The listener owns the protocol; this module owns what happens to a mail
 //! once it is complete: body to SMS text, splitting into parts, the durable commit, and the
 //! reply that says what became of it.
 
+pub mod imap;
 pub mod smtp;
 
 use std::sync::Arc;
@@ -92,42 +93,48 @@ impl Intake {
 
     /// Parses the mail and splits its text; a refusal comes back as the SMTP reply to give.
     fn build(&self, envelope: &Envelope, data: &[u8]) -> Result<NewRequest, Reply> {
-        let info = body::extract(data, &self.config.body).map_err(|e| body_error_reply(&e))?;
-        let text = if self.config.sms.transliterate {
-            crate::sms::transliterate(&info.text)
-        } else {
-            info.text.clone()
-        };
-        let seg = crate::sms::segment(&text, Some(self.config.sms.max_parts));
-        Ok(NewRequest {
-            source: Source::Smtp,
-            client: None,
-            helo: None,
-            auth_user: None,
-            mail_from: envelope.mail_from.clone(),
-            message_id: info.message_id.clone(),
-            subject: info.subject.clone(),
-            dsn_envid: envelope.envid.clone(),
-            dsn_ret: envelope.ret.map(str::to_string),
-            text: seg.parts.concat(),
-            encoding: seg.encoding,
-            parts: seg.parts,
-            truncated: seg.truncated,
-            size: data.len(),
-            headers: header_block(data).to_vec(),
-            recipients: envelope
-                .recipients
-                .iter()
-                .map(|r| NewRecipient {
-                    address: r.raw.clone(),
-                    number: r.recipient.number.clone(),
-                    name: r.recipient.name.clone(),
-                    dsn_notify: r.notify.clone(),
-                    dsn_orcpt: r.orcpt.clone(),
-                })
-                .collect(),
-        })
+        build_request(&self.config, envelope, data)
     }
+}
+
+/// A mail and its recipients as a request to queue (the same for SMTP and IMAP); a refusal comes
+/// back as the SMTP reply to give, whose sentence says why.
+fn build_request(config: &Config, envelope: &Envelope, data: &[u8]) -> Result<NewRequest, Reply> {
+    let info = body::extract(data, &config.body).map_err(|e| body_error_reply(&e))?;
+    let text = if config.sms.transliterate {
+        crate::sms::transliterate(&info.text)
+    } else {
+        info.text.clone()
+    };
+    let seg = crate::sms::segment(&text, Some(config.sms.max_parts));
+    Ok(NewRequest {
+        source: Source::Smtp,
+        client: None,
+        helo: None,
+        auth_user: None,
+        mail_from: envelope.mail_from.clone(),
+        message_id: info.message_id.clone(),
+        subject: info.subject.clone(),
+        dsn_envid: envelope.envid.clone(),
+        dsn_ret: envelope.ret.map(str::to_string),
+        text: seg.parts.concat(),
+        encoding: seg.encoding,
+        parts: seg.parts,
+        truncated: seg.truncated,
+        size: data.len(),
+        headers: header_block(data).to_vec(),
+        recipients: envelope
+            .recipients
+            .iter()
+            .map(|r| NewRecipient {
+                address: r.raw.clone(),
+                number: r.recipient.number.clone(),
+                name: r.recipient.name.clone(),
+                dsn_notify: r.notify.clone(),
+                dsn_orcpt: r.orcpt.clone(),
+            })
+            .collect(),
+    })
 }
 
 fn plural(n: usize) -> &'static str {
