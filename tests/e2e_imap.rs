@@ -58,6 +58,25 @@ fn assert_exactly_once(what: &str, counts: &HashMap<String, usize>, ids: &[Strin
     assert_eq!(counts.len(), ids.len(), "{what}: unexpected ids present");
 }
 
+/// The gateway's log without terminal colour codes (`ESC [ ... m`).
+fn log_of(g: &Gateway) -> String {
+    let raw = g.log();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn pseudo_random(seed: &mut u64, lo: u64, hi: u64) -> u64 {
     *seed ^= *seed << 13;
     *seed ^= *seed >> 7;
@@ -77,12 +96,12 @@ fn clock_seed() -> u64 {
 fn thousand_mails_through_twenty_sigkills_are_each_queued_once_and_moved() {
     let dv = Dovecot::start(Options::default());
     let mut g = Gateway::start("", &dv.mailbox_toml("INBOX", "starttls", "batch = 50"));
-    // 1,000 mails at 40 a second: 25 seconds of arrivals for the kills to fall into.
-    let append = dv.client_spawn(&["append", "INBOX", "1000", "kill", "40"]);
+    // 1,000 mails at 60 a second: 17 seconds of arrivals for the kills to fall into.
+    let append = dv.client_spawn(&["append", "INBOX", "1000", "kill", "60"]);
     let mut seed = clock_seed();
     eprintln!("kill schedule seed {seed}");
     for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(pseudo_random(&mut seed, 200, 1400)));
+        std::thread::sleep(Duration::from_millis(pseudo_random(&mut seed, 150, 1000)));
         g.kill();
         g.spawn();
     }
@@ -109,12 +128,11 @@ fn thousand_mails_through_twenty_sigkills_are_each_queued_once_and_moved() {
     assert_exactly_once("queue", &queued(&g), &ids);
     assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
     assert_eq!(dv.count("Failed"), 0);
-    // The kills fell while mail was being handled: some restarts found their own claims.
-    let log = g.log();
+    let log = log_of(&g);
     eprintln!(
-        "{} restarts resumed claimed mail, {} found already-queued mail",
+        "{} starts took up mail claimed before a kill; {} mails were found already queued",
+        log.matches("taking up mail this gateway claimed").count(),
         log.matches("already handled before").count(),
-        log.matches("same_uid=true").count()
     );
 }
 
@@ -122,15 +140,15 @@ fn thousand_mails_through_twenty_sigkills_are_each_queued_once_and_moved() {
 fn dovecot_restart_mid_run_is_survived() {
     let mut dv = Dovecot::start(Options::default());
     let g = Gateway::start("", &dv.mailbox_toml("INBOX", "starttls", ""));
-    dv.client(&["append", "INBOX", "150", "before"]);
-    // Restart while the gateway is still taking the first mails.
+    dv.client(&["append", "INBOX", "300", "before"]);
+    // Restart while the gateway is still taking the first mails (or just done with them).
     dv.restart();
     dv.client(&["append", "INBOX", "150", "after"]);
-    let mut ids = expected("before", 150);
+    let mut ids = expected("before", 300);
     ids.extend(expected("after", 150));
     wait_for(
         Duration::from_secs(40),
-        || dv.count("INBOX") == 0 && queued(&g).len() == 300,
+        || dv.count("INBOX") == 0 && queued(&g).len() == 450,
         || {
             format!(
                 "INBOX {} left, {} queued\n{}",
@@ -142,7 +160,7 @@ fn dovecot_restart_mid_run_is_survived() {
     );
     assert_exactly_once("queue", &queued(&g), &ids);
     assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
-    let log = g.log();
+    let log = log_of(&g);
     assert!(log.contains("reconnecting"), "no reconnect seen:\n{log}");
     assert!(
         log.matches("watching mailbox").count() >= 2,
@@ -165,12 +183,15 @@ fn uidvalidity_change_loses_and_duplicates_nothing() {
         || dv.count("sms") == 0 && queued(&g).len() == 40,
         || format!("{} queued\n{}", queued(&g).len(), g.log()),
     );
+    // A copy of the handled mail, to bring back later as a restore would.
+    dv.client(&["create", "Backup"]);
+    dv.client(&["copy-all", "Processed", "Backup"]);
     let before: u64 = dv.client(&["uidvalidity", "sms"]).trim().parse().unwrap();
     dv.client(&["recreate", "sms"]);
     let after: u64 = dv.client(&["uidvalidity", "sms"]).trim().parse().unwrap();
     assert_ne!(before, after, "Dovecot kept the UIDVALIDITY");
     dv.client(&["append", "sms", "40", "new"]);
-    dv.client(&["copy-all", "Processed", "sms"]);
+    dv.client(&["copy-all", "Backup", "sms"]);
 
     let mut ids = expected("old", 40);
     ids.extend(expected("new", 40));
@@ -195,6 +216,11 @@ fn uidvalidity_change_loses_and_duplicates_nothing() {
         // The original and the copy that came back.
         assert_eq!(processed.get(&id), Some(&2), "{id}");
     }
+    let log = log_of(&g);
+    assert!(
+        log.contains(&format!("uidvalidity={after}")),
+        "the gateway never watched the folder under its new UIDVALIDITY:\n{log}"
+    );
 }
 
 #[test]
@@ -219,7 +245,7 @@ fn server_without_idle_and_move_is_polled_and_copied() {
     );
     assert_exactly_once("queue", &queued(&g), &ids);
     assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
-    let log = g.log();
+    let log = log_of(&g);
     assert!(log.contains("polling"), "not polling:\n{log}");
     assert!(log.contains("moves=false"), "MOVE was offered:\n{log}");
 }
@@ -229,6 +255,8 @@ fn server_without_idle_and_move_is_polled_and_copied() {
 #[test]
 fn two_gateways_on_one_mailbox_never_queue_the_same_mail() {
     let dv = Dovecot::start(Options::default());
+    // The mail is there before either starts, so both go for the same messages from the start.
+    dv.client(&["append", "INBOX", "600", "two"]);
     let a = Gateway::start(
         "",
         &dv.mailbox_toml("INBOX", "implicit", "gateway = \"alpha\"\nbatch = 20"),
@@ -237,7 +265,6 @@ fn two_gateways_on_one_mailbox_never_queue_the_same_mail() {
         "",
         &dv.mailbox_toml("INBOX", "starttls", "gateway = \"beta\"\nbatch = 20"),
     );
-    dv.client(&["append", "INBOX", "600", "two"]);
     let ids = expected("two", 600);
     let union = || {
         let mut all = queued(&a);
@@ -253,10 +280,29 @@ fn two_gateways_on_one_mailbox_never_queue_the_same_mail() {
     );
     assert_exactly_once("both queues", &union(), &ids);
     assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
+    let (qa, qb) = (queued(&a).len(), queued(&b).len());
+    let lost = |g: &Gateway| {
+        log_of(g)
+            .lines()
+            .filter(|l| l.contains("another gateway claimed these messages first"))
+            .count()
+    };
     eprintln!(
-        "alpha queued {}, beta queued {}",
-        queued(&a).len(),
-        queued(&b).len()
+        "alpha queued {qa}, beta queued {qb}; conditional STOREs that lost the race: alpha {}, beta {}",
+        lost(&a),
+        lost(&b)
+    );
+    for g in [&a, &b] {
+        for l in log_of(g)
+            .lines()
+            .filter(|l| l.contains("session ended") || l.contains("watching mailbox"))
+        {
+            eprintln!("{l}");
+        }
+    }
+    assert!(
+        qa > 0 && qb > 0,
+        "one gateway took everything: alpha {qa}, beta {qb}"
     );
 }
 

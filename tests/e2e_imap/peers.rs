@@ -182,13 +182,26 @@ service anvil {{
         }
     }
 
-    /// Stops Dovecot (SIGTERM to the master, which takes its children down) and waits.
+    /// Stops Dovecot as a crash or a restart would: the master and every process it started.
+    /// (Dovecot 2.3's master leaves running IMAP sessions alone when it stops; a restart that
+    /// keeps connections open would test nothing.)
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
+            let master = c.id().to_string();
+            let out = run(Command::new("pgrep").args(["-P", &master]));
+            let children: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            let _ = Command::new("kill").args(["-TERM", &master]).status();
             let _ = c.wait();
+            for pid in &children {
+                // Gone already when the master did take it down.
+                let _ = Command::new("kill")
+                    .args(["-KILL", pid])
+                    .stderr(Stdio::null())
+                    .status();
+            }
         }
         // The master is gone; wait until the port is free again so the restart can bind it.
         let deadline = Instant::now() + Duration::from_secs(10);

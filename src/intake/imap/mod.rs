@@ -383,6 +383,13 @@ impl Watcher {
             if p.mine.is_empty() && p.claim.is_empty() {
                 return Ok(total);
             }
+            if !p.mine.is_empty() {
+                info!(
+                    mailbox = %cfg.name,
+                    messages = p.mine.len(),
+                    "taking up mail this gateway claimed before it stopped"
+                );
+            }
             if !p.claim.is_empty() {
                 self.claim(s, &p, caps).await?;
             }
@@ -469,12 +476,14 @@ impl Watcher {
         // Decide about each message this gateway holds the keyword of, then record every
         // decision; the store commits them together.
         let mut claims = Vec::new();
+        let mut lost = 0;
         for f in &fetched {
             let Some(uid) = f.uid else { continue };
             let mine = f.flags().any(
                 |fl| matches!(fl, Flag::Custom(k) if k.eq_ignore_ascii_case(&cfg.claim_keyword)),
             );
             if !mine {
+                lost += 1;
                 continue;
             }
             let raw = if headers_only { f.header() } else { f.body() }.unwrap_or_default();
@@ -503,6 +512,13 @@ impl Watcher {
                     notice,
                 },
             ));
+        }
+        if lost > 0 {
+            info!(
+                mailbox = %cfg.name,
+                messages = lost,
+                "another gateway claimed these messages first; left to it"
+            );
         }
         let store = &self.intake.store;
         let results =
