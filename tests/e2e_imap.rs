@@ -316,7 +316,10 @@ fn mail_that_gives_no_sms_goes_to_failed_and_its_sender_is_told() {
     );
     let g = Gateway::start(
         "",
-        &format!("{notify}{}", dv.mailbox_toml("INBOX", "starttls", "")),
+        &format!(
+            "[body]\nmax_input_bytes = 4000\n{notify}{}",
+            dv.mailbox_toml("INBOX", "starttls", "")
+        ),
     );
     let mails: &[(&str, &str)] = &[
         (
@@ -339,11 +342,19 @@ fn mail_that_gives_no_sms_goes_to_failed_and_its_sender_is_told() {
             "good",
             "From: dan@example.com\r\nTo: \"Paul@+33612345678\"@sms\r\nSubject: Hello\r\n\r\nSee you.\r\n",
         ),
+        (
+            "huge",
+            "From: erin@example.com\r\nTo: Paul@+33612345678@sms\r\nSubject: Photos\r\n\r\n",
+        ),
     ];
     let mut files = Vec::new();
     for (name, text) in mails {
         let path = dv.dir.path().join(format!("{name}.eml"));
-        let with_id = format!("Message-ID: <{name}@test>\r\n{text}");
+        let mut with_id = format!("Message-ID: <{name}@test>\r\n{text}");
+        if *name == "huge" {
+            // Over the [body] max_input_bytes below: only its header is fetched.
+            with_id.push_str(&"0123456789abcdef\r\n".repeat(300));
+        }
         std::fs::write(&path, with_id).unwrap();
         files.push(path.to_str().unwrap().to_string());
     }
@@ -353,7 +364,7 @@ fn mail_that_gives_no_sms_goes_to_failed_and_its_sender_is_told() {
 
     wait_for(
         Duration::from_secs(30),
-        || dv.count("INBOX") == 0 && sink.mails().len() >= 3,
+        || dv.count("INBOX") == 0 && sink.mails().len() >= 4,
         || {
             format!(
                 "INBOX {} left, {} replies\n{}",
@@ -365,7 +376,10 @@ fn mail_that_gives_no_sms_goes_to_failed_and_its_sender_is_told() {
     );
     let mut failed = dv.ids("Failed");
     failed.sort();
-    assert_eq!(failed, ["no-sms@test", "no-text@test", "robot@test"]);
+    assert_eq!(
+        failed,
+        ["huge@test", "no-sms@test", "no-text@test", "robot@test"]
+    );
     let mut processed = dv.ids("Processed");
     processed.sort();
     assert_eq!(processed, ["good@test", "partial@test"]);
@@ -374,10 +388,10 @@ fn mail_that_gives_no_sms_goes_to_failed_and_its_sender_is_told() {
     assert_eq!(q.get("good@test"), Some(&1));
     assert_eq!(q.len(), 2);
 
-    // Give a stray fourth reply (to the robot) time to show up before counting.
+    // Give a stray fifth reply (to the robot) time to show up before counting.
     std::thread::sleep(Duration::from_secs(1));
     let replies = sink.mails();
-    assert_eq!(replies.len(), 3, "{replies:#?}");
+    assert_eq!(replies.len(), 4, "{replies:#?}");
     let expect: &[(&str, &str, &str)] = &[
         ("anne@example.com", "no-sms@test", "names no SMS recipient"),
         (
@@ -386,6 +400,11 @@ fn mail_that_gives_no_sms_goes_to_failed_and_its_sender_is_told() {
             "neither a text part nor a subject",
         ),
         ("carol@example.com", "partial@test", "Nobody@+331@sms"),
+        (
+            "erin@example.com",
+            "huge@test",
+            "more than the limit of 4000 bytes",
+        ),
     ];
     for (to, id, reason) in expect {
         let r = replies
@@ -406,4 +425,28 @@ fn mail_that_gives_no_sms_goes_to_failed_and_its_sender_is_told() {
             );
         }
     }
+}
+
+/// IDLE is ended and issued again every `reidle_secs` (RFC 2177 §3 asks for less than 29
+/// minutes; here one second) without dropping the session, and mail still wakes the gateway.
+#[test]
+fn idle_is_renewed_without_losing_the_session() {
+    let dv = Dovecot::start(Options::default());
+    let g = Gateway::start("", &dv.mailbox_toml("INBOX", "starttls", "reidle_secs = 1"));
+    std::thread::sleep(Duration::from_millis(3500));
+    dv.client(&["append", "INBOX", "5", "reidle"]);
+    wait_for(
+        Duration::from_secs(20),
+        || queued(&g).len() == 5,
+        || format!("{} queued\n{}", queued(&g).len(), g.log()),
+    );
+    let log = log_of(&g);
+    assert_eq!(log.matches("watching mailbox").count(), 1, "{log}");
+    assert!(!log.contains("session ended"), "{log}");
+    let renewals = log.matches("IDLE renewed").count();
+    assert!(
+        renewals >= 2,
+        "IDLE renewed {renewals} times in 3.5 s:\n{log}"
+    );
+    assert_exactly_once("queue", &queued(&g), &expected("reidle", 5));
 }

@@ -68,7 +68,12 @@ pub enum NotifyError {
     #[error("the reply could not be built: {0}")]
     Build(String),
     #[error("the relay {relay} did not take the reply: {reason}")]
-    Relay { relay: String, reason: String },
+    Relay {
+        relay: String,
+        reason: String,
+        /// A 5xx answer (RFC 5321 §4.2.1): trying again gives the same answer.
+        permanent: bool,
+    },
 }
 
 /// Sends replies through the relay. Cheap to clone.
@@ -146,6 +151,7 @@ impl Notifier {
             .map_err(|e| NotifyError::Relay {
                 relay: format!("{}:{}", self.config.host, self.config.port),
                 reason: e.to_string(),
+                permanent: e.is_permanent(),
             })?;
         Ok(())
     }
@@ -262,7 +268,13 @@ async fn attempt(store: &Store, notifier: &Notifier, n: PendingNotice) {
             info!(to = %n.recipient, id = n.id, "failure notice sent");
             store.notice_sent(n.id).await
         }
-        Err(e @ NotifyError::BadRecipient { .. }) | Err(e @ NotifyError::Build(_)) => {
+        Err(
+            e @ (NotifyError::BadRecipient { .. }
+            | NotifyError::Build(_)
+            | NotifyError::Relay {
+                permanent: true, ..
+            }),
+        ) => {
             warn!(to = %n.recipient, id = n.id, error = %e, "failure notice cannot be sent; given up");
             store.notice_failed(n.id, e.to_string(), None).await
         }

@@ -54,6 +54,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use async_imap::extensions::idle::IdleResponse;
 use async_imap::types::{Fetch, Flag, UnsolicitedResponse};
 use async_imap::{Client, Session};
 use futures_util::TryStreamExt;
@@ -346,25 +347,35 @@ impl Watcher {
         let cfg = &self.cfg;
         let mut handle = s.idle();
         timed("IDLE", cfg.command_timeout, handle.init()).await?;
+        enum Woke {
+            Server(async_imap::error::Result<IdleResponse>),
+            Renew,
+            Shutdown,
+        }
         let woke = {
             let (wait, _stop) = handle.wait_with_timeout(cfg.reidle);
             tokio::select! {
-                r = wait => Some(r),
-                _ = tokio::time::sleep(cfg.reidle) => None,
-                _ = self.shutdown.cancelled() => None,
+                r = wait => Woke::Server(r),
+                _ = tokio::time::sleep(cfg.reidle) => Woke::Renew,
+                _ = self.shutdown.cancelled() => Woke::Shutdown,
             }
         };
         let s = timed("DONE", cfg.command_timeout, handle.done()).await?;
         match woke {
+            Woke::Server(Ok(IdleResponse::NewData(_))) | Woke::Shutdown => Ok(s),
             // The stream ended: the server closed the connection.
-            Some(Ok(async_imap::extensions::idle::IdleResponse::ManualInterrupt)) => {
-                Err(ImapError::Closed)
-            }
-            Some(Err(e)) => Err(ImapError::Command {
+            Woke::Server(Ok(IdleResponse::ManualInterrupt)) => Err(ImapError::Closed),
+            Woke::Server(Err(e)) => Err(ImapError::Command {
                 command: "IDLE",
                 reason: e.to_string(),
             }),
-            _ => Ok(s),
+            // `reidle` passed (with or without the server's keep-alives): IDLE is ended and
+            // the folder read again before the next one. The line is also the watcher's
+            // heartbeat in the log.
+            Woke::Server(Ok(IdleResponse::Timeout)) | Woke::Renew => {
+                info!(mailbox = %cfg.name, after = ?cfg.reidle, "IDLE renewed");
+                Ok(s)
+            }
         }
     }
 
