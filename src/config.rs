@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::intake::imap::{ImapTls, MailboxConfig, Password};
 use crate::modem::driver::DriverConfig;
 use crate::modem::pool::PoolConfig;
 use crate::modem::sim::{ReportMode, SimConfig};
+use crate::notify::{NotifyConfig, NotifyTls};
 use crate::parse::address::{AddressPolicy, NumberKind};
 use crate::parse::body::{BodyOptions, SubjectPolicy};
 use crate::policy::Destinations;
@@ -50,6 +52,10 @@ pub struct Config {
     pub destinations: Destinations,
     pub sending: PoolConfig,
     pub modems: Vec<ModemConfig>,
+    /// `[[mailbox]]`: IMAP mailboxes to pick mail up from.
+    pub mailboxes: Vec<MailboxConfig>,
+    /// `[notify]`: where replies to senders go; without it none are sent.
+    pub notify: Option<NotifyConfig>,
     pub senders: Senders,
     pub queue_policy: QueuePolicy,
 }
@@ -173,6 +179,9 @@ pub struct RawConfig {
     quotas: RawQuotas,
     #[serde(default)]
     guard: RawGuard,
+    #[serde(default)]
+    mailbox: Vec<RawMailbox>,
+    notify: Option<RawNotify>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -237,6 +246,102 @@ impl Default for RawGuard {
             first_contact_delay_secs: g.first_contact_delay.as_secs(),
         }
     }
+}
+
+/// One `[[mailbox]]`: an IMAP folder mail to the SMS domains is delivered to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMailbox {
+    /// Names the mailbox in the queue; claims are recorded under it, so keep it stable.
+    name: String,
+    host: String,
+    /// Default 993 with implicit TLS, 143 otherwise.
+    port: Option<u16>,
+    #[serde(default)]
+    tls: ImapTls,
+    /// PEM file of the certificate authorities to trust instead of the public (WebPKI) roots.
+    ca_file: Option<PathBuf>,
+    user: String,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    #[serde(default = "default_folder")]
+    folder: String,
+    #[serde(default = "default_processed_folder")]
+    processed_folder: String,
+    #[serde(default = "default_failed_folder")]
+    failed_folder: String,
+    /// This gateway's name in the claim keyword; default: the site name.
+    gateway: Option<String>,
+    #[serde(default = "default_true")]
+    idle: bool,
+    #[serde(default = "default_reidle")]
+    reidle_secs: u64,
+    #[serde(default = "default_poll")]
+    poll_secs: u64,
+    #[serde(default = "default_batch")]
+    batch: usize,
+    #[serde(default = "default_imap_command_timeout")]
+    command_timeout_secs: u64,
+    #[serde(default = "default_reconnect_max")]
+    reconnect_max_secs: u64,
+    #[serde(default = "default_mailbox_recipients")]
+    max_recipients: usize,
+}
+
+fn default_folder() -> String {
+    "INBOX".into()
+}
+fn default_processed_folder() -> String {
+    "Processed".into()
+}
+fn default_failed_folder() -> String {
+    "Failed".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_reidle() -> u64 {
+    // RFC 2177 §3: re-issue IDLE at least every 29 minutes; well within, so a silently dropped
+    // connection is noticed in minutes, not half an hour.
+    600
+}
+fn default_poll() -> u64 {
+    15
+}
+fn default_batch() -> usize {
+    200
+}
+fn default_imap_command_timeout() -> u64 {
+    60
+}
+fn default_reconnect_max() -> u64 {
+    60
+}
+fn default_mailbox_recipients() -> usize {
+    50
+}
+
+/// `[notify]`: the relay replies to senders go through.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    /// `host:port` of the organization's relay.
+    relay: String,
+    /// The `From:` of replies; default `mailer-daemon@<site.hostname>`.
+    from: Option<String>,
+    #[serde(default)]
+    tls: NotifyTls,
+    #[serde(default = "default_notify_timeout")]
+    timeout_secs: u64,
+    #[serde(default = "default_notify_attempts")]
+    max_attempts: u32,
+}
+
+fn default_notify_timeout() -> u64 {
+    30
+}
+fn default_notify_attempts() -> u32 {
+    8
 }
 
 #[derive(Debug, Deserialize)]
@@ -912,6 +1017,170 @@ impl RawConfig {
             },
         };
 
+        // [notify]
+        let notify = match self.notify {
+            None => None,
+            Some(n) => {
+                let (host, port) = n
+                    .relay
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+                    .filter(|(h, _)| !h.is_empty())
+                    .ok_or_else(|| {
+                        loc.error(
+                            "notify.relay",
+                            format!("`{}` is not a host and port such as 127.0.0.1:25", n.relay),
+                        )
+                    })?;
+                let from = n
+                    .from
+                    .unwrap_or_else(|| format!("mailer-daemon@{hostname}"));
+                if from.parse::<lettre::Address>().is_err() {
+                    return Err(loc.error(
+                        "notify.from",
+                        format!("`{from}` is not a mail address such as mailer-daemon@example.com"),
+                    ));
+                }
+                if n.max_attempts == 0 {
+                    return Err(loc.error("notify.max_attempts", "must be at least 1"));
+                }
+                if n.timeout_secs == 0 {
+                    return Err(loc.error("notify.timeout_secs", "must be greater than 0"));
+                }
+                Some(NotifyConfig {
+                    host: host.to_string(),
+                    port,
+                    from,
+                    tls: n.tls,
+                    hello_name: hostname.clone(),
+                    timeout: std::time::Duration::from_secs(n.timeout_secs),
+                    max_attempts: n.max_attempts,
+                })
+            }
+        };
+
+        // [[mailbox]]
+        let mut mailboxes: Vec<MailboxConfig> = Vec::new();
+        for (i, b) in self.mailbox.into_iter().enumerate() {
+            let key = |k: &str| format!("mailbox[{i}].{k}");
+            let simple_name = |v: &str| {
+                !v.is_empty()
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
+            if !simple_name(&b.name) {
+                return Err(loc.error(&key("name"), "must be letters, digits, -, _ or ."));
+            }
+            if mailboxes.iter().any(|o| o.name == b.name) {
+                return Err(loc.error(&key("name"), format!("`{}` names two mailboxes", b.name)));
+            }
+            if b.host.trim().is_empty() {
+                return Err(loc.error(&key("host"), "must not be empty"));
+            }
+            if b.user.is_empty() {
+                return Err(loc.error(&key("user"), "must not be empty"));
+            }
+            let password = match (b.password, b.password_file) {
+                (Some(p), None) => Password::Inline(p),
+                (None, Some(f)) => {
+                    let f = resolve(&f);
+                    if let Err(e) = std::fs::read_to_string(&f) {
+                        return Err(loc.error(
+                            &key("password_file"),
+                            format!("cannot read {}: {e}", f.display()),
+                        ));
+                    }
+                    Password::File(f)
+                }
+                _ => {
+                    return Err(loc.error(
+                        &format!("mailbox[{i}]"),
+                        "needs exactly one of `password` and `password_file`",
+                    ));
+                }
+            };
+            let ca_file = match b.ca_file {
+                None => None,
+                Some(f) => {
+                    let f = resolve(&f);
+                    if let Err(e) = std::fs::metadata(&f) {
+                        return Err(
+                            loc.error(&key("ca_file"), format!("cannot read {}: {e}", f.display()))
+                        );
+                    }
+                    Some(f)
+                }
+            };
+            for (k, v) in [
+                ("folder", &b.folder),
+                ("processed_folder", &b.processed_folder),
+                ("failed_folder", &b.failed_folder),
+            ] {
+                // Sent as an IMAP quoted string: no CR, LF or NUL (RFC 3501 §4.3).
+                if v.is_empty() || v.contains(['\r', '\n', '\0']) {
+                    return Err(loc.error(&key(k), "must be a folder name on one line"));
+                }
+            }
+            if b.processed_folder == b.folder || b.failed_folder == b.folder {
+                return Err(loc.error(
+                    &key("processed_folder"),
+                    "the processed and failed folders must differ from the watched folder",
+                ));
+            }
+            let gateway = b.gateway.unwrap_or_else(|| s.name.clone());
+            // The gateway name becomes part of an IMAP keyword, an atom (RFC 3501 §9).
+            if !simple_name(&gateway) {
+                return Err(loc.error(
+                    &key("gateway"),
+                    format!(
+                        "`{gateway}` cannot name this gateway in an IMAP keyword: use letters, digits, -, _ or . (set mailbox.gateway when the site name has others)"
+                    ),
+                ));
+            }
+            for (k, v) in [
+                ("reidle_secs", b.reidle_secs),
+                ("poll_secs", b.poll_secs),
+                ("command_timeout_secs", b.command_timeout_secs),
+                ("reconnect_max_secs", b.reconnect_max_secs),
+                ("batch", b.batch as u64),
+                ("max_recipients", b.max_recipients as u64),
+            ] {
+                if v == 0 {
+                    return Err(loc.error(&key(k), "must be greater than 0"));
+                }
+            }
+            if b.reidle_secs > 29 * 60 {
+                return Err(loc.error(
+                    &key("reidle_secs"),
+                    "must be at most 1740 (29 minutes): servers may drop a client idle for 30 (RFC 2177 §3)",
+                ));
+            }
+            let secs = std::time::Duration::from_secs;
+            mailboxes.push(MailboxConfig {
+                port: b.port.unwrap_or(match b.tls {
+                    ImapTls::Implicit => 993,
+                    _ => 143,
+                }),
+                name: b.name,
+                host: b.host,
+                tls: b.tls,
+                ca_file,
+                user: b.user,
+                password,
+                folder: b.folder,
+                processed_folder: b.processed_folder,
+                failed_folder: b.failed_folder,
+                claim_keyword: format!("$mail2sms-claimed-{gateway}"),
+                idle: b.idle,
+                reidle: secs(b.reidle_secs),
+                poll_interval: secs(b.poll_secs),
+                batch: b.batch,
+                command_timeout: secs(b.command_timeout_secs),
+                reconnect_max: secs(b.reconnect_max_secs),
+                max_recipients: b.max_recipients,
+            });
+        }
+
         Ok(Config {
             source: loc.file.to_path_buf(),
             site: Site {
@@ -946,6 +1215,8 @@ impl RawConfig {
             modems,
             senders,
             queue_policy,
+            mailboxes,
+            notify,
         })
     }
 }
@@ -1077,6 +1348,74 @@ path = "data/queue.db"
             assert!(e.message.contains(fragment), "message for {src:?}: {e}");
             assert!(e.to_string().starts_with("/etc/mail2sms/test.toml:"), "{e}");
         }
+    }
+
+    #[test]
+    fn mailboxes_and_notify() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let base = format!(
+            "{MINIMAL}[notify]\nrelay = \"127.0.0.1:25\"\n[[mailbox]]\nname = \"inbox\"\nhost = \"imap.example.com\"\nuser = \"sms\"\npassword_file = \"{}\"\n",
+            pw.display()
+        );
+        let c = parse_str(&base).unwrap();
+        let m = &c.mailboxes[0];
+        assert_eq!((m.port, m.tls), (993, ImapTls::Implicit));
+        assert_eq!(m.folder, "INBOX");
+        assert_eq!(m.claim_keyword, "$mail2sms-claimed-paris");
+        assert_eq!(m.reidle, std::time::Duration::from_secs(600));
+        let n = c.notify.as_ref().unwrap();
+        assert_eq!((n.host.as_str(), n.port), ("127.0.0.1", 25));
+        assert_eq!(n.from, "mailer-daemon@paris.mail2sms");
+
+        let starttls = format!("{base}tls = \"starttls\"\n");
+        assert_eq!(parse_str(&starttls).unwrap().mailboxes[0].port, 143);
+
+        // (appended to the mailbox table, key, fragment)
+        let cases: &[(&str, &str, &str)] = &[
+            ("password = \"x\"\n", "mailbox[0]", "exactly one of"),
+            ("tls = \"ssl\"\n", "mailbox[0].tls", "unknown variant"),
+            (
+                "processed_folder = \"INBOX\"\n",
+                "mailbox[0].processed_folder",
+                "must differ",
+            ),
+            (
+                "gateway = \"paris north\"\n",
+                "mailbox[0].gateway",
+                "IMAP keyword",
+            ),
+            (
+                "reidle_secs = 1800\n",
+                "mailbox[0].reidle_secs",
+                "29 minutes",
+            ),
+            ("batch = 0\n", "mailbox[0].batch", "greater than 0"),
+            (
+                "ca_file = \"/nonexistent/ca.pem\"\n",
+                "mailbox[0].ca_file",
+                "cannot read",
+            ),
+            (
+                "[[mailbox]]\nname = \"inbox\"\nhost = \"h\"\nuser = \"u\"\npassword = \"p\"\n",
+                "mailbox[1].name",
+                "names two mailboxes",
+            ),
+        ];
+        for (extra, key, fragment) in cases {
+            let e = parse_str(&format!("{base}{extra}")).expect_err(extra);
+            assert_eq!(&e.key, key, "{extra:?}: {e}");
+            assert!(e.message.contains(fragment), "{extra:?}: {e}");
+            assert!(e.line > 0, "{extra:?}: {e}");
+        }
+        let bad_relay = base.replace("127.0.0.1:25", "relay.example.com");
+        let e = parse_str(&bad_relay).unwrap_err();
+        assert_eq!(e.key, "notify.relay", "{e}");
+        let missing =
+            format!("{MINIMAL}[[mailbox]]\nname = \"x\"\nhost = \"h\"\npassword = \"p\"\n");
+        let e = parse_str(&missing).unwrap_err();
+        assert!(e.message.contains("missing field `user`"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod config;
 pub mod intake;
 pub mod modem;
+pub mod notify;
 pub mod parse;
 pub mod policy;
 pub mod queue;

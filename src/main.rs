@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use mail2sms::{admin, config, intake, queue};
+use mail2sms::{admin, config, intake, notify, queue};
 
 #[derive(Parser)]
 #[command(name = "mail2sms", version, about = "Email-to-SMS gateway")]
@@ -254,15 +254,41 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     )
     .context("setting up the sender checks")?;
     let intake = intake::Intake::new(cfg.clone(), store.clone(), senders, queued);
+    // Replies to senders: written to the queue by intake, sent from there by `notify::run`.
+    let notices = match &cfg.notify {
+        Some(n) => {
+            let notifier = notify::Notifier::new(n.clone())?;
+            let wake = Arc::new(tokio::sync::Notify::new());
+            tokio::spawn(notify::run(
+                store.clone(),
+                notifier,
+                wake.clone(),
+                shutdown.clone(),
+            ));
+            Some(wake)
+        }
+        None => {
+            if !cfg.mailboxes.is_empty() {
+                warn!(
+                    "no [notify] relay is configured: senders of mail that gives no SMS are not told"
+                );
+            }
+            None
+        }
+    };
+    let mailboxes = intake::imap::start(intake.clone(), notices, shutdown.clone());
     let listener = intake::smtp::Listener::start(cfg.clone(), intake, shutdown.clone()).await?;
-    info!(site = %cfg.site.name, store = %cfg.store.path.display(), modems = modems.count(), "mail2sms running");
+    info!(site = %cfg.site.name, store = %cfg.store.path.display(), modems = modems.count(), mailboxes = cfg.mailboxes.len(), "mail2sms running");
 
     wait_for_signal().await?;
     info!("shutting down");
     shutdown.cancel();
-    if tokio::time::timeout(cfg.smtp.shutdown_grace, listener.wait())
-        .await
-        .is_err()
+    if tokio::time::timeout(cfg.smtp.shutdown_grace, async {
+        listener.wait().await;
+        mailboxes.wait().await;
+    })
+    .await
+    .is_err()
     {
         info!("sessions still open after the grace period; closing them");
     }

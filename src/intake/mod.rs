@@ -1,8 +1,9 @@
-//! Intake: where mail enters the gateway (SMTP now; an IMAP mailbox later) and becomes a
+//! Intake: where mail enters the gateway (the SMTP listener, IMAP mailboxes) and becomes a
 //! queued request. The listener owns the protocol; this module owns what happens to a mail
 //! once it is complete: body to SMS text, splitting into parts, the durable commit, and the
 //! reply that says what became of it.
 
+pub mod imap;
 pub mod smtp;
 
 use std::net::IpAddr;
@@ -130,19 +131,7 @@ impl Intake {
         envelope: &Envelope,
         data: &[u8],
     ) -> Result<NewRequest, Reply> {
-        let headers = header_block(data);
-        if headers.len() > self.config.smtp.max_header_bytes {
-            return Err(Reply::new(
-                552,
-                (5, 3, 4),
-                format!(
-                    "The header is {} bytes, more than the {} accepted",
-                    headers.len(),
-                    self.config.smtp.max_header_bytes
-                ),
-            ));
-        }
-        let info = body::extract(data, &self.config.body).map_err(|e| body_error_reply(&e))?;
+        let info = parse_mail(&self.config, data)?;
         let ctx = SenderContext {
             client: origin.client.unwrap_or(IpAddr::from([0, 0, 0, 0])),
             helo: origin.helo.unwrap_or(""),
@@ -165,51 +154,96 @@ impl Intake {
             subject = Some(clean);
         }
         debug!(from = %envelope.mail_from, %rule, "sender allowed");
-        if self.config.sms.transliterate {
-            text = crate::sms::transliterate(&text);
+        let mut req = make_request(&self.config, envelope, data, &info, &text, subject);
+        req.source = origin.source;
+        req.client = origin.client.map(|c| c.to_string());
+        req.helo = origin.helo.map(str::to_string);
+        req.auth_user = origin.auth_user.map(str::to_string);
+        if let Some(user) = origin.auth_user {
+            req.sender = user.to_ascii_lowercase();
         }
-        let seg = crate::sms::segment(&text, Some(self.config.sms.max_parts));
-        let sender = match origin.auth_user {
-            Some(u) => u.to_ascii_lowercase(),
-            None => envelope.mail_from.to_ascii_lowercase(),
-        };
-        let sender_domain = envelope
+        Ok(req)
+    }
+}
+
+/// Checks the mail's size limits and parses it; a refusal comes back as the SMTP reply to give.
+fn parse_mail(config: &Config, data: &[u8]) -> Result<body::MailInfo, Reply> {
+    let headers = header_block(data);
+    if headers.len() > config.smtp.max_header_bytes {
+        return Err(Reply::new(
+            552,
+            (5, 3, 4),
+            format!(
+                "The header is {} bytes, more than the {} accepted",
+                headers.len(),
+                config.smtp.max_header_bytes
+            ),
+        ));
+    }
+    body::extract(data, &config.body).map_err(|e| body_error_reply(&e))
+}
+
+/// The request for a parsed mail whose SMS text is `text`. Quotas and the pumping guard count
+/// it against the envelope sender (the SMTP path puts the AUTH user there instead).
+fn make_request(
+    config: &Config,
+    envelope: &Envelope,
+    data: &[u8],
+    info: &body::MailInfo,
+    text: &str,
+    subject: Option<String>,
+) -> NewRequest {
+    let text = if config.sms.transliterate {
+        crate::sms::transliterate(text)
+    } else {
+        text.to_string()
+    };
+    let seg = crate::sms::segment(&text, Some(config.sms.max_parts));
+    NewRequest {
+        source: Source::Smtp,
+        client: None,
+        helo: None,
+        auth_user: None,
+        mail_from: envelope.mail_from.clone(),
+        sender: envelope.mail_from.to_ascii_lowercase(),
+        sender_domain: envelope
             .mail_from
             .rsplit_once('@')
             .map(|(_, d)| d.to_ascii_lowercase())
-            .unwrap_or_default();
-        Ok(NewRequest {
-            source: origin.source,
-            client: origin.client.map(|c| c.to_string()),
-            helo: origin.helo.map(str::to_string),
-            auth_user: origin.auth_user.map(str::to_string),
-            mail_from: envelope.mail_from.clone(),
-            sender,
-            sender_domain,
-            message_id: info.message_id.clone(),
-            subject,
-            dsn_envid: envelope.envid.clone(),
-            dsn_ret: envelope.ret.map(str::to_string),
-            text: seg.parts.concat(),
-            encoding: seg.encoding,
-            parts: seg.parts,
-            truncated: seg.truncated,
-            size: data.len(),
-            headers: headers.to_vec(),
-            recipients: envelope
-                .recipients
-                .iter()
-                .map(|r| NewRecipient {
-                    address: r.raw.clone(),
-                    number: r.recipient.number.clone(),
-                    name: r.recipient.name.clone(),
-                    country: r.recipient.country.clone(),
-                    dsn_notify: r.notify.clone(),
-                    dsn_orcpt: r.orcpt.clone(),
-                })
-                .collect(),
-        })
+            .unwrap_or_default(),
+        message_id: info.message_id.clone(),
+        subject,
+        dsn_envid: envelope.envid.clone(),
+        dsn_ret: envelope.ret.map(str::to_string),
+        text: seg.parts.concat(),
+        encoding: seg.encoding,
+        parts: seg.parts,
+        truncated: seg.truncated,
+        size: data.len(),
+        headers: header_block(data).to_vec(),
+        recipients: envelope
+            .recipients
+            .iter()
+            .map(|r| NewRecipient {
+                address: r.raw.clone(),
+                number: r.recipient.number.clone(),
+                name: r.recipient.name.clone(),
+                country: r.recipient.country.clone(),
+                dsn_notify: r.notify.clone(),
+                dsn_orcpt: r.orcpt.clone(),
+            })
+            .collect(),
     }
+}
+
+/// A mail picked up from a mailbox as a request to queue; a refusal comes back as the SMTP
+/// reply whose sentence says why. Mailboxes are the organization's own, so the SMTP sender
+/// rules are not applied to them; quotas and the pumping guard are.
+fn build_request(config: &Config, envelope: &Envelope, data: &[u8]) -> Result<NewRequest, Reply> {
+    let info = parse_mail(config, data)?;
+    let text = info.text.clone();
+    let subject = info.subject.clone();
+    Ok(make_request(config, envelope, data, &info, &text, subject))
 }
 
 fn plural(n: usize) -> &'static str {

@@ -10,6 +10,7 @@
 //! `list` are built from these rows.
 
 pub mod dispatch;
+pub mod imap;
 pub mod policy;
 pub mod state;
 
@@ -143,12 +144,15 @@ enum Job {
         Vec<(String, String)>,
         oneshot::Sender<Result<(), QueueError>>,
     ),
+    /// IMAP pickup's claims and the notices they cause (`imap.rs`).
+    Imap(imap::Op, oneshot::Sender<Result<imap::Done, QueueError>>),
 }
 
 /// What a job did, for the writer to hand back to whoever sent it.
 enum Outcome {
     Accepted(Accepted),
     Changed,
+    Imap(imap::Done),
 }
 
 /// Handle to the queue. Cheap to clone.
@@ -306,11 +310,20 @@ async fn writer(
                     let _ = reply.send(Err(e));
                 }
                 // `commit_batch` answers an Accept job with an Accepted outcome only.
-                (Job::Accept(_, reply), Ok(Outcome::Changed)) => {
+                (Job::Accept(_, reply), Ok(_)) => {
                     let _ = reply.send(Err(QueueError::WriterGone));
                 }
                 (Job::Change(_, reply) | Job::Modems(_, reply), result) => {
                     let _ = reply.send(result.map(|_| ()));
+                }
+                (Job::Imap(_, reply), Ok(Outcome::Imap(done))) => {
+                    let _ = reply.send(Ok(done));
+                }
+                (Job::Imap(_, reply), Ok(_)) => {
+                    let _ = reply.send(Err(QueueError::WriterGone));
+                }
+                (Job::Imap(_, reply), Err(e)) => {
+                    let _ = reply.send(Err(e));
                 }
             }
         }
@@ -361,6 +374,7 @@ async fn commit_batch(
                     }
                     Outcome::Changed
                 }
+                Job::Imap(op, _) => Outcome::Imap(imap::apply(&mut sp, op, limits).await?),
             };
             sp.commit().await?;
             Ok::<_, QueueError>(r)

@@ -1,0 +1,372 @@
+//! The decisions of IMAP pickup, without I/O: which messages to claim, how to write a UID set,
+//! what a mail becomes (a request, or a failure with the reason its sender is told). The session
+//! in `mod.rs` feeds these functions what the server said and does what they return.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use mail_parser::{HeaderName, HeaderValue, MessageParser};
+
+use crate::config::Config;
+use crate::intake::smtp::session::{Envelope, EnvelopeRecipient};
+use crate::parse::address::{AddressError, parse_recipient};
+use crate::parse::body;
+use crate::queue::imap::{Decision, NewNotice};
+use crate::queue::{NewRequest, Source};
+
+/// One message as the listing `UID FETCH 1:* (UID FLAGS RFC822.SIZE MODSEQ)` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub uid: u32,
+    pub size: Option<u32>,
+    /// RFC 7162 §3.1.4: present when the server does CONDSTORE.
+    pub modseq: Option<u64>,
+    pub deleted: bool,
+    /// Keywords (flags that are not system flags), as the server spells them.
+    pub keywords: Vec<String>,
+}
+
+/// What to do with a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Messages carrying this gateway's claim keyword already (claimed by an earlier run that
+    /// stopped before moving them): handled without claiming again.
+    pub mine: Vec<u32>,
+    /// Messages nobody claimed: to claim now with a conditional STORE.
+    pub claim: Vec<u32>,
+    /// The UNCHANGEDSINCE value for that STORE: the highest mod-sequence seen. Any change made
+    /// after the listing (another gateway's claim) has a higher one (RFC 7162 §3.1.1: mod-
+    /// sequences strictly increase per mailbox), so that message's STORE fails.
+    pub unchanged_since: Option<u64>,
+    /// Messages claimed by other gateways, left alone.
+    pub others: usize,
+}
+
+/// The keyword prefix every gateway's claim keyword starts with.
+pub const CLAIM_PREFIX: &str = "$mail2sms-claimed-";
+
+/// Chooses what to handle in this round: this gateway's own earlier claims first, then
+/// unclaimed messages, `batch` in all, lowest UID (oldest) first. Unclaimed messages flagged
+/// `\Deleted` are left alone: someone deleted them.
+pub fn plan(listing: &[Listed], my_keyword: &str, batch: usize) -> Plan {
+    let mut sorted: Vec<&Listed> = listing.iter().collect();
+    sorted.sort_by_key(|l| l.uid);
+    let mut p = Plan::default();
+    let mut modseq: Option<u64> = None;
+    for l in &sorted {
+        let mine = l
+            .keywords
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(my_keyword));
+        let claimed = l.keywords.iter().any(|k| {
+            k.len() >= CLAIM_PREFIX.len()
+                && k[..CLAIM_PREFIX.len()].eq_ignore_ascii_case(CLAIM_PREFIX)
+        });
+        if mine {
+            if p.mine.len() < batch {
+                p.mine.push(l.uid);
+            }
+        } else if claimed {
+            p.others += 1;
+        } else if !l.deleted && p.mine.len() + p.claim.len() < batch {
+            p.claim.push(l.uid);
+            if let Some(m) = l.modseq {
+                modseq = Some(modseq.map_or(m, |x| x.max(m)));
+            }
+        }
+    }
+    // Own claims can fill the batch before the loop meets them all; unclaimed ones then wait.
+    let room = batch.saturating_sub(p.mine.len());
+    p.claim.truncate(room);
+    p.unchanged_since = if p.claim.is_empty() { None } else { modseq };
+    p
+}
+
+/// Writes UIDs as an IMAP sequence set (RFC 3501 §9 `sequence-set`), runs compressed:
+/// `[1, 2, 3, 7]` → `1:3,7`.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut sorted = uids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Splits UIDs (with their sizes) into groups of at most `max_bytes` each (one message at least),
+/// so a batch of large mails is not held in memory at once.
+pub fn chunks_by_size(uids: &[(u32, u32)], max_bytes: u64) -> Vec<Vec<u32>> {
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    let mut bytes = 0u64;
+    for &(uid, size) in uids {
+        match out.last_mut() {
+            Some(last) if bytes + u64::from(size) <= max_bytes => {
+                last.push(uid);
+                bytes += u64::from(size);
+            }
+            _ => {
+                out.push(vec![uid]);
+                bytes = u64::from(size);
+            }
+        }
+    }
+    out
+}
+
+/// What the headers say about who sent a mail and whether to answer it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// `Message-ID`, without angle brackets.
+    pub message_id: Option<String>,
+    pub subject: Option<String>,
+    /// The envelope sender as the delivering agent recorded it (`Return-Path`), else `From`;
+    /// empty for the null sender.
+    pub sender: String,
+    /// RFC 3834 §2: the mail is itself automatic (`Auto-Submitted` other than `no`,
+    /// `Precedence: bulk/junk/list`, a `multipart/report`): never answer it.
+    pub automatic: bool,
+}
+
+impl Origin {
+    /// Where a reply goes: nowhere for the null sender or automatic mail (RFC 3834 §2, §3.3).
+    pub fn reply_to(&self) -> Option<&str> {
+        (!self.automatic && self.sender.contains('@')).then_some(self.sender.as_str())
+    }
+}
+
+/// Reads the header fields [`Origin`] needs. Tolerant: a mail the MIME parser cannot read gives
+/// an empty origin rather than an error (mail-parser has panicked on fuzzed input before).
+pub fn origin(raw: &[u8]) -> Origin {
+    catch_unwind(AssertUnwindSafe(|| origin_unguarded(raw))).unwrap_or_default()
+}
+
+fn origin_unguarded(raw: &[u8]) -> Origin {
+    let Some(m) = MessageParser::default().parse_headers(raw) else {
+        return Origin::default();
+    };
+    let return_path = match m.header(HeaderName::ReturnPath) {
+        Some(HeaderValue::Text(t)) => Some(t.trim().to_string()),
+        Some(HeaderValue::TextList(l)) => l.first().map(|t| t.trim().to_string()),
+        // `Return-Path: <>` is the null sender.
+        Some(_) => Some(String::new()),
+        None => None,
+    };
+    let from = m
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .map(str::to_string);
+    let sender = return_path.or(from).unwrap_or_default();
+    let text = |name: &str| {
+        m.header_raw(name)
+            .map(|v| v.trim().to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    let auto_submitted = text("Auto-Submitted");
+    let precedence = text("Precedence");
+    let report = m
+        .header(HeaderName::ContentType)
+        .and_then(|h| h.as_content_type())
+        .is_some_and(|c| {
+            c.ctype().eq_ignore_ascii_case("multipart")
+                && c.subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+        });
+    let automatic = (!auto_submitted.is_empty() && !auto_submitted.starts_with("no"))
+        || ["bulk", "junk", "list"]
+            .iter()
+            .any(|p| precedence.starts_with(p))
+        || report;
+    Origin {
+        message_id: m
+            .message_id()
+            .map(|s| s.trim().trim_matches(['<', '>']).to_string())
+            .filter(|s| !s.is_empty()),
+        subject: m.subject().map(str::to_string),
+        sender: sender.trim_matches(['<', '>']).to_string(),
+        automatic,
+    }
+}
+
+/// The name a mail keeps whatever its UID: `<message-id>`, or a SHA-256 of its bytes.
+pub fn message_key(origin: &Origin, raw: &[u8]) -> String {
+    match &origin.message_id {
+        Some(id) => format!("<{id}>"),
+        None => {
+            let d = ring::digest::digest(&ring::digest::SHA256, raw);
+            let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            format!("sha256:{hex}")
+        }
+    }
+}
+
+/// The SMS recipients a mail names in its header.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRecipients {
+    pub accepted: Vec<EnvelopeRecipient>,
+    /// In an SMS domain but refused (invalid, blocked, premium-rate number...): (address, why).
+    pub refused: Vec<(String, AddressError)>,
+    /// Accepted but beyond the per-mail limit.
+    pub over_limit: Vec<String>,
+}
+
+/// Reads recipients from `To`, `Cc`, `Delivered-To` and `X-Original-To` (in every form the
+/// SMTP listener takes at RCPT). Addresses outside the SMS domains are the mailbox's own
+/// address, colleagues in copy and the like: they are not recipients of an SMS and are skipped
+/// without a word. A display name in the header names the recipient when the address does not.
+pub fn header_recipients(raw: &[u8], config: &Config, max: usize) -> HeaderRecipients {
+    let mut out = HeaderRecipients::default();
+    for (display, address) in body::header_recipients(raw) {
+        match parse_recipient(&address, &config.recipients) {
+            Ok(mut r) => {
+                if out.accepted.iter().any(|a| a.recipient.number == r.number) {
+                    continue;
+                }
+                if out.accepted.len() >= max {
+                    out.over_limit.push(address);
+                    continue;
+                }
+                if r.name.is_none() {
+                    r.name = display.filter(|d| !d.trim().is_empty());
+                }
+                out.accepted.push(EnvelopeRecipient {
+                    raw: address,
+                    recipient: r,
+                    notify: None,
+                    orcpt: None,
+                });
+            }
+            Err(AddressError::NotSmsDomain { .. }) => {}
+            Err(e) => out.refused.push((address, e)),
+        }
+    }
+    out
+}
+
+/// What a mail becomes.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub decision: Decision,
+    /// The sentence(s) for the sender: why nothing, or not everything, was sent.
+    pub notice_reason: Option<String>,
+}
+
+/// Decides what a mail taken from a mailbox becomes: the same request the SMTP listener would
+/// queue for the same mail and recipients (`Source::Imap`), or a failure saying why.
+pub fn read_mail(
+    raw: &[u8],
+    origin: &Origin,
+    mailbox: &str,
+    config: &Config,
+    max_recipients: usize,
+) -> Reading {
+    let rcpts = header_recipients(raw, config, max_recipients);
+    let mut refusals: Vec<String> = rcpts
+        .refused
+        .iter()
+        .map(|(a, e)| format!("{a}: {e}"))
+        .collect();
+    refusals.extend(rcpts.over_limit.iter().map(|a| {
+        format!("{a}: not sent, a mail may name at most {max_recipients} SMS recipients")
+    }));
+    if rcpts.accepted.is_empty() {
+        let reason = if refusals.is_empty() {
+            format!(
+                "the mail names no SMS recipient: none of its To, Cc, Delivered-To or \
+                 X-Original-To addresses is in an SMS domain ({})",
+                config.site.sms_domains.join(", ")
+            )
+        } else {
+            format!(
+                "no SMS was sent, every recipient was refused:\n{}",
+                refusals.join("\n")
+            )
+        };
+        return Reading {
+            notice_reason: Some(reason.clone()),
+            decision: Decision::Fail { reason },
+        };
+    }
+    let envelope = Envelope {
+        mail_from: origin.sender.clone(),
+        ret: None,
+        envid: None,
+        smtputf8: false,
+        recipients: rcpts.accepted,
+    };
+    match crate::intake::build_request(config, &envelope, raw) {
+        Ok(mut req) => {
+            req.source = Source::Imap;
+            req.client = Some(format!("mailbox {mailbox}"));
+            Reading {
+                decision: Decision::Queue(Box::new(req)),
+                notice_reason: (!refusals.is_empty()).then(|| {
+                    format!(
+                        "these recipients were refused (the others will get the SMS):\n{}",
+                        refusals.join("\n")
+                    )
+                }),
+            }
+        }
+        Err(reply) => {
+            let reason = reply.lines.join(" ");
+            Reading {
+                notice_reason: Some(reason.clone()),
+                decision: Decision::Fail { reason },
+            }
+        }
+    }
+}
+
+/// The failure for a mail too large to read (only its header was fetched).
+pub fn too_large(size: u32, limit: usize) -> Reading {
+    let reason = body::BodyError::TooLarge {
+        size: size as usize,
+        limit,
+    }
+    .to_string();
+    Reading {
+        notice_reason: Some(reason.clone()),
+        decision: Decision::Fail { reason },
+    }
+}
+
+/// The notice to record with a decision, when there is something to say and someone to say it
+/// to.
+pub fn notice(reading: &Reading, origin: &Origin) -> Option<NewNotice> {
+    let reason = reading.notice_reason.as_ref()?;
+    let to = origin.reply_to()?;
+    Some(NewNotice {
+        recipient: to.to_string(),
+        original_message_id: origin.message_id.clone(),
+        original_subject: origin.subject.clone(),
+        reason: reason.clone(),
+    })
+}
+
+/// The request inside a decision, for tests and logs.
+pub fn request(reading: &Reading) -> Option<&NewRequest> {
+    match &reading.decision {
+        Decision::Queue(r) => Some(r),
+        Decision::Fail { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,452 @@
+//! IMAP pickup against a real Dovecot started by the test (its own config, folders, certificates
+//! and ports on 127.0.0.1), with the real gateway binary: every mail is queued exactly once and
+//! moved, through SIGKILLs of the gateway, a Dovecot restart, a UIDVALIDITY change, a server
+//! without IDLE and MOVE, and two gateways on one mailbox; mail that gives no SMS goes to the
+//! failed folder and its sender gets a reply (received by aiosmtpd).
+
+mod common;
+#[path = "e2e_imap/peers.rs"]
+mod peers;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::Gateway;
+use peers::{Dovecot, Options, SmtpSink};
+
+/// How many times each Message-ID is in the queue (one row per recipient; these mails have one).
+fn queued(g: &Gateway) -> HashMap<String, usize> {
+    let mut count = HashMap::new();
+    for e in g.queue() {
+        let id = e["message_id"].as_str().unwrap_or_default().to_string();
+        *count.entry(id).or_default() += 1;
+    }
+    count
+}
+
+fn count_ids(ids: &[String]) -> HashMap<String, usize> {
+    let mut count = HashMap::new();
+    for id in ids {
+        *count.entry(id.clone()).or_default() += 1;
+    }
+    count
+}
+
+/// Waits until `done` holds, failing with `why()` after `limit`.
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out: {}", why());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn expected(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}@test")).collect()
+}
+
+/// Every expected id once in `counts`, and nothing else.
+fn assert_exactly_once(what: &str, counts: &HashMap<String, usize>, ids: &[String]) {
+    for id in ids {
+        assert_eq!(
+            counts.get(id).copied().unwrap_or(0),
+            1,
+            "{what}: {id} found {:?} times",
+            counts.get(id)
+        );
+    }
+    assert_eq!(counts.len(), ids.len(), "{what}: unexpected ids present");
+}
+
+/// The gateway's log without terminal colour codes (`ESC [ ... m`).
+fn log_of(g: &Gateway) -> String {
+    let raw = g.log();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn pseudo_random(seed: &mut u64, lo: u64, hi: u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    lo + *seed % (hi - lo)
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1
+}
+
+#[test]
+fn thousand_mails_through_twenty_sigkills_are_each_queued_once_and_moved() {
+    let dv = Dovecot::start(Options::default());
+    let mut g = Gateway::start("", &dv.mailbox_toml("INBOX", "starttls", "batch = 50"));
+    // 1,000 mails at 60 a second: 17 seconds of arrivals for the kills to fall into.
+    let append = dv.client_spawn(&["append", "INBOX", "1000", "kill", "60"]);
+    let mut seed = clock_seed();
+    eprintln!("kill schedule seed {seed}");
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(pseudo_random(&mut seed, 150, 1000)));
+        g.kill();
+        g.spawn();
+    }
+    let out = append.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ids = expected("kill", 1000);
+    wait_for(
+        Duration::from_secs(60),
+        || dv.count("INBOX") == 0 && queued(&g).len() == 1000,
+        || {
+            format!(
+                "INBOX {} left, {} queued\n{}",
+                dv.count("INBOX"),
+                queued(&g).len(),
+                g.log()
+            )
+        },
+    );
+    assert_exactly_once("queue", &queued(&g), &ids);
+    assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
+    assert_eq!(dv.count("Failed"), 0);
+    let log = log_of(&g);
+    eprintln!(
+        "{} starts took up mail claimed before a kill; {} mails were found already queued",
+        log.matches("taking up mail this gateway claimed").count(),
+        log.matches("already handled before").count(),
+    );
+}
+
+#[test]
+fn dovecot_restart_mid_run_is_survived() {
+    let mut dv = Dovecot::start(Options::default());
+    let g = Gateway::start("", &dv.mailbox_toml("INBOX", "starttls", ""));
+    dv.client(&["append", "INBOX", "300", "before"]);
+    // Restart while the gateway is still taking the first mails (or just done with them).
+    dv.restart();
+    dv.client(&["append", "INBOX", "150", "after"]);
+    let mut ids = expected("before", 300);
+    ids.extend(expected("after", 150));
+    wait_for(
+        Duration::from_secs(40),
+        || dv.count("INBOX") == 0 && queued(&g).len() == 450,
+        || {
+            format!(
+                "INBOX {} left, {} queued\n{}",
+                dv.count("INBOX"),
+                queued(&g).len(),
+                g.log()
+            )
+        },
+    );
+    assert_exactly_once("queue", &queued(&g), &ids);
+    assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
+    let log = log_of(&g);
+    assert!(log.contains("reconnecting"), "no reconnect seen:\n{log}");
+    assert!(
+        log.matches("watching mailbox").count() >= 2,
+        "the gateway did not watch again after the restart:\n{log}"
+    );
+}
+
+/// The folder is deleted and created again while the gateway runs: every UID is new and the
+/// numbering starts over. New mail takes the UIDs of mail already handled (lost if claims
+/// ignored the UIDVALIDITY), and copies of handled mail come back under new UIDs (queued twice
+/// if only UIDs were remembered).
+#[test]
+fn uidvalidity_change_loses_and_duplicates_nothing() {
+    let dv = Dovecot::start(Options::default());
+    dv.client(&["create", "sms"]);
+    let g = Gateway::start("", &dv.mailbox_toml("sms", "starttls", ""));
+    dv.client(&["append", "sms", "40", "old"]);
+    wait_for(
+        Duration::from_secs(30),
+        || dv.count("sms") == 0 && queued(&g).len() == 40,
+        || format!("{} queued\n{}", queued(&g).len(), g.log()),
+    );
+    // A copy of the handled mail, to bring back later as a restore would.
+    dv.client(&["create", "Backup"]);
+    dv.client(&["copy-all", "Processed", "Backup"]);
+    let before: u64 = dv.client(&["uidvalidity", "sms"]).trim().parse().unwrap();
+    dv.client(&["recreate", "sms"]);
+    let after: u64 = dv.client(&["uidvalidity", "sms"]).trim().parse().unwrap();
+    assert_ne!(before, after, "Dovecot kept the UIDVALIDITY");
+    dv.client(&["append", "sms", "40", "new"]);
+    dv.client(&["copy-all", "Backup", "sms"]);
+
+    let mut ids = expected("old", 40);
+    ids.extend(expected("new", 40));
+    wait_for(
+        Duration::from_secs(40),
+        || dv.count("sms") == 0 && queued(&g).len() == 80,
+        || {
+            format!(
+                "sms {} left, {} queued\n{}",
+                dv.count("sms"),
+                queued(&g).len(),
+                g.log()
+            )
+        },
+    );
+    assert_exactly_once("queue", &queued(&g), &ids);
+    let processed = count_ids(&dv.ids("Processed"));
+    for id in expected("new", 40) {
+        assert_eq!(processed.get(&id), Some(&1), "{id}");
+    }
+    for id in expected("old", 40) {
+        // The original and the copy that came back.
+        assert_eq!(processed.get(&id), Some(&2), "{id}");
+    }
+    let log = log_of(&g);
+    assert!(
+        log.contains(&format!("uidvalidity={after}")),
+        "the gateway never watched the folder under its new UIDVALIDITY:\n{log}"
+    );
+}
+
+#[test]
+fn server_without_idle_and_move_is_polled_and_copied() {
+    let dv = Dovecot::start(Options {
+        idle_and_move: false,
+    });
+    let g = Gateway::start("", &dv.mailbox_toml("INBOX", "starttls", "poll_secs = 1"));
+    dv.client(&["append", "INBOX", "60", "poll"]);
+    let ids = expected("poll", 60);
+    wait_for(
+        Duration::from_secs(30),
+        || dv.count("INBOX") == 0 && queued(&g).len() == 60,
+        || {
+            format!(
+                "INBOX {} left, {} queued\n{}",
+                dv.count("INBOX"),
+                queued(&g).len(),
+                g.log()
+            )
+        },
+    );
+    assert_exactly_once("queue", &queued(&g), &ids);
+    assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
+    let log = log_of(&g);
+    assert!(log.contains("polling"), "not polling:\n{log}");
+    assert!(log.contains("moves=false"), "MOVE was offered:\n{log}");
+}
+
+/// Two gateway processes (one over implicit TLS, one over STARTTLS) on one mailbox, sharing
+/// nothing but the server: each mail is queued by exactly one of them.
+#[test]
+fn two_gateways_on_one_mailbox_never_queue_the_same_mail() {
+    let dv = Dovecot::start(Options::default());
+    // The mail is there before either starts, so both go for the same messages from the start.
+    dv.client(&["append", "INBOX", "600", "two"]);
+    let a = Gateway::start(
+        "",
+        &dv.mailbox_toml("INBOX", "implicit", "gateway = \"alpha\"\nbatch = 20"),
+    );
+    let b = Gateway::start(
+        "",
+        &dv.mailbox_toml("INBOX", "starttls", "gateway = \"beta\"\nbatch = 20"),
+    );
+    let ids = expected("two", 600);
+    let union = || {
+        let mut all = queued(&a);
+        for (id, n) in queued(&b) {
+            *all.entry(id).or_default() += n;
+        }
+        all
+    };
+    wait_for(
+        Duration::from_secs(60),
+        || dv.count("INBOX") == 0 && union().values().sum::<usize>() >= 600,
+        || format!("INBOX {} left\n{}\n{}", dv.count("INBOX"), a.log(), b.log()),
+    );
+    assert_exactly_once("both queues", &union(), &ids);
+    assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
+    let (qa, qb) = (queued(&a).len(), queued(&b).len());
+    let lost = |g: &Gateway| {
+        log_of(g)
+            .lines()
+            .filter(|l| l.contains("another gateway claimed these messages first"))
+            .count()
+    };
+    eprintln!(
+        "alpha queued {qa}, beta queued {qb}; conditional STOREs that lost the race: alpha {}, beta {}",
+        lost(&a),
+        lost(&b)
+    );
+    for g in [&a, &b] {
+        for l in log_of(g)
+            .lines()
+            .filter(|l| l.contains("session ended") || l.contains("watching mailbox"))
+        {
+            eprintln!("{l}");
+        }
+    }
+    assert!(
+        qa > 0 && qb > 0,
+        "one gateway took everything: alpha {qa}, beta {qb}"
+    );
+}
+
+#[test]
+fn mail_that_gives_no_sms_goes_to_failed_and_its_sender_is_told() {
+    let dv = Dovecot::start(Options::default());
+    let sink = SmtpSink::start(dv.dir.path());
+    let notify = format!(
+        "[notify]\nrelay = \"127.0.0.1:{}\"\ntls = \"none\"\n",
+        sink.port
+    );
+    let g = Gateway::start(
+        "",
+        &format!(
+            "[body]\nmax_input_bytes = 4000\n{notify}{}",
+            dv.mailbox_toml("INBOX", "starttls", "")
+        ),
+    );
+    let mails: &[(&str, &str)] = &[
+        (
+            "no-sms",
+            "From: Anne <anne@example.com>\r\nTo: helpdesk@example.com\r\nSubject: Printer\r\n\r\nIt is broken.\r\n",
+        ),
+        (
+            "no-text",
+            "Return-Path: <bob@example.com>\r\nFrom: bob@example.com\r\nTo: Paul@+33612345678@sms\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n",
+        ),
+        (
+            "partial",
+            "From: carol@example.com\r\nTo: Paul@+33612345678@sms, Nobody@+331@sms\r\nSubject: Meeting\r\n\r\nAt ten.\r\n",
+        ),
+        (
+            "robot",
+            "From: robot@example.com\r\nAuto-Submitted: auto-generated\r\nTo: helpdesk@example.com\r\nSubject: Report\r\n\r\nnightly\r\n",
+        ),
+        (
+            "good",
+            "From: dan@example.com\r\nTo: \"Paul@+33612345678\"@sms\r\nSubject: Hello\r\n\r\nSee you.\r\n",
+        ),
+        (
+            "huge",
+            "From: erin@example.com\r\nTo: Paul@+33612345678@sms\r\nSubject: Photos\r\n\r\n",
+        ),
+    ];
+    let mut files = Vec::new();
+    for (name, text) in mails {
+        let path = dv.dir.path().join(format!("{name}.eml"));
+        let mut with_id = format!("Message-ID: <{name}@test>\r\n{text}");
+        if *name == "huge" {
+            // Over the [body] max_input_bytes below: only its header is fetched.
+            with_id.push_str(&"0123456789abcdef\r\n".repeat(300));
+        }
+        std::fs::write(&path, with_id).unwrap();
+        files.push(path.to_str().unwrap().to_string());
+    }
+    let mut args = vec!["append-file", "INBOX"];
+    args.extend(files.iter().map(String::as_str));
+    dv.client(&args);
+
+    wait_for(
+        Duration::from_secs(30),
+        || dv.count("INBOX") == 0 && sink.mails().len() >= 4,
+        || {
+            format!(
+                "INBOX {} left, {} replies\n{}",
+                dv.count("INBOX"),
+                sink.mails().len(),
+                g.log()
+            )
+        },
+    );
+    let mut failed = dv.ids("Failed");
+    failed.sort();
+    assert_eq!(
+        failed,
+        ["huge@test", "no-sms@test", "no-text@test", "robot@test"]
+    );
+    let mut processed = dv.ids("Processed");
+    processed.sort();
+    assert_eq!(processed, ["good@test", "partial@test"]);
+    let q = queued(&g);
+    assert_eq!(q.get("partial@test"), Some(&1));
+    assert_eq!(q.get("good@test"), Some(&1));
+    assert_eq!(q.len(), 2);
+
+    // Give a stray fifth reply (to the robot) time to show up before counting.
+    std::thread::sleep(Duration::from_secs(1));
+    let replies = sink.mails();
+    assert_eq!(replies.len(), 4, "{replies:#?}");
+    let expect: &[(&str, &str, &str)] = &[
+        ("anne@example.com", "no-sms@test", "names no SMS recipient"),
+        (
+            "bob@example.com",
+            "no-text@test",
+            "neither a text part nor a subject",
+        ),
+        ("carol@example.com", "partial@test", "Nobody@+331@sms"),
+        (
+            "erin@example.com",
+            "huge@test",
+            "more than the limit of 4000 bytes",
+        ),
+    ];
+    for (to, id, reason) in expect {
+        let r = replies
+            .iter()
+            .find(|r| r["rcpt_tos"][0] == *to)
+            .unwrap_or_else(|| panic!("no reply to {to}: {replies:#?}"));
+        // RFC 3834 §3.3: the null envelope sender, so the reply cannot bounce back.
+        assert_eq!(r["mail_from"], "<>", "{r:#?}");
+        let data = r["data"].as_str().unwrap();
+        for needle in [
+            format!("In-Reply-To: <{id}>"),
+            "Auto-Submitted: auto-replied".to_string(),
+            reason.to_string(),
+        ] {
+            assert!(
+                data.contains(&needle),
+                "{needle:?} not in reply to {to}:\n{data}"
+            );
+        }
+    }
+}
+
+/// IDLE is ended and issued again every `reidle_secs` (RFC 2177 §3 asks for less than 29
+/// minutes; here one second) without dropping the session, and mail still wakes the gateway.
+#[test]
+fn idle_is_renewed_without_losing_the_session() {
+    let dv = Dovecot::start(Options::default());
+    let g = Gateway::start("", &dv.mailbox_toml("INBOX", "starttls", "reidle_secs = 1"));
+    std::thread::sleep(Duration::from_millis(3500));
+    dv.client(&["append", "INBOX", "5", "reidle"]);
+    wait_for(
+        Duration::from_secs(20),
+        || queued(&g).len() == 5,
+        || format!("{} queued\n{}", queued(&g).len(), g.log()),
+    );
+    let log = log_of(&g);
+    assert_eq!(log.matches("watching mailbox").count(), 1, "{log}");
+    assert!(!log.contains("session ended"), "{log}");
+    let renewals = log.matches("IDLE renewed").count();
+    assert!(
+        renewals >= 2,
+        "IDLE renewed {renewals} times in 3.5 s:\n{log}"
+    );
+    assert_exactly_once("queue", &queued(&g), &expected("reidle", 5));
+}
