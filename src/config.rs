@@ -47,6 +47,8 @@ pub struct Config {
     pub recipients: AddressPolicy,
     pub sending: PoolConfig,
     pub modems: Vec<ModemConfig>,
+    /// Sites, channels, tariffs and routing rules (`[[peer]]`, `[[channel]]`, `[routing]`).
+    pub routing: crate::route::RoutingConfig,
 }
 
 /// One `[[modem]]`.
@@ -150,6 +152,12 @@ pub struct RawConfig {
     sending: RawSending,
     #[serde(default)]
     modem: Vec<RawModem>,
+    #[serde(default)]
+    peer: Vec<crate::route::config::RawPeer>,
+    #[serde(default)]
+    channel: Vec<crate::route::config::RawChannel>,
+    #[serde(default)]
+    routing: crate::route::config::RawRouting,
 }
 
 #[derive(Debug, Deserialize)]
@@ -357,7 +365,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
 }
 
 /// Turns byte offsets and key paths into line/column positions.
-struct Locator<'a> {
+pub(crate) struct Locator<'a> {
     file: &'a Path,
     src: &'a str,
 }
@@ -369,7 +377,7 @@ impl Locator<'_> {
         self.at(span, key, message)
     }
 
-    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.at(self.span_of(key), key, message.into())
     }
 
@@ -724,6 +732,16 @@ impl RawConfig {
             });
         }
 
+        // [[peer]], [[channel]], [routing]
+        let routing = crate::route::config::validate(
+            &s.name,
+            self.peer,
+            self.channel,
+            self.routing,
+            &base,
+            loc,
+        )?;
+
         Ok(Config {
             source: loc.file.to_path_buf(),
             site: Site {
@@ -754,6 +772,7 @@ impl RawConfig {
             recipients,
             sending,
             modems,
+            routing,
         })
     }
 }

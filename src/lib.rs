@@ -6,4 +6,5 @@ pub mod intake;
 pub mod modem;
 pub mod parse;
 pub mod queue;
+pub mod route;
 pub mod sms;

@@ -78,7 +78,15 @@ fn every_address_form_is_queued_with_its_number_and_name() {
             let port = g.addr.port().to_string();
             let out = python(
                 "smtp_client.py",
-                &["send", "127.0.0.1", &port, "john@example.com", addr, "Meeting", "Room 4 at 10:00"],
+                &[
+                    "send",
+                    "127.0.0.1",
+                    &port,
+                    "john@example.com",
+                    addr,
+                    "Meeting",
+                    "Room 4 at 10:00",
+                ],
             );
             let r: Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(r["data"][0], 250, "smtplib to {addr}: {r}");
@@ -208,7 +216,10 @@ fn oversize_mail_is_refused_at_mail_and_after_data() {
     // Undeclared: read to the end, then refused.
     let big = g.path("big.txt");
     std::fs::write(&big, "x".repeat(150_000)).unwrap();
-    let (ok, out) = swaks(&g, &["--to", "0612345678@sms", "--body", big.to_str().unwrap()]);
+    let (ok, out) = swaks(
+        &g,
+        &["--to", "0612345678@sms", "--body", big.to_str().unwrap()],
+    );
     assert!(!ok, "{out}");
     assert!(out.contains("552 5.3.4"), "{out}");
     assert!(g.queue().is_empty());

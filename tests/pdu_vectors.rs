@@ -273,7 +273,11 @@ fn fuzz_seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = std::path::Path::new(FUZZ_SEEDS).join(target);
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut seeds: Vec<(String, Vec<u8>)> = entries
-        .map(|entry| entry.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path())
+        .map(|entry| {
+            entry
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .path()
+        })
         .filter(|path| path.is_file())
         .map(|path| {
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -281,7 +285,12 @@ fn fuzz_seeds(target: &str) -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     seeds.sort();
-    assert!(seeds.len() >= 6, "{}: only {} seeds", dir.display(), seeds.len());
+    assert!(
+        seeds.len() >= 6,
+        "{}: only {} seeds",
+        dir.display(),
+        seeds.len()
+    );
     seeds
 }
 
@@ -303,7 +312,10 @@ fn fuzz_bodies_run_on_committed_seeds() {
         .filter(|(_, bytes)| fuzz_bodies::address(bytes))
         .count();
     let refused = addresses.len() - accepted;
-    assert!(accepted >= 10 && refused >= 8, "{accepted} accepted, {refused} refused");
+    assert!(
+        accepted >= 10 && refused >= 8,
+        "{accepted} accepted, {refused} refused"
+    );
 
     let mut delivered = 0;
     let (mut authenticated_mail, mut closed) = (false, false);
@@ -314,12 +326,19 @@ fn fuzz_bodies_run_on_committed_seeds() {
         authenticated_mail |= dialogue.tls && dialogue.authenticated && dialogue.delivered > 0;
         closed |= dialogue.closed;
     }
-    assert!(delivered >= 8 && authenticated_mail && closed, "{delivered} mails delivered");
+    assert!(
+        delivered >= 8 && authenticated_mail && closed,
+        "{delivered} mails delivered"
+    );
 
     let mails = fuzz_seeds("body");
     let texts = mails
         .iter()
         .filter_map(|(_, bytes)| fuzz_bodies::body(bytes))
         .count();
-    assert!(texts + 1 >= mails.len(), "SMS text from {texts} of {} mails", mails.len());
+    assert!(
+        texts + 1 >= mails.len(),
+        "SMS text from {texts} of {} mails",
+        mails.len()
+    );
 }

@@ -637,10 +637,7 @@ impl Session {
             Ok(r) => r,
             Err(e) => {
                 let (code, (a, b, c)) = e.smtp_code();
-                return self.error(
-                    out,
-                    Reply::new(code, (a, b, c), format!("<{raw}>: {e}")),
-                );
+                return self.error(out, Reply::new(code, (a, b, c), format!("<{raw}>: {e}")));
             }
         };
         let notify = notify_string(to.flags);
