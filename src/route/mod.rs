@@ -37,13 +37,14 @@
 //!
 //! ## The hot path
 //!
-//! The configuration is compiled into a [`Plan`]: one trie over the union of every channel's
-//! prefixes and every rule's prefixes, whose node for a prefix holds a *row*: for every channel,
-//! its per-part cost for that prefix (the channel's own longest match along the path, resolved at
-//! compile time) or a marker for "no tariff" / "blocked on this channel", plus the destination's
-//! rule (blocked, allowed channels). A decision is then one trie walk over the number's digits,
-//! one row read, and a loop over the channels reading two atomics per site: no hashing, no
-//! locking, no allocation but the result's `Vec` (none at all with [`Plan::rank_into`]).
+//! The configuration is compiled into a [`Plan`]: one longest-prefix table
+//! ([`tariff::PrefixTable`]) over the union of every channel's prefixes and every rule's
+//! prefixes, where each prefix leads to a *row*: for every channel, its per-part cost for that
+//! prefix (the channel's own longest match, resolved at compile time by walking the union as a
+//! trie) or a marker for "no tariff" / "blocked on this channel", plus the destination's rule
+//! (blocked, allowed channels). A decision is then one longest-prefix lookup, one row read, and
+//! a loop over the channels reading two atomics per site: no locking, no allocation but the
+//! result's `Vec` (none at all with [`Plan::rank_into`]).
 //! Explanations ([`explain`]) are built apart, on request, by a slower path that also names the
 //! prefixes that decided.
 //!
@@ -656,13 +657,13 @@ impl Plan {
                 excluded,
             });
         }
-        // Channel index is the tie-break order, and unique, so the order is total.
+        // Included before excluded, then by total, then by channel index, which is the
+        // tie-break order and unique, so the order is total. One integer per key keeps the
+        // comparisons of this small sort cheap.
         out.sort_unstable_by_key(|c| {
-            if c.excluded.is_empty() {
-                (false, c.total, c.channel)
-            } else {
-                (true, Cost::ZERO, c.channel)
-            }
+            let excluded = u128::from(!c.excluded.is_empty()) << 127;
+            let total = if c.excluded.is_empty() { c.total.0 } else { 0 };
+            excluded | u128::from(total) << 16 | u128::from(c.channel)
         });
     }
 

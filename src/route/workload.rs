@@ -137,7 +137,14 @@ pub fn backlog_ms(queue_len: u64, throughput_per_s: f64) -> u64 {
 #[inline]
 pub fn term(weight: Cost, backlog_ms: u64, max_backlog_ms: u64) -> Cost {
     let b = backlog_ms.min(max_backlog_ms);
-    Cost((u128::from(weight.0) * u128::from(b) / 1000).min(u128::from(u64::MAX)) as u64)
+    // This runs for every candidate of every decision: 64-bit arithmetic (a division by a
+    // constant is a multiply), 128 bits only when the product would not fit.
+    match weight.0.checked_mul(b) {
+        Some(p) => Cost(p / 1000),
+        None => {
+            Cost((u128::from(weight.0) * u128::from(b) / 1000).min(u128::from(u64::MAX)) as u64)
+        }
+    }
 }
 
 #[cfg(test)]
