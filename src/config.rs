@@ -56,6 +56,8 @@ pub struct Config {
     pub mailboxes: Vec<MailboxConfig>,
     /// `[notify]`: where replies to senders go; without it none are sent.
     pub notify: Option<NotifyConfig>,
+    /// Sites, channels, tariffs and routing rules (`[[peer]]`, `[[channel]]`, `[routing]`).
+    pub routing: crate::route::RoutingConfig,
     pub senders: Senders,
     pub queue_policy: QueuePolicy,
 }
@@ -182,6 +184,12 @@ pub struct RawConfig {
     #[serde(default)]
     mailbox: Vec<RawMailbox>,
     notify: Option<RawNotify>,
+    #[serde(default)]
+    peer: Vec<crate::route::config::RawPeer>,
+    #[serde(default)]
+    channel: Vec<crate::route::config::RawChannel>,
+    #[serde(default)]
+    routing: crate::route::config::RawRouting,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -554,7 +562,7 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
 }
 
 /// Turns byte offsets and key paths into line/column positions.
-struct Locator<'a> {
+pub(crate) struct Locator<'a> {
     file: &'a Path,
     src: &'a str,
 }
@@ -566,7 +574,7 @@ impl Locator<'_> {
         self.at(span, key, message)
     }
 
-    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.at(self.span_of(key), key, message.into())
     }
 
@@ -1181,6 +1189,16 @@ impl RawConfig {
             });
         }
 
+        // [[peer]], [[channel]], [routing]
+        let routing = crate::route::config::validate(
+            &s.name,
+            self.peer,
+            self.channel,
+            self.routing,
+            &base,
+            loc,
+        )?;
+
         Ok(Config {
             source: loc.file.to_path_buf(),
             site: Site {
@@ -1217,6 +1235,7 @@ impl RawConfig {
             queue_policy,
             mailboxes,
             notify,
+            routing,
         })
     }
 }

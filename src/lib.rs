@@ -8,4 +8,5 @@ pub mod notify;
 pub mod parse;
 pub mod policy;
 pub mod queue;
+pub mod route;
 pub mod sms;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use mail2sms::{admin, config, intake, notify, queue};
+use mail2sms::{admin, config, intake, notify, queue, route};
 
 #[derive(Parser)]
 #[command(name = "mail2sms", version, about = "Email-to-SMS gateway")]
@@ -90,6 +90,27 @@ enum Command {
     HashPassword,
     /// Run simulated GSM modems on pseudo-terminals (for tests and trying things out).
     ModemSim(mail2sms::modem::sim::SimArgs),
+    /// Least-cost routing between sites and channels.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Rank every site and channel for a number, with each cost term, and say why the others
+    /// are excluded.
+    Explain {
+        /// The destination: +33477858589, or as a sender would write it (national numbers are
+        /// read in [site] default_country).
+        number: String,
+        /// Length of the message in SMS parts.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
+        parts: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -212,6 +233,43 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ModemSim(args) => mail2sms::modem::sim::run_cli(args)
             .await
             .map(|_| ExitCode::SUCCESS),
+        Command::Route {
+            command:
+                RouteCommand::Explain {
+                    number,
+                    parts,
+                    json,
+                },
+        } => {
+            let cfg = config::load(&cli.config)?;
+            let number = match mail2sms::parse::address::normalize_number(&number, &cfg.recipients)
+            {
+                Ok((e164, _, _)) => e164,
+                // A number the gateway refuses at RCPT still has a route worth showing when it
+                // is written in full; say that it is refused.
+                Err(e)
+                    if number.trim().starts_with('+')
+                        && route::number_digits(number.trim()).is_ok() =>
+                {
+                    eprintln!("note: {e}");
+                    number.trim().to_string()
+                }
+                Err(e) => anyhow::bail!("`{number}` is not a number the gateway sends to: {e}"),
+            };
+            let router = route::Router::from_config(&cfg)?;
+            let explanation = router
+                .plan()
+                .explain(&number, parts, route::Scope::Organization)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&explanation)?);
+            } else {
+                print!("{}", explanation.render());
+                println!(
+                    "(sites as configured: this command does not see the running gateway's health and workload reports)"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::HashPassword => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
@@ -241,6 +299,24 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
             "parts were being sent when the gateway stopped; they are now `uncertain` and will not be sent again"
         );
     }
+    let router = Arc::new(route::Router::from_config(&cfg)?);
+    {
+        let plan = router.plan();
+        info!(
+            sites = plan.sites.len(),
+            channels = plan.channels.len(),
+            prefixes = plan.prefixes(),
+            "routing tables loaded; SIGHUP reloads them"
+        );
+    }
+    // Registered before anything can send it: SIGHUP's default action ends the process.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(reload_routing_on_sighup(
+        hup,
+        config_path.to_path_buf(),
+        router.clone(),
+        shutdown.clone(),
+    ));
     let queued = Arc::new(tokio::sync::Notify::new());
     let modems =
         mail2sms::modem::start_modems(&cfg, &store, queued.clone(), shutdown.clone()).await?;
@@ -309,6 +385,50 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         warn!("a modem did not finish its send in time; its part will be `uncertain`");
     }
     Ok(())
+}
+
+/// On SIGHUP, reads the configuration file again and swaps in its routing part (tariffs, peers,
+/// channels, rules); other sections take a restart. A file with an error changes nothing: the
+/// error, with its file and line, goes to the log and the current tables stay.
+async fn reload_routing_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    path: PathBuf,
+    router: Arc<route::Router>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        // Reading tariff files is blocking file work: keep it off the runtime's threads.
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&p)).await;
+        let cfg = match loaded {
+            Ok(Ok(cfg)) => cfg,
+            Ok(Err(e)) => {
+                error!(error = %e, "SIGHUP: configuration not reloaded, the routing tables in use stay");
+                continue;
+            }
+            Err(e) => {
+                error!(error = %e, "SIGHUP: reading the configuration failed, the routing tables in use stay");
+                continue;
+            }
+        };
+        match router.reload(&cfg) {
+            Ok(report) if report.changes.is_empty() => {
+                info!("SIGHUP: routing reloaded, nothing changed")
+            }
+            Ok(report) => {
+                for change in &report.changes {
+                    info!(%change, "SIGHUP: routing reloaded");
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "SIGHUP: routing not reloaded, the tables in use stay")
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
