@@ -250,6 +250,10 @@ pub struct SimModem {
     timers: Vec<(u64, PlannedReport)>,
     accepted: Vec<SentSms>,
     counters: SimCounters,
+    /// When the input being fed arrived (µs since the Unix epoch), if the I/O layer said.
+    input_us: Option<u64>,
+    /// When the `AT+CMGS` line of the message being typed arrived.
+    cmgs_at_us: Option<u64>,
 }
 
 impl SimModem {
@@ -286,6 +290,8 @@ impl SimModem {
             timers: Vec::new(),
             accepted: Vec::new(),
             counters: SimCounters::default(),
+            input_us: None,
+            cmgs_at_us: None,
             cfg,
         }
     }
@@ -301,16 +307,23 @@ impl SimModem {
     /// Bytes written by the terminal at time `now` (milliseconds).
     pub fn input(&mut self, now: u64, bytes: &[u8]) {
         self.fire_timers(now);
-        if self.hung {
-            return;
-        }
-        for &b in bytes {
-            match self.mode {
-                Mode::Command => self.command_byte(now, b),
-                Mode::PduBody { .. } => self.pdu_body_byte(now, b),
-                Mode::TextBody { .. } => self.text_body_byte(now, b),
+        if !self.hung {
+            for &b in bytes {
+                match self.mode {
+                    Mode::Command => self.command_byte(now, b),
+                    Mode::PduBody { .. } => self.pdu_body_byte(now, b),
+                    Mode::TextBody { .. } => self.text_body_byte(now, b),
+                }
             }
         }
+        // A stamp belongs to one input only.
+        self.input_us = None;
+    }
+
+    /// Says when the bytes of the next [`input`](Self::input) arrived, in microseconds since
+    /// the Unix epoch: finer than `now`, and only for the record ([`SentSms::cmgs_at_us`]).
+    pub fn stamp_input(&mut self, unix_us: u64) {
+        self.input_us = Some(unix_us);
     }
 
     /// Everything the modem has written up to `now`, in order.
@@ -898,6 +911,7 @@ impl SimModem {
                 if !self.registered() {
                     return Err(Fail::Cms(331));
                 }
+                self.cmgs_at_us = self.input_us;
                 if self.settings.cmgf == 0 {
                     let len = args
                         .first()
@@ -1220,6 +1234,7 @@ impl SimModem {
             concat: msg.concat,
             status_report: msg.status_report,
             pdu: msg.pdu,
+            cmgs_at_us: self.cmgs_at_us.take(),
         });
     }
 
@@ -1851,6 +1866,23 @@ mod tests {
             assert_eq!(r.pdu.as_deref(), sent.get(i).map(|(h, _)| h.as_str()));
         }
         assert!(m.take_accepted().is_empty(), "records are handed out once");
+    }
+
+    /// The record says when the `AT+CMGS` line arrived, from the stamp of the input that
+    /// carried it, not of the input that ended the body; without stamps it says nothing.
+    #[test]
+    fn cmgs_arrival_is_recorded_from_the_input_stamp() {
+        let mut m = SimModem::new(instant());
+        say(&mut m, 0, b"ATE0\r");
+        let (hex, len) = one("+33612345678", "Hello", false);
+        m.stamp_input(1_700_000_000_123_456);
+        say(&mut m, 0, format!("AT+CMGS={len}\r").as_bytes());
+        m.stamp_input(1_700_000_000_999_999);
+        say(&mut m, 0, format!("{hex}\x1a").as_bytes());
+        say(&mut m, 0, format!("AT+CMGS={len}\r").as_bytes());
+        say(&mut m, 0, format!("{hex}\x1a").as_bytes());
+        let got: Vec<Option<u64>> = m.take_accepted().iter().map(|r| r.cmgs_at_us).collect();
+        assert_eq!(got, [Some(1_700_000_000_123_456), None]);
     }
 
     /// Invariant: bytes inside a message body are never executed. In PDU mode the body is hex,

@@ -245,4 +245,10 @@ pub struct SentSms {
     pub status_report: bool,
     /// The PDU as written after the prompt, SMSC address included; `None` in text mode.
     pub pdu: Option<String>,
+    /// When the `AT+CMGS` line of this message reached the modem, in microseconds since the
+    /// Unix epoch. Wall clock, so that another process (a benchmark timing the gateway from a
+    /// mail's `250` to its `AT+CMGS`) can compare its own timestamps with it; `None` when the
+    /// I/O layer gave no arrival times ([`SimModem::stamp_input`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmgs_at_us: Option<u64>,
 }

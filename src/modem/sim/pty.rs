@@ -283,6 +283,14 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The wall clock in microseconds: arrival stamps are compared with other processes' clocks,
+/// so they cannot come from [`Clock`], whose base is rounded to the millisecond.
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// Starts a simulated modem whose serial port appears at `link`, appending every accepted
 /// message to `record` (one JSON object per line) if given.
 ///
@@ -489,6 +497,7 @@ impl Task {
                 read = read_master(self.pty.as_ref()) => match read {
                     Ok(bytes) if !bytes.is_empty() => {
                         let now = self.clock.now();
+                        self.core.stamp_input(unix_us());
                         self.core.input(now, &bytes);
                     }
                     Ok(_) => {}
