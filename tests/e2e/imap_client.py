@@ -58,10 +58,28 @@ def ids(m, folder):
     return out
 
 
+def append(m, folder, message, reconnect):
+    """APPEND, tried again on a fresh session when Dovecot answers NO because the test itself has
+    just deleted and recreated the folder ("Mailbox was deleted under us"): a NO appended
+    nothing, and the session's view of the folder list is stale."""
+    for attempt in range(20):
+        typ, data = m.append('"%s"' % folder, None, None, message)
+        if typ == "OK" or b"deleted under us" not in b" ".join(d for d in data if d):
+            return m, typ, data
+        time.sleep(0.1)
+        try:
+            m.logout()
+        except Exception:
+            pass
+        m = reconnect()
+    return m, typ, data
+
+
 def main():
     host, port, user, password, command = sys.argv[1:6]
     args = sys.argv[6:]
     m = connect(host, port, user, password)
+    reconnect = lambda: connect(host, port, user, password)
     if command == "append":
         folder, count, prefix = args[0], int(args[1]), args[2]
         rate = float(args[3]) if len(args) > 3 else 0.0
@@ -73,7 +91,7 @@ def main():
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            typ, data = m.append('"%s"' % folder, None, None, mail(prefix, i))
+            m, typ, data = append(m, folder, mail(prefix, i), reconnect)
             if typ != "OK":
                 raise SystemExit("APPEND failed: %s" % data)
             if log:
@@ -82,7 +100,7 @@ def main():
         folder = args[0]
         for path in args[1:]:
             with open(path, "rb") as f:
-                typ, data = m.append('"%s"' % folder, None, None, f.read())
+                m, typ, data = append(m, folder, f.read(), reconnect)
             if typ != "OK":
                 raise SystemExit("APPEND failed: %s" % data)
     elif command == "ids":
