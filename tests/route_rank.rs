@@ -807,3 +807,48 @@ fn routing_sections_are_optional_and_default_sensibly() {
     assert!(cfg.routing.peers.iter().all(|p| p.up));
     assert_eq!(cfg.routing.peers[1].forwarding_cost, Cost(3_000));
 }
+
+/// More than 16 candidates, and totals beyond 47 bits, take the general ordering path; it must
+/// order exactly as the fast one.
+#[test]
+fn many_candidates_and_huge_costs_order_alike() {
+    let mut text = String::from("[[peer]]\nname = \"far\"\nforwarding_cost = 200000000\n");
+    // 20 local channels whose prices go down as their names go up, two pairs tying.
+    for i in 0..20u32 {
+        let price = match i {
+            3 | 4 => 50,
+            10 | 11 => 20,
+            _ => 100 - i,
+        };
+        text.push_str(&format!(
+            "[[channel]]\nname = \"c{i:02}\"\nkind = \"smpp\"\nsite = \"uk\"\ntariff = {{ \"33\" = 0.{price:03} }}\n"
+        ));
+    }
+    text.push_str("[[channel]]\nname = \"far-link\"\nkind = \"peer\"\nsite = \"far\"\ntariff = { \"33\" = 0 }\n");
+    let router = Router::from_config(&parse(&text).unwrap()).unwrap();
+    let r = router.rank("+33612345678", 1).unwrap();
+    let got: Vec<(String, u64)> = r
+        .candidates()
+        .map(|c| (c.channel.to_string(), c.choice.total.0))
+        .collect();
+    let mut want = got.clone();
+    want.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    assert_eq!(got, want);
+    let first: Vec<&str> = got.iter().take(5).map(|(n, _)| n.as_str()).collect();
+    assert_eq!(first, ["c10", "c11", "c03", "c04", "c19"]);
+    assert_eq!(
+        got.last().unwrap(),
+        &("far-link".to_string(), 200_000_000 * 1_000_000)
+    );
+
+    // A few candidates, one beyond 47 bits: the general path too.
+    let small = "[[peer]]\nname = \"far\"\nforwarding_cost = 200000000\n\
+        [[channel]]\nname = \"a\"\nkind = \"smpp\"\nsite = \"uk\"\ntariff = { \"33\" = 0.5 }\n\
+        [[channel]]\nname = \"b\"\nkind = \"modems\"\nsite = \"far\"\ntariff = { \"33\" = 0.01 }\n\
+        [[channel]]\nname = \"c\"\nkind = \"modems\"\nsite = \"uk\"\ntariff = { \"33\" = 0.5 }\n";
+    let router = Router::from_config(&parse(small).unwrap()).unwrap();
+    router.state().set_channel_up("a", false);
+    let r = router.rank("+33612345678", 1).unwrap();
+    let order: Vec<&str> = r.candidates().map(|c| c.channel).collect();
+    assert_eq!(order, ["c", "b", "a"]);
+}

@@ -17,10 +17,10 @@
 //! flat array. A lookup reads the number's first digits as integers, one per length, and probes
 //! the lengths present from the longest down: the first hit is the longest match. It never
 //! allocates, and since no probe depends on another, the processor overlaps their cache misses;
-//! a trie walk cannot, each level waiting for the one above. On 100k prefixes under load the
-//! hash tables did twice as many lookups per second as a 10-ary trie of 12-byte nodes, and more
-//! than a plain `[u32; 10]` trie four times their size (figures and the comparison: the route
-//! benchmark, `bench/route.rs`).
+//! a trie walk cannot, each level waiting for the one above. Measured on a 100k-prefix tariff
+//! (`bench/route.rs`, one thread): 9.4 M lookups per second, against 6.3 M for a 10-ary trie of
+//! 12-byte bitmap nodes and 5.0 M for a trie of `[u32; 10]` nodes; with the machine loaded by
+//! other processes the gap was wider (5.7–7.6 M against 2.9–5.4 M and 3.2–4.1 M).
 //!
 //! **Files** are CSV, one `prefix,cost` per line (`,` `;` or a tab between the two), with an
 //! optional header line, `#` comments, blank lines and quotes around fields allowed. Errors name
@@ -220,6 +220,19 @@ impl Prefix {
         Ok(p)
     }
 
+    /// From ASCII digits already known to form a prefix (no `+`, no blanks).
+    fn from_digits(digits: &[u8]) -> Option<Prefix> {
+        if digits.is_empty() || digits.len() > MAX_PREFIX_DIGITS {
+            return None;
+        }
+        let mut p = Prefix {
+            len: digits.len() as u8,
+            digits: [0; MAX_PREFIX_DIGITS],
+        };
+        p.digits[..digits.len()].copy_from_slice(digits);
+        Some(p)
+    }
+
     /// The ASCII digits.
     pub fn as_bytes(&self) -> &[u8] {
         &self.digits[..usize::from(self.len)]
@@ -304,15 +317,7 @@ const NONE: u32 = u32::MAX;
 /// Marks an empty slot: no prefix of at most 15 digits reads as this integer.
 const EMPTY: u64 = u64::MAX;
 
-/// One slot of an open-addressing table: a prefix (its digits read as an integer) and its value.
-#[derive(Clone, Copy, Debug)]
-#[repr(C, align(16))]
-struct Slot {
-    key: u64,
-    value: u32,
-}
-
-/// Where the table of one prefix length lives in [`PrefixTable::slots`].
+/// Where the table of one prefix length lives in [`PrefixTable::words`], in slots.
 #[derive(Clone, Copy, Debug, Default)]
 struct Level {
     offset: u32,
@@ -322,28 +327,50 @@ struct Level {
     bits: u32,
 }
 
-/// The result of a lookup: how many digits matched and the value stored for that prefix.
+/// The result of a lookup in a table of one value per prefix: how many digits matched and the
+/// value stored for that prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Match {
     pub len: usize,
     pub value: u32,
 }
 
-/// Maps digit prefixes to `u32` values, answering longest-prefix-match queries. Immutable once
-/// built (see [`PrefixTableBuilder`]); the router swaps whole tables on reload.
+/// The values stored for a prefix, in a table of several values per prefix.
+#[derive(Clone, Copy, Debug)]
+pub struct Values<'a> {
+    words: &'a [u64],
+}
+
+impl Values<'_> {
+    /// Value `j`, or `u32::MAX` past the table's width.
+    #[inline]
+    pub fn get(&self, j: usize) -> u32 {
+        self.words
+            .get(j / 2)
+            .map_or(NONE, |w| (w >> (32 * (j % 2))) as u32)
+    }
+}
+
+/// Maps digit prefixes to values (a fixed number of `u32` per prefix), answering
+/// longest-prefix-match queries. Immutable once built (see [`PrefixTableBuilder`]); the router
+/// swaps whole tables on reload.
 ///
-/// One open-addressing hash table per prefix length, in one flat array, at most half full. A
-/// lookup reads the number's first 1..15 digits as integers (one multiply-add per digit) and
-/// probes the lengths present from the longest down; the first hit is the longest match. The
-/// probes do not depend on each other, so the processor overlaps their cache misses, where a trie
-/// walk waits for each level before it can read the next (the route benchmark compares both).
+/// One open-addressing hash table per prefix length, in one flat array of slots, each at most
+/// half full. A slot holds the prefix (its digits read as an integer) followed by its values, so
+/// the hit that ends a lookup has brought the values into cache with it. A lookup reads the
+/// number's first 1..15 digits as integers (one multiply-add per digit) and probes the lengths
+/// present from the longest down; the first hit is the longest match. The probes do not depend on
+/// each other, so the processor overlaps their cache misses, where a trie walk waits for each
+/// level before it can read the next (the route benchmark compares both).
 #[derive(Clone, Debug)]
 pub struct PrefixTable {
     /// Prefix lengths present, longest first.
     lengths: Box<[u8]>,
     /// Indexed by prefix length.
     levels: [Level; MAX_PREFIX_DIGITS + 1],
-    slots: Box<[Slot]>,
+    /// Slots of `stride` words: the key, then the values two to a word.
+    words: Box<[u64]>,
+    stride: usize,
     prefixes: usize,
 }
 
@@ -354,11 +381,20 @@ fn slot_of(key: u64, bits: u32) -> usize {
 }
 
 impl PrefixTable {
-    /// The longest prefix of `digits` that has a value. Reading stops at the first byte that is
-    /// not an ASCII digit, so a caller that has not validated its input gets a match of what
-    /// precedes it.
+    /// The longest prefix of `digits` that has a value, and its first value. Reading stops at
+    /// the first byte that is not an ASCII digit, so a caller that has not validated its input
+    /// gets a match of what precedes it.
     #[inline]
     pub fn longest_match(&self, digits: &[u8]) -> Option<Match> {
+        self.longest_values(digits).map(|(len, v)| Match {
+            len,
+            value: v.get(0),
+        })
+    }
+
+    /// The longest prefix of `digits` that has values: its length and its values.
+    #[inline]
+    pub fn longest_values(&self, digits: &[u8]) -> Option<(usize, Values<'_>)> {
         let mut keys = [0u64; MAX_PREFIX_DIGITS + 1];
         let mut n = 0;
         let mut key = 0u64;
@@ -376,38 +412,39 @@ impl PrefixTable {
             if len > n {
                 continue;
             }
-            if let Some(value) = self.probe(len, keys[len]) {
-                return Some(Match { len, value });
+            if let Some(v) = self.probe(len, keys[len]) {
+                return Some((len, v));
             }
         }
         None
     }
 
     #[inline]
-    fn probe(&self, len: usize, key: u64) -> Option<u32> {
+    fn probe(&self, len: usize, key: u64) -> Option<Values<'_>> {
         let level = self.levels.get(len)?;
         let mut i = slot_of(key, level.bits);
         // At most half full, so an empty slot always ends the probe sequence.
         loop {
-            let slot = self.slots.get(level.offset as usize + i)?;
-            if slot.key == key {
-                return Some(slot.value);
+            let at = (level.offset as usize + i) * self.stride;
+            let slot = self.words.get(at..at + self.stride)?;
+            if slot[0] == key {
+                return Some(Values { words: &slot[1..] });
             }
-            if slot.key == EMPTY {
+            if slot[0] == EMPTY {
                 return None;
             }
             i = (i + 1) & level.mask as usize;
         }
     }
 
-    /// The value stored for exactly this prefix (ASCII digits).
+    /// The first value stored for exactly this prefix (ASCII digits).
     pub fn get(&self, prefix: &[u8]) -> Option<u32> {
         self.longest_match(prefix)
             .filter(|m| m.len == prefix.len())
             .map(|m| m.value)
     }
 
-    /// How many prefixes have a value.
+    /// How many prefixes have values.
     pub fn len(&self) -> usize {
         self.prefixes
     }
@@ -418,7 +455,7 @@ impl PrefixTable {
 
     /// Bytes of the slot array, for reports.
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.slots)
+        std::mem::size_of_val(&*self.words)
     }
 }
 
@@ -511,8 +548,23 @@ impl PrefixTableBuilder {
         out
     }
 
-    /// Lays the prefixes out in their lookup form.
+    /// Lays the prefixes out in their lookup form, one value per prefix: the node's own.
     pub fn finish(self) -> PrefixTable {
+        self.lay_out(1, |value, out| out[0] = value)
+    }
+
+    /// Lays the prefixes out with `width` values each: a node's value `r` is the index of its
+    /// row in `rows`, which holds `width` values per row.
+    pub fn finish_rows(self, width: usize, rows: &[u32]) -> PrefixTable {
+        self.lay_out(width.max(1), |r, out| {
+            let start = r as usize * width;
+            if let Some(row) = rows.get(start..start + width) {
+                out.copy_from_slice(row);
+            }
+        })
+    }
+
+    fn lay_out(self, width: usize, fill: impl Fn(u32, &mut [u32])) -> PrefixTable {
         let valued = self.valued();
         let mut counts = [0usize; MAX_PREFIX_DIGITS + 1];
         for (len, _, _) in &valued {
@@ -533,23 +585,25 @@ impl PrefixTableBuilder {
             };
             total += size;
         }
-        let mut slots = vec![
-            Slot {
-                key: EMPTY,
-                value: NONE,
-            };
-            total
-        ];
+        let stride = 1 + width.div_ceil(2);
+        let mut words = vec![0u64; total * stride];
+        for slot in words.chunks_mut(stride) {
+            slot[0] = EMPTY;
+        }
+        let mut values = vec![0u32; width];
         for (len, key, value) in &valued {
             let level = levels[*len];
             let mut i = slot_of(*key, level.bits);
-            while slots[level.offset as usize + i].key != EMPTY {
+            while words[(level.offset as usize + i) * stride] != EMPTY {
                 i = (i + 1) & level.mask as usize;
             }
-            slots[level.offset as usize + i] = Slot {
-                key: *key,
-                value: *value,
-            };
+            let at = (level.offset as usize + i) * stride;
+            values.fill(0);
+            fill(*value, &mut values);
+            words[at] = *key;
+            for (j, v) in values.iter().enumerate() {
+                words[at + 1 + j / 2] |= u64::from(*v) << (32 * (j % 2));
+            }
         }
         let lengths: Vec<u8> = (1..=MAX_PREFIX_DIGITS)
             .rev()
@@ -559,7 +613,8 @@ impl PrefixTableBuilder {
         PrefixTable {
             lengths: lengths.into_boxed_slice(),
             levels,
-            slots: slots.into_boxed_slice(),
+            words: words.into_boxed_slice(),
+            stride,
             prefixes: valued.len(),
         }
     }
@@ -600,8 +655,9 @@ impl Tariff {
             return Err(EntryError::Duplicate(w[0].0));
         }
         let mut b = PrefixTableBuilder::new();
-        for (i, (p, _)) in entries.iter().enumerate() {
-            b.insert(p.as_bytes(), i as u32);
+        for (p, c) in &entries {
+            // At most MAX_PART_COST, checked above, so never the table's marker.
+            b.insert(p.as_bytes(), c.0 as u32);
         }
         Ok(Tariff {
             entries: entries.into_boxed_slice(),
@@ -636,8 +692,12 @@ impl Tariff {
     #[inline]
     pub fn lookup(&self, digits: &[u8]) -> Option<TariffMatch> {
         let m = self.table.longest_match(digits)?;
-        let (prefix, cost) = *self.entries.get(m.value as usize)?;
-        Some(TariffMatch { prefix, cost })
+        // The matched digits are the prefix: the table holds costs, not entry numbers.
+        let prefix = Prefix::from_digits(digits.get(..m.len)?)?;
+        Some(TariffMatch {
+            prefix,
+            cost: Cost(u64::from(m.value)),
+        })
     }
 
     /// Bytes of the lookup table (the entries apart).
