@@ -8,6 +8,10 @@
 //! that it was already handled ([`Claimed::Known`]) and only moves it. The mail's Message-ID
 //! (or a digest of its bytes when it has none) is kept with the name: after a UIDVALIDITY
 //! change every UID is new, and the Message-ID is what recognises a mail already handled.
+//! That check is a primary key (`imap_mails`: one row per mailbox and mail), written in the
+//! same transaction as the request, so one gateway's queue can never hold two requests for
+//! one mail, whatever order its sessions see the mail's names in. Two gateways have two
+//! queues: between them the claim keyword on the server decides (see `intake::imap`).
 //!
 //! A notice is written in the same transaction as the decision that causes it (a mail that
 //! gives no SMS, recipients that were refused) and sent afterwards by `notify`, with retries;
@@ -238,11 +242,11 @@ async fn claim(
             same_uid: true,
         });
     }
-    // The same mail under another name: a UIDVALIDITY change, or a second delivery into the
-    // mailbox. The new name is recorded too, so the next look finds it at once.
+    // The same mail under another name: a UIDVALIDITY change, a restored copy, or a second
+    // delivery into the mailbox. The new name is recorded too, so the next look finds it at
+    // once.
     let same_mail: Option<(String, Option<String>)> = sqlx::query_as(
-        "SELECT outcome, request_id FROM imap_claims
-         WHERE mailbox = ?1 AND message_key = ?2 ORDER BY claimed_at LIMIT 1",
+        "SELECT outcome, request_id FROM imap_mails WHERE mailbox = ?1 AND message_key = ?2",
     )
     .bind(&c.mailbox)
     .bind(&c.message_key)
@@ -269,10 +273,12 @@ async fn claim(
         Decision::Queue(req) => {
             let accepted = insert_request(conn, req, limits).await?;
             let reason = c.notice.as_ref().map(|n| n.reason.as_str());
+            insert_mail(conn, c, Outcome::Queued, Some(accepted.id()), now).await?;
             insert_claim(conn, c, Outcome::Queued, Some(accepted.id()), reason, now).await?;
             Claimed::Queued(accepted)
         }
         Decision::Fail { reason } => {
+            insert_mail(conn, c, Outcome::Failed, None, now).await?;
             insert_claim(conn, c, Outcome::Failed, None, Some(reason), now).await?;
             Claimed::Failed
         }
@@ -292,6 +298,30 @@ async fn claim(
         .await?;
     }
     Ok(result)
+}
+
+/// The first handling of a mail. A plain INSERT: should a row for this mail exist after all
+/// (the check above raced another writer), the primary key fails the whole savepoint, the
+/// request with it, and the mail is taken up again and found known.
+async fn insert_mail(
+    conn: &mut SqliteConnection,
+    c: &NewClaim,
+    outcome: Outcome,
+    request_id: Option<&str>,
+    now: i64,
+) -> Result<(), QueueError> {
+    sqlx::query(
+        "INSERT INTO imap_mails (mailbox, message_key, outcome, request_id, handled_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(&c.mailbox)
+    .bind(&c.message_key)
+    .bind(outcome.as_str())
+    .bind(request_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn insert_claim(
@@ -481,6 +511,49 @@ mod tests {
         assert_eq!(next_notice_at(store.reader()).await.unwrap(), Some(later));
         store.notice_sent(due[0].id).await.unwrap();
         assert_eq!(next_notice_at(store.reader()).await.unwrap(), None);
+    }
+
+    /// Two names of one mail claimed in one writer batch (the writer commits what is waiting
+    /// together): the second sees the first's row, so one request, and the constraint itself
+    /// refuses a second row for the mail.
+    #[tokio::test]
+    async fn one_mail_under_many_names_is_one_request() {
+        let (_dir, store) = open().await;
+        let q = Decision::Queue(Box::new(request("m1@x", "+33477858589")));
+        let claims = (1..=8).map(|uid| store.claim(claim(uid % 2 + 5, uid, "<m1@x>", q.clone())));
+        let results = futures_util::future::join_all(claims).await;
+        let queued = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Claimed::Queued(_))))
+            .count();
+        let known = results
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Ok(Claimed::Known {
+                        same_uid: false,
+                        ..
+                    })
+                )
+            })
+            .count();
+        assert_eq!((queued, known), (1, 7), "{results:?}");
+        assert_eq!(list(store.reader(), None).await.unwrap().len(), 1);
+        let names: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM imap_claims")
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+        assert_eq!(names, 8);
+        let mut conn = store.reader().acquire().await.unwrap();
+        let second = sqlx::query(
+            "INSERT INTO imap_mails (mailbox, message_key, outcome, handled_at)
+             VALUES ('box', '<m1@x>', 'failed', 0)",
+        )
+        .execute(&mut *conn)
+        .await;
+        let e = second.expect_err("a second row for one mail was accepted");
+        assert!(e.to_string().contains("UNIQUE"), "{e}");
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use async_imap::imap_proto::{MailboxDatum, Response, ResponseCode, Status};
 use mail_parser::{HeaderName, HeaderValue, MessageParser};
 
 use crate::config::Config;
@@ -79,6 +80,51 @@ pub fn plan(listing: &[Listed], my_keyword: &str, batch: usize) -> Plan {
     p.claim.truncate(room);
     p.unchanged_since = if p.claim.is_empty() { None } else { modseq };
     p
+}
+
+/// What an unsolicited response says about the selected folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// Nothing that matters to pickup (flags, expunges, keep-alives).
+    Nothing,
+    /// Mail may have arrived (`EXISTS`, `RECENT`, RFC 3501 §7.3).
+    News,
+    /// The server reported trouble while the folder was selected: an untagged `NO`, `BAD`
+    /// or `BYE` (RFC 3501 §7.1.2, §7.1.3, §7.1.5). Dovecot answers so, and keeps the session,
+    /// when the selected folder is deleted under it; the session's view is then stale, and
+    /// what it does to a folder created again under the same name corrupts that folder's
+    /// index ("duplicate transaction log sequence"), so a message it moved can come back.
+    /// Nothing more is done in the session until a fresh SELECT has shown the folder is
+    /// still the one selected.
+    Trouble(String),
+    /// `* OK [UIDVALIDITY n]` with another value than the session selected (RFC 3501 §2.3.1.1:
+    /// every UID the session holds is void).
+    UidValidity(u32),
+}
+
+/// Classifies one unsolicited response; `uidvalidity` is the value the session selected.
+pub fn heard(r: &Response<'_>, uidvalidity: u32) -> Heard {
+    match r {
+        Response::MailboxData(MailboxDatum::Exists(_) | MailboxDatum::Recent(_)) => Heard::News,
+        Response::Data { status, outcome } => match (status, &outcome.code) {
+            (Status::Ok, Some(ResponseCode::UidValidity(n))) if *n != uidvalidity => {
+                Heard::UidValidity(*n)
+            }
+            (Status::No | Status::Bad | Status::Bye, _) => {
+                let word = match status {
+                    Status::No => "NO",
+                    Status::Bad => "BAD",
+                    _ => "BYE",
+                };
+                Heard::Trouble(format!(
+                    "{word} {}",
+                    outcome.information.as_deref().unwrap_or("").trim()
+                ))
+            }
+            _ => Heard::Nothing,
+        },
+        _ => Heard::Nothing,
+    }
 }
 
 /// Writes UIDs as an IMAP sequence set (RFC 3501 §9 `sequence-set`), runs compressed:

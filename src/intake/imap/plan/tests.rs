@@ -450,3 +450,42 @@ fn arbitrary_bytes_never_panic() {
         }
     }
 }
+
+#[test]
+fn unsolicited_responses_table() {
+    const UV: u32 = 1795304716;
+    let cases: &[(&str, Heard)] = &[
+        ("* 12 EXISTS\r\n", Heard::News),
+        ("* 3 RECENT\r\n", Heard::News),
+        ("* 4 EXPUNGE\r\n", Heard::Nothing),
+        ("* OK [UIDVALIDITY 1795304716] UIDs valid\r\n", Heard::Nothing),
+        (
+            "* OK [UIDVALIDITY 1795304720] UIDs valid\r\n",
+            Heard::UidValidity(1795304720),
+        ),
+        ("* OK Still here\r\n", Heard::Nothing),
+        ("* OK [HIGHESTMODSEQ 7] Highest\r\n", Heard::Nothing),
+        // What Dovecot 2.3 says, and keeps the session, when the selected folder is deleted.
+        (
+            "* NO Internal error occurred. Refer to server log for more information. [2026-11-21 23:45:14]\r\n",
+            Heard::Trouble(
+                "NO Internal error occurred. Refer to server log for more information. [2026-11-21 23:45:14]".into(),
+            ),
+        ),
+        (
+            "* BYE Mailbox was deleted under us\r\n",
+            Heard::Trouble("BYE Mailbox was deleted under us".into()),
+        ),
+        (
+            "* BAD [SERVERBUG] oops\r\n",
+            Heard::Trouble("BAD [SERVERBUG] oops".into()),
+        ),
+        ("* FLAGS (\\Seen \\Deleted)\r\n", Heard::Nothing),
+    ];
+    for (line, want) in cases {
+        let (rest, r) = Response::parse(line.as_bytes())
+            .unwrap_or_else(|e| panic!("{line:?} does not parse: {e:?}"));
+        assert!(rest.is_empty(), "{line:?}");
+        assert_eq!(&heard(&r, UV), want, "{line:?}");
+    }
+}
