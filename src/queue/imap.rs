@@ -35,6 +35,17 @@ pub struct NewClaim {
     pub decision: Decision,
     /// A reply to send to the mail's sender, if any.
     pub notice: Option<NewNotice>,
+    /// Where a reply goes should the writer refuse the request (a quota); `None` when the
+    /// sender is not answered (no `[notify]`, null sender, automatic mail).
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// The sender of a mail, for a reply the writer decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub recipient: String,
+    pub original_message_id: Option<String>,
+    pub original_subject: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -269,21 +280,42 @@ async fn claim(
         });
     }
 
+    let mut notice = c.notice.clone();
     let result = match &c.decision {
-        Decision::Queue(req) => {
-            let accepted = insert_request(conn, req, limits).await?;
-            let reason = c.notice.as_ref().map(|n| n.reason.as_str());
-            insert_mail(conn, c, Outcome::Queued, Some(accepted.id()), now).await?;
-            insert_claim(conn, c, Outcome::Queued, Some(accepted.id()), reason, now).await?;
-            Claimed::Queued(accepted)
-        }
+        Decision::Queue(req) => match insert_request(conn, req, limits).await {
+            Ok(accepted) => {
+                let reason = c.notice.as_ref().map(|n| n.reason.as_str());
+                insert_mail(conn, c, Outcome::Queued, Some(accepted.id()), now).await?;
+                insert_claim(conn, c, Outcome::Queued, Some(accepted.id()), reason, now).await?;
+                Claimed::Queued(accepted)
+            }
+            // Over a quota: refused like a sender rule, failed folder and a reply. (SMTP
+            // answers 451 and the client retries; a mail left in the folder would be taken up
+            // again at once, over and over, so the sender is told to send it again later.)
+            // `check_quotas` runs before anything is written, so nothing of it is stored.
+            Err(QueueError::Quota(q)) => {
+                let reason = format!(
+                    "Not allowed to send SMS: quota reached: {q}; send it again later (rule: quota)"
+                );
+                insert_mail(conn, c, Outcome::Failed, None, now).await?;
+                insert_claim(conn, c, Outcome::Failed, None, Some(&reason), now).await?;
+                notice = c.reply_to.as_ref().map(|to| NewNotice {
+                    recipient: to.recipient.clone(),
+                    original_message_id: to.original_message_id.clone(),
+                    original_subject: to.original_subject.clone(),
+                    reason,
+                });
+                Claimed::Failed
+            }
+            Err(e) => return Err(e),
+        },
         Decision::Fail { reason } => {
             insert_mail(conn, c, Outcome::Failed, None, now).await?;
             insert_claim(conn, c, Outcome::Failed, None, Some(reason), now).await?;
             Claimed::Failed
         }
     };
-    if let Some(n) = &c.notice {
+    if let Some(n) = &notice {
         sqlx::query(
             "INSERT INTO notices (created_at, recipient, original_message_id, original_subject,
                 reason, state, next_attempt_at, updated_at)
@@ -427,6 +459,7 @@ mod tests {
             message_key: key.into(),
             decision,
             notice: None,
+            reply_to: None,
         }
     }
 
@@ -554,6 +587,50 @@ mod tests {
         .await;
         let e = second.expect_err("a second row for one mail was accepted");
         assert!(e.to_string().contains("UNIQUE"), "{e}");
+    }
+
+    /// Over a quota, mailbox mail is refused like a sender rule: failed, a reply naming the
+    /// rule, nothing queued; exactly at the limit it is still queued.
+    #[tokio::test]
+    async fn quota_refuses_into_the_failed_folder_with_a_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = crate::queue::QueuePolicy {
+            quotas: crate::queue::Quotas {
+                sender_per_hour: Some(2),
+                ..Default::default()
+            },
+            guard: crate::queue::Guard {
+                enabled: false,
+                ..Default::default()
+            },
+        };
+        let store = Store::open_with(&dir.path().join("q.db"), policy)
+            .await
+            .unwrap();
+        let mut outcomes = Vec::new();
+        for i in 1..=3u32 {
+            let mut c = claim(
+                1,
+                i,
+                &format!("<m{i}@x>"),
+                Decision::Queue(Box::new(request(&format!("m{i}@x"), "+33477858589"))),
+            );
+            c.reply_to = Some(ReplyTo {
+                recipient: "jean@x.fr".into(),
+                original_message_id: Some(format!("m{i}@x")),
+                original_subject: Some("Hi".into()),
+            });
+            outcomes.push(store.claim(c).await.unwrap().outcome());
+        }
+        assert_eq!(
+            outcomes,
+            [Outcome::Queued, Outcome::Queued, Outcome::Failed]
+        );
+        assert_eq!(list(store.reader(), None).await.unwrap().len(), 2);
+        let due = due_notices(store.reader(), 10).await.unwrap();
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].original_message_id.as_deref(), Some("m3@x"));
+        assert!(due[0].reason.contains("(rule: quota)"), "{}", due[0].reason);
     }
 
     #[tokio::test]

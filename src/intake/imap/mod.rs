@@ -85,7 +85,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::Intake;
-use crate::queue::imap::{Claimed, NewClaim, Outcome};
+use crate::queue::imap::{Claimed, NewClaim, Outcome, ReplyTo};
 
 /// How a mailbox connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -143,6 +143,8 @@ pub struct MailboxConfig {
     pub command_timeout: Duration,
     pub reconnect_max: Duration,
     pub max_recipients: usize,
+    /// Who may send through this mailbox (see `plan`).
+    pub senders: plan::MailboxSenders,
 }
 
 /// Bodies fetched at once, at most (a message larger than this is fetched alone).
@@ -609,7 +611,14 @@ impl Watcher {
                     config.body.max_input_bytes,
                 )
             } else {
-                plan::read_mail(raw, &origin, &cfg.name, config, cfg.max_recipients)
+                plan::read_mail(
+                    raw,
+                    &origin,
+                    &cfg.name,
+                    &cfg.senders,
+                    config,
+                    cfg.max_recipients,
+                )
             };
             let notice = self
                 .notices
@@ -625,6 +634,15 @@ impl Watcher {
                     message_key: plan::message_key(&origin, raw),
                     decision: reading.decision,
                     notice,
+                    reply_to: self
+                        .notices
+                        .as_ref()
+                        .and_then(|_| origin.reply_to())
+                        .map(|to| ReplyTo {
+                            recipient: to.to_string(),
+                            original_message_id: origin.message_id.clone(),
+                            original_subject: origin.subject.clone(),
+                        }),
                 },
             ));
         }
@@ -638,7 +656,12 @@ impl Watcher {
         let store = &self.intake.store;
         let results =
             futures_util::future::join_all(claims.into_iter().map(|(uid, mid, c)| async move {
-                (uid, mid, c.notice.is_some(), store.claim(c).await)
+                (
+                    uid,
+                    mid,
+                    c.notice.is_some() || c.reply_to.is_some(),
+                    store.claim(c).await,
+                )
             }))
             .await;
 
