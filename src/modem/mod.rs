@@ -75,6 +75,11 @@ pub async fn start_modems(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Modems> {
     let tasks = TaskTracker::new();
+    // Rows of modems removed from the configuration would stay in `mail2sms modems` forever.
+    store
+        .forget_other_modems(cfg.modems.iter().map(|m| m.driver.name.clone()).collect())
+        .await
+        .context("forgetting modems no longer configured")?;
     let mut pool_modems = Vec::new();
     let mut sims = Vec::new();
     for m in &cfg.modems {

@@ -143,9 +143,11 @@ enum Job {
     /// State changes applied together, all or none (one modem's `sent` and its next
     /// `sending` share a commit).
     Change(Vec<Change>, oneshot::Sender<Result<(), QueueError>>),
-    /// Snapshots of modem status (name, JSON), replacing the previous ones.
+    /// Snapshots of modem status (name, JSON), replacing the previous ones; with the names of
+    /// every configured modem, the rows of modems no longer configured are deleted.
     Modems(
         Vec<(String, String)>,
+        Option<Vec<String>>,
         oneshot::Sender<Result<(), QueueError>>,
     ),
     /// IMAP pickup's claims and the notices they cause (`imap.rs`).
@@ -279,7 +281,18 @@ impl Store {
     pub async fn record_modems(&self, snapshots: Vec<(String, String)>) -> Result<(), QueueError> {
         let (tx, rx) = oneshot::channel();
         self.writer
-            .send(Job::Modems(snapshots, tx))
+            .send(Job::Modems(snapshots, None, tx))
+            .await
+            .map_err(|_| QueueError::WriterGone)?;
+        rx.await.map_err(|_| QueueError::WriterGone)?
+    }
+
+    /// Names every configured modem (at start): `mail2sms modems` no longer shows modems
+    /// removed from the configuration.
+    pub async fn forget_other_modems(&self, configured: Vec<String>) -> Result<(), QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Modems(Vec::new(), Some(configured), tx))
             .await
             .map_err(|_| QueueError::WriterGone)?;
         rx.await.map_err(|_| QueueError::WriterGone)?
@@ -323,7 +336,7 @@ async fn writer(
                 (Job::Accept(_, reply), Ok(_)) => {
                     let _ = reply.send(Err(QueueError::WriterGone));
                 }
-                (Job::Change(_, reply) | Job::Modems(_, reply), result) => {
+                (Job::Change(_, reply) | Job::Modems(_, _, reply), result) => {
                     let _ = reply.send(result.map(|_| ()));
                 }
                 (Job::Imap(_, reply), Ok(Outcome::Imap(done))) => {
@@ -379,8 +392,17 @@ async fn commit_batch(
                     dispatch::apply(&mut sp, changes).await?;
                     Outcome::Changed
                 }
-                Job::Modems(snapshots, _) => {
+                Job::Modems(snapshots, configured, _) => {
                     let now = now_ms();
+                    if let Some(names) = configured {
+                        let names = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
+                        sqlx::query(
+                            "DELETE FROM modems WHERE name NOT IN (SELECT value FROM json_each(?1))",
+                        )
+                        .bind(names)
+                        .execute(&mut *sp)
+                        .await?;
+                    }
                     for (name, json) in snapshots {
                         sqlx::query(
                             "INSERT INTO modems (name, status, updated_at) VALUES (?1, ?2, ?3)

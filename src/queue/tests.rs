@@ -808,3 +808,28 @@ async fn the_summary_in_sql_is_summarise() {
         assert_eq!(got, dispatch::summarise(combo).as_str(), "{combo:?}");
     }
 }
+
+/// Modems removed from the configuration leave `mail2sms modems` at the next start.
+#[tokio::test]
+async fn modems_no_longer_configured_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+    let snap = |n: &str| (n.to_string(), "{}".to_string());
+    store
+        .record_modems(vec![snap("a"), snap("b"), snap("c")])
+        .await
+        .unwrap();
+    store
+        .forget_other_modems(vec!["c".into(), "a".into(), "new".into()])
+        .await
+        .unwrap();
+    let names: Vec<String> = modems(store.reader())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+    store.forget_other_modems(Vec::new()).await.unwrap();
+    assert!(modems(store.reader()).await.unwrap().is_empty());
+}
