@@ -361,6 +361,10 @@ struct RawSending {
     /// Hours the network keeps trying a handset that is off; 0 for the network's default.
     validity_hours: u64,
     status_reports: bool,
+    /// Hours after a send in which its status report is still matched to it.
+    report_window_hours: u64,
+    /// Seconds the service centre's clock may be off ours when matching a status report.
+    report_skew_secs: u64,
 }
 
 impl Default for RawSending {
@@ -371,6 +375,8 @@ impl Default for RawSending {
             retry_max_secs: 1800,
             validity_hours: 48,
             status_reports: true,
+            report_window_hours: 72,
+            report_skew_secs: 120,
         }
     }
 }
@@ -857,6 +863,10 @@ impl RawConfig {
             validity: (sn.validity_hours > 0)
                 .then(|| std::time::Duration::from_secs(sn.validity_hours * 3600)),
             status_reports: sn.status_reports,
+            reports: crate::queue::Matching {
+                window: std::time::Duration::from_secs(sn.report_window_hours * 3600),
+                skew: std::time::Duration::from_secs(sn.report_skew_secs),
+            },
         };
 
         // [[modem]]

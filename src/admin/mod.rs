@@ -156,6 +156,13 @@ pub fn render_status(st: &RequestStatus) -> String {
                 "  part {}: {} after {} attempt(s){via}{mr}",
                 p.seq, p.state, p.attempts
             );
+            if let Some(r) = &p.report {
+                let _ = writeln!(
+                    s,
+                    "    report {}: TP-ST 0x{:02X}, {}",
+                    r.at, r.status, r.text
+                );
+            }
         }
         for e in &r.events {
             let part = e.part.map(|p| format!(" part {p}")).unwrap_or_default();

@@ -46,10 +46,13 @@ pub struct PendingPart {
 pub enum Change {
     /// About to be handed to `channel`.
     Sending { part: i64, channel: String },
-    /// The channel took it; `message_ref` is the modem's TP-MR.
+    /// The channel took it; `message_ref` is the modem's TP-MR, `sim` the IMSI of the SIM
+    /// that sent it and `sent_at` (Unix ms) when: what a delivery report is matched by.
     Sent {
         part: i64,
         message_ref: Option<i64>,
+        sim: Option<String>,
+        sent_at: i64,
         reason: String,
     },
     /// A temporary failure: try again at `at` (Unix ms).
@@ -168,14 +171,19 @@ pub(super) async fn apply(conn: &mut SqliteConnection, change: &Change) -> Resul
         Change::Sent {
             part,
             message_ref,
+            sim,
+            sent_at,
             reason,
         } => {
             sqlx::query(
-                "UPDATE parts SET state = 'sent', message_ref = ?2, updated_at = ?3 WHERE id = ?1",
+                "UPDATE parts SET state = 'sent', message_ref = ?2, updated_at = ?3, sim = ?4,
+                    sent_at = ?5 WHERE id = ?1",
             )
             .bind(part)
             .bind(message_ref)
             .bind(now)
+            .bind(sim)
+            .bind(sent_at)
             .execute(&mut *conn)
             .await?;
             (*part, State::Sent, reason.clone())
@@ -233,7 +241,7 @@ pub(super) async fn apply(conn: &mut SqliteConnection, change: &Change) -> Resul
     refresh_recipient(conn, part, now).await
 }
 
-async fn event(
+pub(super) async fn event(
     conn: &mut SqliteConnection,
     part: i64,
     state: State,
@@ -279,7 +287,7 @@ pub fn summarise(parts: &[State]) -> State {
     }
 }
 
-async fn refresh_recipient(
+pub(super) async fn refresh_recipient(
     conn: &mut SqliteConnection,
     part: i64,
     now: i64,

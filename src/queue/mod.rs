@@ -12,6 +12,7 @@
 pub mod dispatch;
 pub mod imap;
 pub mod policy;
+pub mod reports;
 pub mod state;
 
 use std::path::Path;
@@ -30,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use dispatch::{Change, PendingPart, Work};
 pub use policy::{Guard, QueuePolicy, QuotaExceeded, Quotas};
+pub use reports::{Applied, IncomingReport, Matching};
 pub use state::State;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -139,6 +141,12 @@ enum Job {
         oneshot::Sender<Result<Accepted, QueueError>>,
     ),
     Change(Change, oneshot::Sender<Result<(), QueueError>>),
+    /// A delivery report to match to its part and apply.
+    Report(
+        Box<IncomingReport>,
+        Matching,
+        oneshot::Sender<Result<Applied, QueueError>>,
+    ),
     /// Snapshots of modem status (name, JSON), replacing the previous ones.
     Modems(
         Vec<(String, String)>,
@@ -153,6 +161,7 @@ enum Outcome {
     Accepted(Accepted),
     Changed,
     Imap(imap::Done),
+    Reported(Applied),
 }
 
 /// Handle to the queue. Cheap to clone.
@@ -265,6 +274,16 @@ impl Store {
         rx.await.map_err(|_| QueueError::WriterGone)?
     }
 
+    /// Matches a delivery report to its part and applies it durably (see [`reports`]).
+    pub async fn report(&self, r: IncomingReport, m: Matching) -> Result<Applied, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Report(Box::new(r), m, tx))
+            .await
+            .map_err(|_| QueueError::WriterGone)?;
+        rx.await.map_err(|_| QueueError::WriterGone)?
+    }
+
     /// Records what the modem drivers report, for `mail2sms modems`.
     pub async fn record_modems(&self, snapshots: Vec<(String, String)>) -> Result<(), QueueError> {
         let (tx, rx) = oneshot::channel();
@@ -309,9 +328,19 @@ async fn writer(
                 (Job::Accept(_, reply), Err(e)) => {
                     let _ = reply.send(Err(e));
                 }
-                // `commit_batch` answers an Accept job with an Accepted outcome only.
+                // `commit_batch` answers an Accept job with an Accepted outcome only, and a
+                // Report job with a Reported one.
                 (Job::Accept(_, reply), Ok(_)) => {
                     let _ = reply.send(Err(QueueError::WriterGone));
+                }
+                (Job::Report(_, _, reply), Ok(Outcome::Reported(a))) => {
+                    let _ = reply.send(Ok(a));
+                }
+                (Job::Report(_, _, reply), Ok(_)) => {
+                    let _ = reply.send(Err(QueueError::WriterGone));
+                }
+                (Job::Report(_, _, reply), Err(e)) => {
+                    let _ = reply.send(Err(e));
                 }
                 (Job::Change(_, reply) | Job::Modems(_, reply), result) => {
                     let _ = reply.send(result.map(|_| ()));
@@ -358,6 +387,9 @@ async fn commit_batch(
                 Job::Change(change, _) => {
                     dispatch::apply(&mut sp, change).await?;
                     Outcome::Changed
+                }
+                Job::Report(report, matching, _) => {
+                    Outcome::Reported(reports::apply(&mut sp, report, *matching).await?)
                 }
                 Job::Modems(snapshots, _) => {
                     let now = now_ms();
@@ -696,7 +728,19 @@ pub struct PartStatus {
     pub attempts: i64,
     pub channel: Option<String>,
     pub message_ref: Option<i64>,
+    /// IMSI of the SIM that sent it.
+    pub sim: Option<String>,
+    pub sent_at: Option<String>,
+    /// The last delivery report that counted: TP-ST, its sentence, when it came.
+    pub report: Option<PartReport>,
     pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartReport {
+    pub status: u8,
+    pub text: String,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -758,7 +802,8 @@ pub async fn status(pool: &SqlitePool, id: &str) -> Result<RequestStatus, QueueE
     for r in recipients {
         let rid: i64 = r.get(0);
         let parts = sqlx::query(
-            "SELECT seq, state, attempts, channel, message_ref, text
+            "SELECT seq, state, attempts, channel, message_ref, text, sim, sent_at,
+                report_status, report_at
              FROM parts WHERE recipient_id = ?1 ORDER BY seq",
         )
         .bind(rid)
@@ -772,6 +817,16 @@ pub async fn status(pool: &SqlitePool, id: &str) -> Result<RequestStatus, QueueE
             channel: p.get(3),
             message_ref: p.get(4),
             text: p.get(5),
+            sim: p.get(6),
+            sent_at: p.get::<Option<i64>, _>(7).map(format_ms),
+            report: match (p.get::<Option<i64>, _>(8), p.get::<Option<i64>, _>(9)) {
+                (Some(st), Some(at)) => u8::try_from(st).ok().map(|st| PartReport {
+                    status: st,
+                    text: crate::modem::pdu::status_text(st).to_string(),
+                    at: format_ms(at),
+                }),
+                _ => None,
+            },
         })
         .collect();
         let events = sqlx::query(

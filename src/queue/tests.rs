@@ -294,6 +294,8 @@ async fn parts_go_sending_sent_and_the_recipient_follows() {
             .change(Change::Sent {
                 part: p.id,
                 message_ref: Some(7),
+                sim: Some("208150000000001".into()),
+                sent_at: now_ms(),
                 reason: "sent via modem0".into(),
             })
             .await
