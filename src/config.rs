@@ -19,6 +19,7 @@ use crate::intake::imap::{ImapTls, MailboxConfig, Password};
 use crate::modem::driver::DriverConfig;
 use crate::modem::pool::PoolConfig;
 use crate::modem::sim::{ReportMode, SimConfig};
+use crate::notify::replies::{Notify as ReplyNotify, RepliesConfig};
 use crate::notify::{NotifyConfig, NotifyTls};
 use crate::parse::address::{AddressPolicy, NumberKind};
 use crate::parse::body::{BodyOptions, SubjectPolicy};
@@ -56,6 +57,8 @@ pub struct Config {
     pub mailboxes: Vec<MailboxConfig>,
     /// `[notify]`: where replies to senders go; without it none are sent.
     pub notify: Option<NotifyConfig>,
+    /// `[replies]`: status replies (RFC 3464) to senders; needs `[notify]`.
+    pub replies: Option<RepliesConfig>,
     /// Sites, channels, tariffs and routing rules (`[[peer]]`, `[[channel]]`, `[routing]`).
     pub routing: crate::route::RoutingConfig,
     pub senders: Senders,
@@ -184,6 +187,7 @@ pub struct RawConfig {
     #[serde(default)]
     mailbox: Vec<RawMailbox>,
     notify: Option<RawNotify>,
+    replies: Option<RawReplies>,
     #[serde(default)]
     peer: Vec<crate::route::config::RawPeer>,
     #[serde(default)]
@@ -343,6 +347,37 @@ struct RawNotify {
     timeout_secs: u64,
     #[serde(default = "default_notify_attempts")]
     max_attempts: u32,
+}
+
+/// `[replies]`: status replies to senders (see `notify::replies`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReplies {
+    /// Folder of template folders, relative to the config file.
+    templates: PathBuf,
+    /// Language of the replies: a folder under `templates`.
+    language: String,
+    /// Also reply when the SMS is handed to the network.
+    relayed: bool,
+    /// Minutes after which a message not yet delivered gets a `delayed` reply; 0 for never.
+    delay_mins: u64,
+    per_sender_per_hour: u32,
+    domains: Vec<String>,
+    domain_notify: Vec<ReplyNotify>,
+}
+
+impl Default for RawReplies {
+    fn default() -> Self {
+        RawReplies {
+            templates: PathBuf::from("templates"),
+            language: "en".into(),
+            relayed: true,
+            delay_mins: 60,
+            per_sender_per_hour: 30,
+            domains: Vec::new(),
+            domain_notify: vec![ReplyNotify::Failure],
+        }
+    }
 }
 
 fn default_notify_timeout() -> u64 {
@@ -1077,6 +1112,57 @@ impl RawConfig {
             }
         };
 
+        // [replies]
+        let replies = match self.replies {
+            None => None,
+            Some(r) => {
+                if notify.is_none() {
+                    return Err(loc.error(
+                        "replies",
+                        "status replies need a relay to go through: add a [notify] table",
+                    ));
+                }
+                if r.language.is_empty()
+                    || !r
+                        .language
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(loc.error(
+                        "replies.language",
+                        format!(
+                            "`{}` is not a language folder name such as en or fr",
+                            r.language
+                        ),
+                    ));
+                }
+                let templates = if r.templates.is_absolute() {
+                    r.templates.clone()
+                } else {
+                    base.join(&r.templates)
+                };
+                if let Err(e) = crate::notify::replies::check_templates(&templates, &r.language) {
+                    return Err(loc.error("replies.templates", e.to_string()));
+                }
+                if let Some(d) = r.domains.iter().find(|d| d.is_empty() || d.contains('@')) {
+                    return Err(loc.error(
+                        "replies.domains",
+                        format!("`{d}` is not a domain such as example.org"),
+                    ));
+                }
+                Some(RepliesConfig {
+                    templates,
+                    language: r.language,
+                    relayed: r.relayed,
+                    delay: (r.delay_mins > 0)
+                        .then(|| std::time::Duration::from_secs(r.delay_mins * 60)),
+                    per_sender_per_hour: r.per_sender_per_hour,
+                    domains: r.domains,
+                    domain_notify: r.domain_notify.into_iter().collect(),
+                })
+            }
+        };
+
         // [[mailbox]]
         let mut mailboxes: Vec<MailboxConfig> = Vec::new();
         for (i, b) in self.mailbox.into_iter().enumerate() {
@@ -1245,6 +1331,7 @@ impl RawConfig {
             queue_policy,
             mailboxes,
             notify,
+            replies,
             routing,
         })
     }

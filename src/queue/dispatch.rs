@@ -301,13 +301,15 @@ pub(super) async fn refresh_recipient(
         .fetch_all(&mut *conn)
         .await?;
     let states: Vec<State> = states.iter().filter_map(|s| s.parse().ok()).collect();
+    let state = summarise(&states);
     sqlx::query("UPDATE recipients SET state = ?2, updated_at = ?3 WHERE id = ?1")
         .bind(rid)
-        .bind(summarise(&states).as_str())
+        .bind(state.as_str())
         .bind(now)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    // The status reply this change owes, in the same transaction (invariant 6).
+    super::replies::record(conn, rid, state, now).await
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 pub mod dispatch;
 pub mod imap;
 pub mod policy;
+pub mod replies;
 pub mod reports;
 pub mod state;
 
@@ -154,6 +155,8 @@ enum Job {
     ),
     /// IMAP pickup's claims and the notices they cause (`imap.rs`).
     Imap(imap::Op, oneshot::Sender<Result<imap::Done, QueueError>>),
+    /// Status replies: attempts, decisions, delays (`replies.rs`).
+    Replies(replies::Op, oneshot::Sender<Result<u64, QueueError>>),
 }
 
 /// What a job did, for the writer to hand back to whoever sent it.
@@ -162,6 +165,7 @@ enum Outcome {
     Changed,
     Imap(imap::Done),
     Reported(Applied),
+    Replies(u64),
 }
 
 /// Handle to the queue. Cheap to clone.
@@ -284,6 +288,15 @@ impl Store {
         rx.await.map_err(|_| QueueError::WriterGone)?
     }
 
+    async fn replies_op(&self, op: replies::Op) -> Result<u64, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Replies(op, tx))
+            .await
+            .map_err(|_| QueueError::WriterGone)?;
+        rx.await.map_err(|_| QueueError::WriterGone)?
+    }
+
     /// Records what the modem drivers report, for `mail2sms modems`.
     pub async fn record_modems(&self, snapshots: Vec<(String, String)>) -> Result<(), QueueError> {
         let (tx, rx) = oneshot::channel();
@@ -354,6 +367,15 @@ async fn writer(
                 (Job::Imap(_, reply), Err(e)) => {
                     let _ = reply.send(Err(e));
                 }
+                (Job::Replies(_, reply), Ok(Outcome::Replies(n))) => {
+                    let _ = reply.send(Ok(n));
+                }
+                (Job::Replies(_, reply), Ok(_)) => {
+                    let _ = reply.send(Err(QueueError::WriterGone));
+                }
+                (Job::Replies(_, reply), Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
             }
         }
     }
@@ -407,6 +429,7 @@ async fn commit_batch(
                     Outcome::Changed
                 }
                 Job::Imap(op, _) => Outcome::Imap(imap::apply(&mut sp, op, limits).await?),
+                Job::Replies(op, _) => Outcome::Replies(replies::apply(&mut sp, op).await?),
             };
             sp.commit().await?;
             Ok::<_, QueueError>(r)
