@@ -359,8 +359,8 @@ struct RawReplies {
     language: String,
     /// Also reply when the SMS is handed to the network.
     relayed: bool,
-    /// Minutes after which a message not yet delivered gets a `delayed` reply; 0 for never.
-    delay_mins: u64,
+    /// Seconds after which a message not yet delivered gets a `delayed` reply; 0 for never.
+    delay_secs: u64,
     per_sender_per_hour: u32,
     domains: Vec<String>,
     domain_notify: Vec<ReplyNotify>,
@@ -372,7 +372,7 @@ impl Default for RawReplies {
             templates: PathBuf::from("templates"),
             language: "en".into(),
             relayed: true,
-            delay_mins: 60,
+            delay_secs: 3600,
             per_sender_per_hour: 30,
             domains: Vec::new(),
             domain_notify: vec![ReplyNotify::Failure],
@@ -1154,8 +1154,7 @@ impl RawConfig {
                     templates,
                     language: r.language,
                     relayed: r.relayed,
-                    delay: (r.delay_mins > 0)
-                        .then(|| std::time::Duration::from_secs(r.delay_mins * 60)),
+                    delay: (r.delay_secs > 0).then(|| std::time::Duration::from_secs(r.delay_secs)),
                     per_sender_per_hour: r.per_sender_per_hour,
                     domains: r.domains,
                     domain_notify: r.domain_notify.into_iter().collect(),

@@ -4,7 +4,7 @@
 //! The queue owes a reply (`queue::replies`) in the same transaction as the recipient state
 //! change that causes it: handed to the network (Action `relayed`, RFC 3461 §4.1: the SMS
 //! network gives no DSNs of its own, only status reports), delivered to the handset, failed,
-//! or still on its way after `[replies] delay_mins` (Action `delayed`). [`run`] takes each owed
+//! or still on its way after `[replies] delay_secs` (Action `delayed`). [`run`] takes each owed
 //! reply and first decides ([`decide`], sans-IO) whether to send it:
 //!
 //! - never to the null sender, never about automatic mail (`Auto-Submitted` other than `no`,

@@ -742,6 +742,8 @@ pub struct RecipientStatus {
     pub dsn_orcpt: Option<String>,
     pub parts: Vec<PartStatus>,
     pub events: Vec<EventRow>,
+    /// Status replies owed to the sender about this recipient, and what became of them.
+    pub replies: Vec<replies::ReplyStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -756,7 +758,19 @@ pub struct PartStatus {
     pub sent_at: Option<String>,
     /// The last delivery report that counted: TP-ST, its sentence, when it came.
     pub report: Option<PartReport>,
+    /// Every status report matched to it, in the order they came (late and duplicate ones
+    /// too), with what each did.
+    pub reports: Vec<ReportRow>,
     pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportRow {
+    pub at: String,
+    pub modem: String,
+    pub status: u8,
+    pub text: String,
+    pub outcome: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -824,34 +838,63 @@ pub async fn status(pool: &SqlitePool, id: &str) -> Result<RequestStatus, QueueE
     .await?;
     for r in recipients {
         let rid: i64 = r.get(0);
-        let parts = sqlx::query(
+        let with_ids = sqlx::query(
             "SELECT seq, state, attempts, channel, message_ref, text, sim, sent_at,
-                report_status, report_at
+                report_status, report_at, id
              FROM parts WHERE recipient_id = ?1 ORDER BY seq",
         )
         .bind(rid)
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|p| PartStatus {
-            seq: p.get(0),
-            state: p.get(1),
-            attempts: p.get(2),
-            channel: p.get(3),
-            message_ref: p.get(4),
-            text: p.get(5),
-            sim: p.get(6),
-            sent_at: p.get::<Option<i64>, _>(7).map(format_ms),
-            report: match (p.get::<Option<i64>, _>(8), p.get::<Option<i64>, _>(9)) {
-                (Some(st), Some(at)) => u8::try_from(st).ok().map(|st| PartReport {
+        .map(|p| {
+            (
+                p.get::<i64, _>(10),
+                PartStatus {
+                    seq: p.get(0),
+                    state: p.get(1),
+                    attempts: p.get(2),
+                    channel: p.get(3),
+                    message_ref: p.get(4),
+                    text: p.get(5),
+                    sim: p.get(6),
+                    sent_at: p.get::<Option<i64>, _>(7).map(format_ms),
+                    report: match (p.get::<Option<i64>, _>(8), p.get::<Option<i64>, _>(9)) {
+                        (Some(st), Some(at)) => u8::try_from(st).ok().map(|st| PartReport {
+                            status: st,
+                            text: crate::modem::pdu::status_text(st).to_string(),
+                            at: format_ms(at),
+                        }),
+                        _ => None,
+                    },
+                    reports: Vec::new(),
+                },
+            )
+        })
+        .collect::<Vec<_>>();
+        let mut parts = Vec::with_capacity(with_ids.len());
+        for (part_id, mut p) in with_ids {
+            p.reports = sqlx::query(
+                "SELECT received_at, modem, status, outcome FROM reports
+                 WHERE part_id = ?1 ORDER BY id",
+            )
+            .bind(part_id)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let st = u8::try_from(r.get::<i64, _>(2)).unwrap_or(u8::MAX);
+                ReportRow {
+                    at: format_ms(r.get(0)),
+                    modem: r.get(1),
                     status: st,
                     text: crate::modem::pdu::status_text(st).to_string(),
-                    at: format_ms(at),
-                }),
-                _ => None,
-            },
-        })
-        .collect();
+                    outcome: r.get(3),
+                }
+            })
+            .collect();
+            parts.push(p);
+        }
         let events = sqlx::query(
             "SELECT e.at, p.seq, e.state, e.reason FROM events e
              LEFT JOIN parts p ON p.id = e.part_id
@@ -879,6 +922,7 @@ pub async fn status(pool: &SqlitePool, id: &str) -> Result<RequestStatus, QueueE
             dsn_orcpt: r.get(6),
             parts,
             events,
+            replies: replies::of_recipient(pool, rid).await?,
         });
     }
     Ok(st)

@@ -208,11 +208,11 @@ pub struct ReplyStatus {
     pub note: Option<String>,
 }
 
-/// The status replies of a request.
-pub async fn of_request(pool: &SqlitePool, id: &str) -> Result<Vec<ReplyStatus>, QueueError> {
+/// The status replies about a recipient.
+pub async fn of_recipient(pool: &SqlitePool, id: i64) -> Result<Vec<ReplyStatus>, QueueError> {
     let rows = sqlx::query(
         "SELECT recipient_id, action, state, attempts, last_error FROM status_replies
-         WHERE request_id = ?1 ORDER BY id",
+         WHERE recipient_id = ?1 ORDER BY id",
     )
     .bind(id)
     .fetch_all(pool)
