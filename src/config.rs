@@ -1466,6 +1466,77 @@ path = "data/queue.db"
     }
 
     #[test]
+    fn replies_need_notify_templates_and_a_language() {
+        let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let notify = "[notify]\nrelay = \"127.0.0.1:25\"\n";
+        let replies = |extra: &str| {
+            format!(
+                "[replies]\ntemplates = \"{}\"\nlanguage = \"fr\"\n{extra}",
+                templates.display()
+            )
+        };
+        let c = parse_str(&format!(
+            "{MINIMAL}{notify}{}",
+            replies("delay_secs = 0\ndomains = [\"example.org\"]\n")
+        ))
+        .unwrap();
+        let r = c.replies.unwrap();
+        assert_eq!((r.language.as_str(), r.delay), ("fr", None));
+        assert_eq!(r.templates, templates);
+        assert_eq!(r.domain_notify.len(), 1);
+        // `[replies]` comes after MINIMAL's lines (and the 2 of [notify] when present).
+        let at = MINIMAL.lines().count() + 1;
+        let cases: Vec<(String, &str, usize, &str)> = vec![
+            (
+                format!("{MINIMAL}{}", replies("")),
+                "replies",
+                at,
+                "add a [notify] table",
+            ),
+            (
+                format!(
+                    "{MINIMAL}{notify}{}",
+                    replies("").replace("\"fr\"", "\"../fr\"")
+                ),
+                "replies.language",
+                at + 4,
+                "not a language folder",
+            ),
+            (
+                format!(
+                    "{MINIMAL}{notify}{}",
+                    replies("").replace("\"fr\"", "\"de\"")
+                ),
+                "replies.templates",
+                at + 3,
+                "cannot read the template",
+            ),
+            (
+                format!(
+                    "{MINIMAL}{notify}{}",
+                    replies("domain_notify = [\"sometimes\"]\n")
+                ),
+                "replies.domain_notify[0]",
+                at + 5,
+                "unknown variant",
+            ),
+            (
+                format!("{MINIMAL}{notify}{}", replies("domains = [\"a@b.c\"]\n")),
+                "replies.domains",
+                at + 5,
+                "not a domain",
+            ),
+        ];
+        for (src, key, line, needle) in cases {
+            let e = parse_str(&src).expect_err(key);
+            assert_eq!(e.key, key, "{e}");
+            assert_eq!(e.line, line, "{key}: {e}");
+            assert!(e.to_string().contains(needle), "{e}");
+            assert!(e.to_string().contains("/etc/mail2sms/test.toml"), "{e}");
+        }
+    }
+
+    #[test]
     fn mailboxes_and_notify() {
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("pw");
