@@ -14,7 +14,7 @@
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 
-use super::{QueueError, State, Store, now_ms};
+use super::{QueueError, Store, now_ms};
 
 /// Writes the writer task runs for this module.
 #[derive(Debug, Clone)]
@@ -33,34 +33,29 @@ pub(super) enum Op {
     Delayed { before: i64, since: i64 },
 }
 
-/// Called by the queue whenever a recipient's state is recomputed: owes a reply when it is
-/// now one of the states a reply tells about. Repeats are ignored by the unique key.
+/// Called by the queue after a part's change, in its transaction: owes a reply when the
+/// part's recipient is now in a state a reply tells about. Repeats are ignored by the unique
+/// key. The diagnostic is the reason of the recipient's latest event: the change's own.
 pub(super) async fn record(
     conn: &mut SqliteConnection,
-    recipient: i64,
-    state: State,
+    part: i64,
     now: i64,
 ) -> Result<(), QueueError> {
-    let action = match state {
-        State::Sent => "relayed",
-        State::Delivered => "delivered",
-        State::Failed => "failed",
-        _ => return Ok(()),
-    };
-    // The diagnostic is the reason of the event that caused the change: written just before.
     sqlx::query(
         "INSERT OR IGNORE INTO status_replies (created_at, request_id, recipient_id, sender,
             action, diagnostic, state, next_attempt_at, updated_at)
-         SELECT ?1, q.id, r.id, q.mail_from, ?3,
+         SELECT ?1, q.id, r.id, q.mail_from,
+            CASE r.state WHEN 'sent' THEN 'relayed' WHEN 'delivered' THEN 'delivered'
+                ELSE 'failed' END,
             COALESCE((SELECT e.reason FROM events e WHERE e.request_id = q.id
                       AND e.recipient_id = r.id ORDER BY e.id DESC LIMIT 1), ''),
             'pending', ?1, ?1
          FROM recipients r JOIN requests q ON q.id = r.request_id
-         WHERE r.id = ?2 AND q.mail_from != ''",
+         WHERE r.id = (SELECT recipient_id FROM parts WHERE id = ?2)
+           AND r.state IN ('sent', 'delivered', 'failed') AND q.mail_from != ''",
     )
     .bind(now)
-    .bind(recipient)
-    .bind(action)
+    .bind(part)
     .execute(&mut *conn)
     .await?;
     Ok(())

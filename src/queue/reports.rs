@@ -266,10 +266,10 @@ async fn update_part(
             // As a refused send: the part fails, and the message with it.
             dispatch::apply(
                 conn,
-                &Change::Fail {
+                &[Change::Fail {
                     part,
                     reason: format!("{sentence} (a final failure)"),
-                },
+                }],
             )
             .await?;
             Ok(Applied::Matched {
@@ -286,8 +286,13 @@ async fn update_part(
                 .bind(now)
                 .execute(&mut *conn)
                 .await?;
-            dispatch::event(conn, part, new, sentence, now).await?;
-            dispatch::refresh_recipient(conn, part, now).await?;
+            event(conn, part, new, sentence, now).await?;
+            sqlx::query(sqlx::AssertSqlSafe(dispatch::SUMMARY_SQL.as_str()))
+                .bind(part)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            super::replies::record(conn, part, now).await?;
             Ok(Applied::Matched {
                 part,
                 state: new,
@@ -299,7 +304,7 @@ async fn update_part(
                 // A "still trying" on a part in flight is its latest news.
                 set_report(conn, part, st, received_at).await?;
             }
-            dispatch::event(conn, part, state, &format!("{sentence} ({why})"), now).await?;
+            event(conn, part, state, &format!("{sentence} ({why})"), now).await?;
             Ok(Applied::Matched {
                 part,
                 state,
@@ -307,6 +312,28 @@ async fn update_part(
             })
         }
     }
+}
+
+/// The event row of a report (invariant 6).
+async fn event(
+    conn: &mut SqliteConnection,
+    part: i64,
+    state: State,
+    reason: &str,
+    now: i64,
+) -> Result<(), QueueError> {
+    sqlx::query(
+        "INSERT INTO events (at, request_id, recipient_id, part_id, state, reason)
+         SELECT ?1, r.request_id, r.id, p.id, ?3, ?4
+         FROM parts p JOIN recipients r ON r.id = p.recipient_id WHERE p.id = ?2",
+    )
+    .bind(now)
+    .bind(part)
+    .bind(state.as_str())
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn set_report(
