@@ -334,6 +334,14 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let notices = match &cfg.notify {
         Some(n) => {
             let notifier = notify::Notifier::new(n.clone())?;
+            if let Some(r) = &cfg.replies {
+                tokio::spawn(notify::replies::run(
+                    store.clone(),
+                    notifier.clone(),
+                    r.clone(),
+                    shutdown.clone(),
+                ));
+            }
             let wake = Arc::new(tokio::sync::Notify::new());
             tokio::spawn(notify::run(
                 store.clone(),

@@ -252,6 +252,30 @@ pub fn render_status(st: &RequestStatus) -> String {
                 "  part {}: {} after {} attempt(s){via}{mr}",
                 p.seq, p.state, p.attempts
             );
+            if let Some(t) = &p.sent_at {
+                let sim = p.sim.as_deref().unwrap_or("unknown");
+                let _ = writeln!(s, "    sent {t} from SIM {sim}");
+            }
+            // Every report, late and duplicate ones too, and what each did.
+            for r in &p.reports {
+                let _ = writeln!(
+                    s,
+                    "    report {} via {}: TP-ST 0x{:02X}, {} ({})",
+                    r.at, r.modem, r.status, r.text, r.outcome
+                );
+            }
+        }
+        for reply in &r.replies {
+            let note = reply
+                .note
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  reply {}: {} after {} attempt(s){note}",
+                reply.action, reply.state, reply.attempts
+            );
         }
         for e in &r.events {
             let part = e.part.map(|p| format!(" part {p}")).unwrap_or_default();

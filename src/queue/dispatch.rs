@@ -48,9 +48,13 @@ pub enum Change {
     /// About to be handed to `channel`.
     Sending { part: i64, channel: String },
     /// The channel took it; `message_ref` is the modem's TP-MR.
+    /// `sim` is the IMSI of the SIM that sent it and `sent_at` (Unix ms) when: what a
+    /// delivery report is matched by (`reports`).
     Sent {
         part: i64,
         message_ref: Option<i64>,
+        sim: Option<String>,
+        sent_at: i64,
         reason: String,
     },
     /// A temporary failure: try again at `at` (Unix ms).
@@ -205,6 +209,7 @@ pub(super) async fn apply(
                 part,
                 message_ref,
                 reason,
+                ..
             } => query
                 .bind(*part)
                 .bind(now)
@@ -232,7 +237,7 @@ pub(super) async fn apply(
         query = query.bind(None::<i64>);
     }
     match query.execute(&mut *conn).await {
-        Ok(_) => Ok(()),
+        Ok(_) => after(conn, changes, now).await,
         Err(e) => {
             // A statement failed half-way: undo what the job did, keep the rest of the batch.
             // If even that fails the transaction is broken, and its commit fails too.
@@ -252,6 +257,31 @@ pub(super) async fn apply(
             Err(e.into())
         }
     }
+}
+
+/// What a change records besides its state, event and summary, in the same transaction: a
+/// sent part's SIM and send time (what its status report is matched by), and the status reply
+/// its recipient's new state owes (`replies`).
+async fn after(
+    conn: &mut SqliteConnection,
+    changes: &[Change],
+    now: i64,
+) -> Result<(), QueueError> {
+    for change in changes {
+        if let Change::Sent {
+            part, sim, sent_at, ..
+        } = change
+        {
+            sqlx::query("UPDATE parts SET sim = ?2, sent_at = ?3 WHERE id = ?1")
+                .bind(part)
+                .bind(sim)
+                .bind(sent_at)
+                .execute(&mut *conn)
+                .await?;
+        }
+        super::replies::record(conn, change.part(), now).await?;
+    }
+    Ok(())
 }
 
 /// The kinds of change, as indexes into [`SINGLE`].

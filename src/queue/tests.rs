@@ -294,6 +294,8 @@ async fn parts_go_sending_sent_and_the_recipient_follows() {
             .change(Change::Sent {
                 part: p.id,
                 message_ref: Some(7),
+                sim: Some("208150000000001".into()),
+                sent_at: now_ms(),
                 reason: "sent via modem0".into(),
             })
             .await
@@ -695,6 +697,8 @@ async fn a_job_of_changes_is_all_or_none() {
     let sent = Change::Sent {
         part: p1,
         message_ref: Some(3),
+        sim: None,
+        sent_at: 0,
         reason: "sent via modem0".into(),
     };
     let err = store
