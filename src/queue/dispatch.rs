@@ -58,6 +58,39 @@ pub enum Change {
     Fail { part: i64, reason: String },
     /// Found `sending` after a crash: it may or may not have left.
     Uncertain { part: i64, reason: String },
+    /// Every unsent part of a recipient's message was taken, durably, by the peer site `peer`
+    /// (its `submit_sm_resp` arrived), which calls it `remote_id`: from now on the peer sends it,
+    /// never this site (`peer::link`).
+    Forwarded {
+        recipient: i64,
+        peer: String,
+        remote_id: String,
+    },
+    /// The SMPP client that submitted this recipient's message acknowledged its delivery
+    /// receipt (`peer::server`): it is not owed any more.
+    ReceiptSent { recipient: i64 },
+    /// The peer that took this recipient's message reported how it ended (a `deliver_sm`
+    /// receipt): its parts become `delivered`, or `failed` with the reason.
+    PeerReceipt {
+        recipient: i64,
+        delivered: bool,
+        reason: String,
+    },
+}
+
+/// Decides, for each recipient [`ready`] finds, whether this site's own modems send it. The peer
+/// module installs one when the site has peer links (`peer::placement`), so that a message the
+/// router gives to another site is left to the link; without one, everything is sent here.
+pub trait Placement: Send + Sync {
+    /// `source` is the request's `source` column (`smtp`, `imap`, `smpp`, `peer`).
+    fn send_here(&self, work: &Work, source: &str) -> bool;
+}
+
+static PLACEMENT: std::sync::OnceLock<std::sync::Arc<dyn Placement>> = std::sync::OnceLock::new();
+
+/// Installs the placement for this process (once; a second call is refused and returns false).
+pub fn set_placement(p: std::sync::Arc<dyn Placement>) -> bool {
+    PLACEMENT.set(p).is_ok()
 }
 
 /// Recipients with parts ready to send now, oldest first, leaving out those in `busy`.
@@ -79,7 +112,7 @@ pub async fn ready(
     let mut out = Vec::new();
     for rid in ids.into_iter().filter(|id| !busy.contains(id)).take(limit) {
         let head = sqlx::query(
-            "SELECT r.request_id, r.number, q.encoding FROM recipients r
+            "SELECT r.request_id, r.number, q.encoding, q.source FROM recipients r
              JOIN requests q ON q.id = r.request_id WHERE r.id = ?1",
         )
         .bind(rid)
@@ -122,7 +155,8 @@ pub async fn ready(
                 });
             }
         }
-        if !work.pending.is_empty() {
+        let source: String = head.get(3);
+        if !work.pending.is_empty() && PLACEMENT.get().is_none_or(|p| p.send_here(&work, &source)) {
             out.push(work);
         }
     }
@@ -153,6 +187,50 @@ pub async fn recover(store: &super::Store) -> Result<usize, QueueError> {
 pub(super) async fn apply(conn: &mut SqliteConnection, change: &Change) -> Result<(), QueueError> {
     let now = now_ms();
     let (part, state, reason) = match change {
+        Change::Forwarded {
+            recipient,
+            peer,
+            remote_id,
+        } => return apply_forwarded(conn, *recipient, peer, remote_id).await,
+        Change::PeerReceipt {
+            recipient,
+            delivered,
+            reason,
+        } => {
+            let state = if *delivered {
+                State::Delivered
+            } else {
+                State::Failed
+            };
+            let parts: Vec<i64> = sqlx::query_scalar(
+                "UPDATE parts SET state = ?2, updated_at = ?3
+                 WHERE recipient_id = ?1 AND state = 'sent' RETURNING id",
+            )
+            .bind(recipient)
+            .bind(state.as_str())
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+            for p in &parts {
+                event(conn, *p, state, reason, now).await?;
+            }
+            if let Some(first) = parts.first() {
+                refresh_recipient(conn, *first, now).await?;
+            }
+            return Ok(());
+        }
+        Change::ReceiptSent { recipient } => {
+            sqlx::query(
+                "INSERT INTO smpp_receipts (recipient_id, state, sent_at)
+                 SELECT id, state, ?2 FROM recipients WHERE id = ?1
+                 ON CONFLICT (recipient_id) DO NOTHING",
+            )
+            .bind(recipient)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(());
+        }
         Change::Sending { part, channel } => {
             sqlx::query(
                 "UPDATE parts SET state = 'sending', attempts = attempts + 1, channel = ?2,
@@ -231,6 +309,44 @@ pub(super) async fn apply(conn: &mut SqliteConnection, change: &Change) -> Resul
     };
     event(conn, part, state, &reason, now).await?;
     refresh_recipient(conn, part, now).await
+}
+
+/// [`Change::Forwarded`]: the parts become `sent` through `peer:<name>`, with the peer's id
+/// kept in `forwards` so its delivery receipts find the message again.
+async fn apply_forwarded(
+    conn: &mut SqliteConnection,
+    recipient: i64,
+    peer: &str,
+    remote_id: &str,
+) -> Result<(), QueueError> {
+    let now = now_ms();
+    let parts: Vec<i64> = sqlx::query_scalar(
+        "UPDATE parts SET state = 'sent', channel = ?2, next_attempt_at = NULL, updated_at = ?3
+         WHERE recipient_id = ?1 AND state IN ('accepted', 'routed') RETURNING id",
+    )
+    .bind(recipient)
+    .bind(format!("peer:{peer}"))
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO forwards (recipient_id, peer, remote_id, forwarded_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (recipient_id) DO UPDATE SET peer = ?2, remote_id = ?3, forwarded_at = ?4",
+    )
+    .bind(recipient)
+    .bind(peer)
+    .bind(remote_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let reason = format!("forwarded to site {peer}, which stored it as {remote_id} and sends it");
+    for p in &parts {
+        event(conn, *p, State::Sent, &reason, now).await?;
+    }
+    if let Some(first) = parts.first() {
+        refresh_recipient(conn, *first, now).await?;
+    }
+    Ok(())
 }
 
 async fn event(
