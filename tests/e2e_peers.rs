@@ -446,3 +446,89 @@ fn three_sites_route_to_the_cheapest_live_one() {
         );
     }
 }
+
+/// Python's `smpplib` (a client no one here wrote) binds to a node with an account from
+/// `[[smpp.users]]`, submits, and gets its `submit_sm_resp` once the message is stored and then
+/// a delivery receipt naming that message. The simulated modem refuses the number for good
+/// (`+CMS ERROR: 1`, unassigned number), so the receipt says UNDELIV; a wrong password is
+/// refused at bind.
+#[test]
+fn smpplib_binds_submits_and_gets_its_receipt() {
+    let sim = common::sim::SimProcess::start(1, &[]);
+    sim.control(
+        serde_json::json!({"cmd": "error_rate", "modem": "modem0", "code": 1, "rate": 1.0}),
+    );
+    let smpp = free_port();
+    let hash = hash_password("s3cret");
+    let g = common::Gateway::start(
+        "",
+        &format!(
+            "[smpp]\nlisten = [\"127.0.0.1:{smpp}\"]\n[[smpp.users]]\nsystem_id = \"office\"\npassword_hash = \"{hash}\"\n\n{}",
+            sim.modem_config(5)
+        ),
+    );
+    wait_until("the SMPP server listens", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", smpp)).is_ok()
+    });
+    let port = smpp.to_string();
+
+    let out = common::python(
+        "smpp_client.py",
+        &["bind", "127.0.0.1", &port, "office", "wrong"],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    // ESME_RINVPASWD (SMPP 3.4 §5.1.3).
+    assert_eq!(v["bind"], 0x0E, "{v}");
+
+    let out = common::python(
+        "smpp_client.py",
+        &[
+            "submit",
+            "127.0.0.1",
+            &port,
+            "office",
+            "s3cret",
+            "+33612345678",
+            "Hello from smpplib",
+            "30",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(v["error"], Value::Null, "{v}\n{}", g.log());
+    assert_eq!(v["bind"], 0, "{v}");
+    assert_eq!(v["submit"], 0, "{v}");
+    let id = v["message_id"].as_str().expect("a message_id").to_string();
+    // The message_id is the request's id in the queue: the message was stored.
+    let q = g.queue();
+    let entry = q
+        .iter()
+        .find(|e| e["request"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not in the queue: {q:?}"));
+    assert_eq!(entry["source"], "smpp", "{entry}");
+    assert_eq!(entry["number"], "+33612345678", "{entry}");
+    assert_eq!(entry["text"], "Hello from smpplib", "{entry}");
+    let receipt = &v["receipt"];
+    assert_eq!(receipt["id"], id.as_str(), "{v}\n{}", g.log());
+    assert_eq!(receipt["stat"], "UNDELIV", "{v}");
+    // message_state 5: UNDELIVERABLE (SMPP 3.4 §5.2.28).
+    assert_eq!(receipt["message_state"], 5, "{v}");
+    // The modem was asked and refused it: the failure came from there, not from here.
+    assert!(
+        sim.counters(0)["injected_errors"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        g.log()
+    );
+    assert!(sim.records().is_empty());
+}
