@@ -299,6 +299,12 @@ struct RawMailbox {
     reconnect_max_secs: u64,
     #[serde(default = "default_mailbox_recipients")]
     max_recipients: usize,
+    /// Senders allowed through this mailbox; default: `[senders]`'s lists.
+    allowed_addresses: Option<Vec<String>>,
+    allowed_domains: Option<Vec<String>>,
+    /// The authserv-id of the organization's MX: DMARC must pass in the
+    /// `Authentication-Results` field it wrote (RFC 8601). Unset: not checked.
+    authserv_id: Option<String>,
 }
 
 fn default_folder() -> String {
@@ -1168,6 +1174,40 @@ impl RawConfig {
                     "must be at most 1740 (29 minutes): servers may drop a client idle for 30 (RFC 2177 §3)",
                 ));
             }
+            let allowed_addresses = b
+                .allowed_addresses
+                .unwrap_or_else(|| senders.allowed_addresses.clone());
+            for (j, a) in allowed_addresses.iter().enumerate() {
+                if !a.contains('@') {
+                    return Err(loc.error(
+                        &key(&format!("allowed_addresses[{j}]")),
+                        format!("`{a}` is not an address; put domains in allowed_domains"),
+                    ));
+                }
+            }
+            let allowed_domains = b
+                .allowed_domains
+                .unwrap_or_else(|| senders.allowed_domains.clone());
+            if let Some(id) = &b.authserv_id
+                && (id.is_empty() || id.contains(|c: char| c.is_whitespace() || c == ';'))
+            {
+                return Err(loc.error(
+                    &key("authserv_id"),
+                    "must be the mail server's authserv-id, one word such as mx.example.com",
+                ));
+            }
+            let mailbox_senders = crate::intake::imap::plan::MailboxSenders {
+                allowed_addresses: allowed_addresses
+                    .iter()
+                    .map(|a| a.to_ascii_lowercase())
+                    .collect(),
+                allowed_domains: allowed_domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+                pins: senders.pins.clone(),
+                authserv_id: b.authserv_id,
+            };
             let secs = std::time::Duration::from_secs;
             mailboxes.push(MailboxConfig {
                 port: b.port.unwrap_or(match b.tls {
@@ -1191,6 +1231,7 @@ impl RawConfig {
                 command_timeout: secs(b.command_timeout_secs),
                 reconnect_max: secs(b.reconnect_max_secs),
                 max_recipients: b.max_recipients,
+                senders: mailbox_senders,
             });
         }
 

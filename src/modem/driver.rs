@@ -269,6 +269,11 @@ impl Modem {
         self.status.borrow().clone()
     }
 
+    /// Reads the status without copying it.
+    pub fn with_status<T>(&self, f: impl FnOnce(&ModemStatus) -> T) -> T {
+        f(&self.status.borrow())
+    }
+
     pub fn is_ready(&self) -> bool {
         self.status.borrow().state == ModemState::Ready
     }

@@ -256,11 +256,16 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
     let pm = inner.modems[me].clone();
     let mut modem = pm.modem.clone();
     let mut last_send: Option<Instant> = None;
+    // The `sent` of the part this modem sent last, not committed yet: it shares the commit of
+    // the next part's `sending`, or is committed alone before the worker waits for anything.
+    let mut unrecorded: Option<Change> = None;
     loop {
         if shutdown.is_cancelled() {
+            record(&inner.store, &mut unrecorded).await;
             return;
         }
         if !modem.is_ready() {
+            record(&inner.store, &mut unrecorded).await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 alive = modem.changed() => if !alive { return },
@@ -271,6 +276,7 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
         if let (Some(gap), Some(last)) = (pm.min_interval, last_send)
             && Instant::now() < last + gap
         {
+            record(&inner.store, &mut unrecorded).await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(last + gap) => {}
@@ -281,6 +287,7 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
         let listed = inner.work_listed.notified();
         let Some(job) = take_job(&inner, me) else {
             inner.wake_feeder.notify_one();
+            record(&inner.store, &mut unrecorded).await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = listed => {}
@@ -290,26 +297,43 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
             continue;
         };
         let rid = job.work.recipient_id;
-        send_job(&inner, &pm, job, &mut last_send, &shutdown).await;
+        send_job(&inner, &pm, job, &mut last_send, &mut unrecorded, &shutdown).await;
+        // The message's last `sent` may still wait in `unrecorded`; its part is `sending` on
+        // disk meanwhile, which the feeder does not read as ready, so the recipient can go.
         release(&inner, rid);
+    }
+}
+
+/// Commits a `sent` that was waiting for the next `sending`, before the worker waits.
+async fn record(store: &Store, unrecorded: &mut Option<Change>) {
+    if let Some(change) = unrecorded.take()
+        && let Err(e) = store.change(change).await
+    {
+        // The part stays `sending`: at the next start it becomes `uncertain`, not sent again.
+        warn!(error = %e, "cannot record a sent part");
     }
 }
 
 /// Sends the pending parts of one message on one modem, in order. Parts it does not get to
 /// (the modem went away, the gateway is stopping) stay queued and are read again.
+///
+/// A part's `sent` is left in `unrecorded` for the commit of the next part's `sending`: one
+/// commit per SMS on a modem's path instead of two in a row. Every other outcome is committed
+/// at once.
 async fn send_job(
     inner: &Inner,
     pm: &PoolModem,
     job: Job,
     last_send: &mut Option<Instant>,
+    unrecorded: &mut Option<Change>,
     shutdown: &CancellationToken,
 ) {
     let store = &inner.store;
-    let name = pm.modem.name().to_string();
-    let w = job.work;
+    let name = pm.modem.name();
+    let mut w = job.work;
     let seg = Segmentation {
         encoding: w.encoding,
-        parts: w.all_parts.clone(),
+        parts: std::mem::take(&mut w.all_parts),
         truncated: false,
     };
     let opts = SubmitOptions {
@@ -349,7 +373,10 @@ async fn send_job(
         if shutdown.is_cancelled() {
             return;
         }
-        if let (Some(gap), Some(last)) = (pm.min_interval, *last_send) {
+        if let (Some(gap), Some(last)) = (pm.min_interval, *last_send)
+            && Instant::now() < last + gap
+        {
+            record(store, unrecorded).await;
             tokio::time::sleep_until(last + gap).await;
         }
         let lease = match pm.modem.reserve().await {
@@ -359,14 +386,15 @@ async fn send_job(
                 return;
             }
         };
-        // Invariant 3: on disk as `sending` before the modem sees it.
-        if let Err(e) = store
-            .change(Change::Sending {
-                part: part.id,
-                channel: name.clone(),
-            })
-            .await
-        {
+        // Invariant 3: on disk as `sending` before the modem sees it; the previous part's
+        // `sent` shares the commit (all or none: if it fails, that part stays `sending`).
+        let mut changes = Vec::with_capacity(2);
+        changes.extend(unrecorded.take());
+        changes.push(Change::Sending {
+            part: part.id,
+            channel: name.to_string(),
+        });
+        if let Err(e) = store.changes(changes).await {
             warn!(error = %e, "cannot mark a part sending; not sending it");
             return;
         }
@@ -375,12 +403,16 @@ async fn send_job(
         let attempts = part.attempts + 1;
         let change = match result {
             Ok(mr) => {
-                let imsi = pm.modem.status().imsi.unwrap_or_else(|| "unknown".into());
-                Change::Sent {
+                let reason = pm.modem.with_status(|s| {
+                    let imsi = s.imsi.as_deref().unwrap_or("unknown");
+                    format!("sent via {name} (SIM {imsi}), TP-MR {mr}")
+                });
+                *unrecorded = Some(Change::Sent {
                     part: part.id,
                     message_ref: Some(i64::from(mr)),
-                    reason: format!("sent via {name} (SIM {imsi}), TP-MR {mr}"),
-                }
+                    reason,
+                });
+                continue;
             }
             Err(SendError::AfterPdu(e)) => Change::Uncertain {
                 part: part.id,
@@ -410,33 +442,26 @@ async fn send_job(
                 reason: format!("{name}: {e} (a permanent failure: not tried again)"),
             },
         };
-        let stop = !matches!(change, Change::Sent { .. });
-        let retry_at = match &change {
-            Change::Retry { at, .. } => Some(*at),
-            _ => None,
-        };
-        if let Err(e) = store.change(change).await {
+        // The rest of the message waits with a retried part, so its parts stay together, and
+        // in the same commit. After an uncertain or failed part the rest stays queued as it is.
+        let mut changes = vec![];
+        if let Change::Retry { at, .. } = &change {
+            let at = *at;
+            for rest in &w.pending[i + 1..] {
+                changes.push(Change::Retry {
+                    part: rest.id,
+                    at,
+                    reason: format!("waiting for part {} to be retried", part.seq),
+                });
+            }
+        }
+        changes.insert(0, change);
+        if let Err(e) = store.changes(changes).await {
             warn!(error = %e, "cannot record a send result");
             return;
         }
-        if stop {
-            // The rest of the message waits with it, so its parts stay together. After an
-            // uncertain part the rest is sent: the recipient more likely has that part than
-            // not, and the uncertain one is reported either way.
-            if let Some(at) = retry_at {
-                for rest in &w.pending[i + 1..] {
-                    let _ = store
-                        .change(Change::Retry {
-                            part: rest.id,
-                            at,
-                            reason: format!("waiting for part {} to be retried", part.seq),
-                        })
-                        .await;
-                }
-            }
-            debug!(modem = %name, recipient = w.recipient_id, "message stopped");
-            return;
-        }
+        debug!(modem = %name, recipient = w.recipient_id, "message stopped");
+        return;
     }
 }
 

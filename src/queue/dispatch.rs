@@ -7,6 +7,7 @@
 //! next attempt, so a crash cannot make a part wait forever or go early.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
@@ -94,72 +95,87 @@ pub fn set_placement(p: std::sync::Arc<dyn Placement>) -> bool {
 }
 
 /// Recipients with parts ready to send now, oldest first, leaving out those in `busy`.
+///
+/// One query for the whole list (the recipients, their request's encoding and every part of
+/// each), not three per recipient: the feeder asks for every few dozen messages sent, and each
+/// query is a round trip to the SQLite driver's own thread. The inner select walks the partial
+/// index `parts_ready` (migration 0007) in recipient order and stops after `limit + busy`
+/// entries instead of sorting every queued part.
 pub async fn ready(
     pool: &SqlitePool,
     limit: usize,
     busy: &HashSet<i64>,
 ) -> Result<Vec<Work>, QueueError> {
     let now = now_ms();
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT DISTINCT recipient_id FROM parts
-         WHERE state IN ('accepted', 'routed') AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
-         ORDER BY recipient_id LIMIT ?2",
+    let rows = sqlx::query(
+        "SELECT p.recipient_id, r.request_id, r.number, q.encoding,
+                p.id, p.seq, p.text, p.state, p.attempts, p.channel, p.next_attempt_at,
+                q.source
+         FROM (SELECT DISTINCT recipient_id FROM parts INDEXED BY parts_ready
+               WHERE state IN ('accepted', 'routed')
+                 AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
+               ORDER BY recipient_id LIMIT ?2) due
+         JOIN recipients r ON r.id = due.recipient_id
+         JOIN requests q ON q.id = r.request_id
+         JOIN parts p ON p.recipient_id = due.recipient_id
+         ORDER BY p.recipient_id, p.seq",
     )
     .bind(now)
     .bind((limit + busy.len()) as i64)
     .fetch_all(pool)
     .await?;
-    let mut out = Vec::new();
-    for rid in ids.into_iter().filter(|id| !busy.contains(id)).take(limit) {
-        let head = sqlx::query(
-            "SELECT r.request_id, r.number, q.encoding, q.source FROM recipients r
-             JOIN requests q ON q.id = r.request_id WHERE r.id = ?1",
-        )
-        .bind(rid)
-        .fetch_one(pool)
-        .await?;
-        let parts = sqlx::query(
-            "SELECT id, seq, text, state, attempts, channel, next_attempt_at
-             FROM parts WHERE recipient_id = ?1 ORDER BY seq",
-        )
-        .bind(rid)
-        .fetch_all(pool)
-        .await?;
-        let encoding: String = head.get(2);
-        let mut work = Work {
-            recipient_id: rid,
-            request_id: head.get(0),
-            number: head.get(1),
-            encoding: if encoding == "ucs2" {
-                crate::sms::Encoding::Ucs2
-            } else {
-                crate::sms::Encoding::Gsm7
-            },
-            all_parts: Vec::with_capacity(parts.len()),
-            pending: Vec::new(),
-            sent_on: None,
-        };
-        for p in &parts {
-            work.all_parts.push(p.get(2));
-            let state: String = p.get(3);
-            let due = p.get::<Option<i64>, _>(6).is_none_or(|at| at <= now);
-            if matches!(state.as_str(), "sent" | "delivered" | "uncertain") {
-                work.sent_on = p.get(5);
-            }
-            if (state == "accepted" || state == "routed") && due {
-                work.pending.push(PendingPart {
-                    id: p.get(0),
-                    seq: u8::try_from(p.get::<i64, _>(1)).unwrap_or(u8::MAX),
-                    attempts: p.get(4),
-                    last_channel: p.get(5),
-                });
-            }
+    let mut out: Vec<Work> = Vec::new();
+    // The request's source of each work in `out`, for the placement hook.
+    let mut sources: Vec<String> = Vec::new();
+    for row in &rows {
+        let rid: i64 = row.get(0);
+        if busy.contains(&rid) {
+            continue;
         }
-        let source: String = head.get(3);
-        if !work.pending.is_empty() && PLACEMENT.get().is_none_or(|p| p.send_here(&work, &source)) {
-            out.push(work);
+        if out.last().is_none_or(|w| w.recipient_id != rid) {
+            if out.len() == limit {
+                break;
+            }
+            let encoding: &str = row.get(3);
+            out.push(Work {
+                recipient_id: rid,
+                request_id: row.get(1),
+                number: row.get(2),
+                encoding: if encoding == "ucs2" {
+                    crate::sms::Encoding::Ucs2
+                } else {
+                    crate::sms::Encoding::Gsm7
+                },
+                all_parts: Vec::new(),
+                pending: Vec::new(),
+                sent_on: None,
+            });
+            sources.push(row.get(11));
+        }
+        let Some(work) = out.last_mut() else { continue };
+        work.all_parts.push(row.get(6));
+        let state: &str = row.get(7);
+        let due = row.get::<Option<i64>, _>(10).is_none_or(|at| at <= now);
+        if matches!(state, "sent" | "delivered" | "uncertain") {
+            work.sent_on = row.get(9);
+        }
+        if (state == "accepted" || state == "routed") && due {
+            work.pending.push(PendingPart {
+                id: row.get(4),
+                seq: u8::try_from(row.get::<i64, _>(5)).unwrap_or(u8::MAX),
+                attempts: row.get(8),
+                last_channel: row.get(9),
+            });
         }
     }
+    // Each recipient was chosen for having a due part, so none is empty; keep the guarantee
+    // should a part change between the two halves of the query's reading.
+    // A message the placement gives to a peer site is left to its link (`peer::placement`).
+    let mut sources = sources.into_iter();
+    out.retain(|w| {
+        let source = sources.next().unwrap_or_default();
+        !w.pending.is_empty() && PLACEMENT.get().is_none_or(|p| p.send_here(w, &source))
+    });
     Ok(out)
 }
 
@@ -183,15 +199,333 @@ pub async fn recover(store: &super::Store) -> Result<usize, QueueError> {
     Ok(parts.len())
 }
 
-/// Applies one change inside the writer's transaction, with its event row.
-pub(super) async fn apply(conn: &mut SqliteConnection, change: &Change) -> Result<(), QueueError> {
+/// Applies the changes of one job inside the writer's transaction, each with its event row and
+/// its recipient's new summary, all or none of them (a savepoint of their own), so that a
+/// failing job fails alone.
+///
+/// The whole job is one multi-statement query, prepared once per connection and kept (sqlx's
+/// statement cache): the SQLite driver runs every query on its connection's own thread, so each
+/// query costs two thread hand-offs, which cost more CPU than the statements themselves. The
+/// usual jobs (one change, or a modem's `sent` for one part with `sending` for its next) have
+/// their text built once; other combinations are built when they come.
+pub(super) async fn apply(
+    conn: &mut SqliteConnection,
+    changes: &[Change],
+) -> Result<(), QueueError> {
+    // Changes of a whole recipient (the peer links'): statements of their own.
+    if changes.iter().any(Change::is_recipient_level) {
+        sqlx::query("SAVEPOINT peer_job")
+            .execute(&mut *conn)
+            .await?;
+        for change in changes {
+            let r = if change.is_recipient_level() {
+                apply_recipient(conn, change).await
+            } else {
+                Box::pin(apply(conn, std::slice::from_ref(change))).await
+            };
+            if let Err(e) = r {
+                sqlx::query("ROLLBACK TO peer_job; RELEASE peer_job")
+                    .execute(&mut *conn)
+                    .await?;
+                return Err(e);
+            }
+        }
+        sqlx::query("RELEASE peer_job").execute(&mut *conn).await?;
+        return Ok(());
+    }
+    let sql: &'static str = match changes {
+        [] => return Ok(()),
+        [c] => SINGLE[c.kind() as usize].as_str(),
+        [Change::Sent { .. }, Change::Sending { .. }] => SENT_THEN_SENDING.as_str(),
+        // Rare (a retried part and the rest of its message): a query per change, in a
+        // savepoint of their own.
+        _ => {
+            sqlx::query("SAVEPOINT job").execute(&mut *conn).await?;
+            for change in changes {
+                if let Err(e) = Box::pin(apply(conn, std::slice::from_ref(change))).await {
+                    sqlx::query("ROLLBACK TO job; RELEASE job")
+                        .execute(&mut *conn)
+                        .await?;
+                    return Err(e);
+                }
+            }
+            sqlx::query("RELEASE job").execute(&mut *conn).await?;
+            return Ok(());
+        }
+    };
     let now = now_ms();
-    let (part, state, reason) = match change {
+    let mut query = sqlx::query(sql);
+    for change in changes {
+        // Each change's parameters, in the order of `PARAMS_PER_CHANGE`: part, now, reason,
+        // and what the change carries.
+        query = match change {
+            Change::Sending { part, channel } => query
+                .bind(*part)
+                .bind(now)
+                .bind(None::<&str>)
+                .bind(channel.as_str()),
+            Change::Sent {
+                part,
+                message_ref,
+                reason,
+            } => query
+                .bind(*part)
+                .bind(now)
+                .bind(reason.as_str())
+                .bind(*message_ref),
+            Change::Retry { part, at, reason } => {
+                query.bind(*part).bind(now).bind(reason.as_str()).bind(*at)
+            }
+            Change::Fail { part, reason } => query
+                .bind(*part)
+                .bind(now)
+                .bind(reason.as_str())
+                .bind("another part of this message failed for good"),
+            Change::Uncertain { part, reason } => query
+                .bind(*part)
+                .bind(now)
+                .bind(reason.as_str())
+                .bind(None::<i64>),
+        };
+    }
+    // sqlx binds a parameter number a statement does not use (`?4` used, `?3` not) to the
+    // next argument in order, counting across the query's statements, and stops binding that
+    // statement when it runs out of arguments: spare NULLs keep it from running out.
+    for _ in 0..GAP_PADDING {
+        query = query.bind(None::<i64>);
+    }
+    match query.execute(&mut *conn).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // A statement failed half-way: undo what the job did, keep the rest of the batch.
+            // If even that fails the transaction is broken, and its commit fails too.
+            sqlx::query("ROLLBACK TO change; RELEASE change")
+                .execute(&mut *conn)
+                .await?;
+            // The usual cause: a part that does not exist (its event cannot be written).
+            for change in changes {
+                let found: Option<i64> = sqlx::query_scalar("SELECT id FROM parts WHERE id = ?1")
+                    .bind(change.part())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if found.is_none() {
+                    return Err(QueueError::NoSuchPart(change.part()));
+                }
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The kinds of change, as indexes into [`SINGLE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sending = 0,
+    Sent = 1,
+    Retry = 2,
+    Fail = 3,
+    Uncertain = 4,
+}
+
+impl Change {
+    fn kind(&self) -> Kind {
+        match self {
+            Change::Sending { .. } => Kind::Sending,
+            Change::Sent { .. } => Kind::Sent,
+            Change::Retry { .. } => Kind::Retry,
+            Change::Fail { .. } => Kind::Fail,
+            Change::Uncertain { .. } => Kind::Uncertain,
+            // Never asked: `apply` takes recipient-level changes aside before it looks at
+            // kinds; a kind is still given so the match stays total without a panic.
+            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => {
+                Kind::Uncertain
+            }
+        }
+    }
+
+    /// A change of a whole recipient (from the peer links) rather than of one part.
+    pub fn is_recipient_level(&self) -> bool {
+        matches!(
+            self,
+            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. }
+        )
+    }
+
+    /// The part it changes.
+    pub fn part(&self) -> i64 {
+        match self {
+            Change::Sending { part, .. }
+            | Change::Sent { part, .. }
+            | Change::Retry { part, .. }
+            | Change::Fail { part, .. }
+            | Change::Uncertain { part, .. } => *part,
+            // A recipient-level change names no part; 0 is no part's id (ids start at 1).
+            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => 0,
+        }
+    }
+}
+
+/// ?1 the part, ?2 now, ?3 the event's reason, ?4 what the change carries; the next change's
+/// parameters follow from ?5.
+const PARAMS_PER_CHANGE: usize = 4;
+
+/// The statements of one change (parameters from ?1): the part's UPDATE, its event, then the
+/// recipient's summary. The event names its request through a subquery, so for a part that
+/// does not exist it breaks `NOT NULL` and the job is undone.
+fn change_statements(kind: Kind) -> String {
+    let (update, state, reason) = match kind {
+        Kind::Sending => (
+            "UPDATE parts SET state = 'sending', attempts = attempts + 1, channel = ?4,
+                next_attempt_at = NULL, updated_at = ?2 WHERE id = ?1",
+            State::Sending,
+            "'handed to ' || ?4",
+        ),
+        Kind::Sent => (
+            "UPDATE parts SET state = 'sent', message_ref = ?4, updated_at = ?2 WHERE id = ?1",
+            State::Sent,
+            "?3",
+        ),
+        Kind::Retry => (
+            "UPDATE parts SET state = 'accepted', next_attempt_at = ?4, updated_at = ?2
+            WHERE id = ?1",
+            State::Accepted,
+            "?3",
+        ),
+        // The message cannot be whole any more: its unsent parts fail with it, each with its
+        // event (written before their state changes, since it finds them by state).
+        Kind::Fail => (
+            "UPDATE parts SET state = 'failed', updated_at = ?2 WHERE id = ?1;
+             INSERT INTO events (at, request_id, recipient_id, part_id, state, reason)
+             SELECT ?2, r.request_id, r.id, p.id, 'failed', ?4
+             FROM parts p JOIN recipients r ON r.id = p.recipient_id
+             WHERE p.recipient_id = (SELECT recipient_id FROM parts WHERE id = ?1)
+               AND p.id != ?1 AND p.state IN ('accepted', 'routed');
+             UPDATE parts SET state = 'failed', updated_at = ?2
+             WHERE recipient_id = (SELECT recipient_id FROM parts WHERE id = ?1)
+               AND id != ?1 AND state IN ('accepted', 'routed')",
+            State::Failed,
+            "?3",
+        ),
+        // ?4 is NULL: `coalesce` keeps it in the statement so the numbering stays the same.
+        Kind::Uncertain => (
+            "UPDATE parts SET state = 'uncertain', updated_at = coalesce(?4, ?2) WHERE id = ?1",
+            State::Uncertain,
+            "?3",
+        ),
+    };
+    format!(
+        "{update};
+         INSERT INTO events (at, request_id, recipient_id, part_id, state, reason)
+         SELECT ?2, (SELECT r.request_id FROM parts p JOIN recipients r ON r.id = p.recipient_id
+                     WHERE p.id = ?1),
+                (SELECT recipient_id FROM parts WHERE id = ?1), ?1, '{state}', {reason};
+         {}",
+        &*SUMMARY_SQL
+    )
+}
+
+/// `sql` with every parameter `?n` renumbered `?(n + by)`.
+fn shift_params(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '?' {
+            continue;
+        }
+        let mut n = 0usize;
+        let mut digits = false;
+        while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+            n = n * 10 + d as usize;
+            digits = true;
+            chars.next();
+        }
+        if digits {
+            out.push_str(&(n + by).to_string());
+        }
+    }
+    out
+}
+
+/// One job's query: its changes in order, between a savepoint and its release.
+fn job_sql(kinds: &[Kind]) -> String {
+    let body: Vec<String> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| shift_params(&change_statements(*k), i * PARAMS_PER_CHANGE))
+        .collect();
+    format!("SAVEPOINT change; {}; RELEASE change", body.join(";\n"))
+}
+
+/// Spare arguments after a job's own: at least the number of parameter numbers its
+/// statements leave unused (at most 4 per statement of a two-change job).
+const GAP_PADDING: usize = 48;
+
+static SINGLE: LazyLock<[String; 5]> = LazyLock::new(|| {
+    [
+        Kind::Sending,
+        Kind::Sent,
+        Kind::Retry,
+        Kind::Fail,
+        Kind::Uncertain,
+    ]
+    .map(|k| job_sql(&[k]))
+});
+
+/// A modem's usual job: the part it just sent is `sent`, the next one it takes `sending`.
+static SENT_THEN_SENDING: LazyLock<String> =
+    LazyLock::new(|| job_sql(&[Kind::Sent, Kind::Sending]));
+
+/// Sets the state of the recipient of part ?1 (at ?2) to the summary of its parts' states, by
+/// the rule of [`summarise`], written in SQL from the same precedence list.
+pub(super) static SUMMARY_SQL: LazyLock<String> = LazyLock::new(|| {
+    let cases: String = PRECEDENCE
+        .iter()
+        .map(|s| format!("WHEN sum(p.state = '{s}') > 0 THEN '{s}' "))
+        .collect();
+    format!(
+        "UPDATE recipients SET updated_at = ?2, state = (
+            SELECT CASE WHEN count(*) = 0 THEN '{}' {cases}ELSE '{}' END
+            FROM parts p WHERE p.recipient_id = recipients.id)
+         WHERE id = (SELECT recipient_id FROM parts WHERE id = ?1)",
+        State::Accepted,
+        State::Delivered
+    )
+});
+
+/// Which part state decides the recipient's, first match first: a failed or uncertain part
+/// makes the whole message so, a held one holds it; otherwise the least advanced part decides.
+const PRECEDENCE: [State; 7] = [
+    State::Failed,
+    State::Uncertain,
+    State::Held,
+    State::Accepted,
+    State::Routed,
+    State::Sending,
+    State::Sent,
+];
+
+/// A recipient's state summarises its parts': the least advanced part decides, except that a
+/// failed or uncertain part makes the whole message so; every part delivered is delivered.
+pub fn summarise(parts: &[State]) -> State {
+    if parts.is_empty() {
+        return State::Accepted;
+    }
+    PRECEDENCE
+        .into_iter()
+        .find(|s| parts.contains(s))
+        .unwrap_or(State::Delivered)
+}
+
+/// Applies a recipient-level change (see [`Change::is_recipient_level`]) with its events.
+async fn apply_recipient(conn: &mut SqliteConnection, change: &Change) -> Result<(), QueueError> {
+    let now = now_ms();
+    match change {
         Change::Forwarded {
             recipient,
             peer,
             remote_id,
-        } => return apply_forwarded(conn, *recipient, peer, remote_id).await,
+        } => apply_forwarded(conn, *recipient, peer, remote_id).await,
         Change::PeerReceipt {
             recipient,
             delivered,
@@ -212,12 +546,12 @@ pub(super) async fn apply(conn: &mut SqliteConnection, change: &Change) -> Resul
             .fetch_all(&mut *conn)
             .await?;
             for p in &parts {
-                event(conn, *p, state, reason, now).await?;
+                peer_event(conn, *p, state, reason, now).await?;
             }
             if let Some(first) = parts.first() {
-                refresh_recipient(conn, *first, now).await?;
+                peer_refresh_recipient(conn, *first, now).await?;
             }
-            return Ok(());
+            Ok(())
         }
         Change::ReceiptSent { recipient } => {
             sqlx::query(
@@ -229,86 +563,10 @@ pub(super) async fn apply(conn: &mut SqliteConnection, change: &Change) -> Resul
             .bind(now)
             .execute(&mut *conn)
             .await?;
-            return Ok(());
+            Ok(())
         }
-        Change::Sending { part, channel } => {
-            sqlx::query(
-                "UPDATE parts SET state = 'sending', attempts = attempts + 1, channel = ?2,
-                    next_attempt_at = NULL, updated_at = ?3 WHERE id = ?1",
-            )
-            .bind(part)
-            .bind(channel)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            (*part, State::Sending, format!("handed to {channel}"))
-        }
-        Change::Sent {
-            part,
-            message_ref,
-            reason,
-        } => {
-            sqlx::query(
-                "UPDATE parts SET state = 'sent', message_ref = ?2, updated_at = ?3 WHERE id = ?1",
-            )
-            .bind(part)
-            .bind(message_ref)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            (*part, State::Sent, reason.clone())
-        }
-        Change::Retry { part, at, reason } => {
-            sqlx::query(
-                "UPDATE parts SET state = 'accepted', next_attempt_at = ?2, updated_at = ?3 WHERE id = ?1",
-            )
-            .bind(part)
-            .bind(at)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            (*part, State::Accepted, reason.clone())
-        }
-        Change::Fail { part, reason } => {
-            sqlx::query("UPDATE parts SET state = 'failed', updated_at = ?2 WHERE id = ?1")
-                .bind(part)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-            // The message cannot be whole any more: its unsent parts fail with it.
-            let siblings: Vec<i64> = sqlx::query_scalar(
-                "UPDATE parts SET state = 'failed', updated_at = ?2
-                 WHERE recipient_id = (SELECT recipient_id FROM parts WHERE id = ?1)
-                   AND id != ?1 AND state IN ('accepted', 'routed')
-                 RETURNING id",
-            )
-            .bind(part)
-            .bind(now)
-            .fetch_all(&mut *conn)
-            .await?;
-            for s in siblings {
-                event(
-                    conn,
-                    s,
-                    State::Failed,
-                    "another part of this message failed for good",
-                    now,
-                )
-                .await?;
-            }
-            (*part, State::Failed, reason.clone())
-        }
-        Change::Uncertain { part, reason } => {
-            sqlx::query("UPDATE parts SET state = 'uncertain', updated_at = ?2 WHERE id = ?1")
-                .bind(part)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-            (*part, State::Uncertain, reason.clone())
-        }
-    };
-    event(conn, part, state, &reason, now).await?;
-    refresh_recipient(conn, part, now).await
+        _ => Ok(()),
+    }
 }
 
 /// [`Change::Forwarded`]: the parts become `sent` through `peer:<name>`, with the peer's id
@@ -341,15 +599,15 @@ async fn apply_forwarded(
     .await?;
     let reason = format!("forwarded to site {peer}, which stored it as {remote_id} and sends it");
     for p in &parts {
-        event(conn, *p, State::Sent, &reason, now).await?;
+        peer_event(conn, *p, State::Sent, &reason, now).await?;
     }
     if let Some(first) = parts.first() {
-        refresh_recipient(conn, *first, now).await?;
+        peer_refresh_recipient(conn, *first, now).await?;
     }
     Ok(())
 }
 
-async fn event(
+async fn peer_event(
     conn: &mut SqliteConnection,
     part: i64,
     state: State,
@@ -370,32 +628,7 @@ async fn event(
     Ok(())
 }
 
-/// A recipient's state summarises its parts': the least advanced part decides, except that a
-/// failed or uncertain part makes the whole message so.
-pub fn summarise(parts: &[State]) -> State {
-    use State::*;
-    if parts.contains(&Failed) {
-        return Failed;
-    }
-    if parts.contains(&Uncertain) {
-        return Uncertain;
-    }
-    if parts.contains(&Held) {
-        return Held;
-    }
-    for s in [Accepted, Routed, Sending, Sent] {
-        if parts.contains(&s) {
-            return s;
-        }
-    }
-    if parts.is_empty() {
-        Accepted
-    } else {
-        Delivered
-    }
-}
-
-async fn refresh_recipient(
+async fn peer_refresh_recipient(
     conn: &mut SqliteConnection,
     part: i64,
     now: i64,

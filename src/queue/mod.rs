@@ -51,6 +51,8 @@ pub enum QueueError {
     Ambiguous(String),
     #[error("quota exceeded: {0}")]
     Quota(QuotaExceeded),
+    #[error("there is no part {0} in the queue")]
+    NoSuchPart(i64),
 }
 
 /// Where a request came from.
@@ -145,7 +147,9 @@ enum Job {
         Box<NewRequest>,
         oneshot::Sender<Result<Accepted, QueueError>>,
     ),
-    Change(Change, oneshot::Sender<Result<(), QueueError>>),
+    /// State changes applied together, all or none (one modem's `sent` and its next
+    /// `sending` share a commit).
+    Change(Vec<Change>, oneshot::Sender<Result<(), QueueError>>),
     /// Snapshots of modem status (name, JSON), replacing the previous ones.
     Modems(
         Vec<(String, String)>,
@@ -264,6 +268,12 @@ impl Store {
 
     /// Applies a state change durably (with its event row). Returns after the commit.
     pub async fn change(&self, change: Change) -> Result<(), QueueError> {
+        self.changes(vec![change]).await
+    }
+
+    /// Applies state changes durably, in order, all or none of them, in one commit. Returns
+    /// after the commit.
+    pub async fn changes(&self, change: Vec<Change>) -> Result<(), QueueError> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(Job::Change(change, tx))
@@ -356,14 +366,24 @@ async fn commit_batch(
         }
     };
     for job in batch {
+        // A state change is one query with its savepoint inside (see `dispatch::apply`): the
+        // hot path of sending, spared two round trips to the driver's thread.
+        if let Job::Change(changes, _) = job {
+            results.push(
+                dispatch::apply(&mut tx, changes)
+                    .await
+                    .map(|()| Outcome::Changed),
+            );
+            continue;
+        }
         let r = async {
             let mut sp = Connection::begin(&mut *tx).await?;
             let r = match job {
                 Job::Accept(req, _) => {
                     Outcome::Accepted(insert_request(&mut sp, req, limits).await?)
                 }
-                Job::Change(change, _) => {
-                    dispatch::apply(&mut sp, change).await?;
+                Job::Change(changes, _) => {
+                    dispatch::apply(&mut sp, changes).await?;
                     Outcome::Changed
                 }
                 Job::Modems(snapshots, _) => {

@@ -670,3 +670,141 @@ async fn first_contact_delay_keeps_the_start_of_a_burst() {
             .is_empty()
     );
 }
+
+/// A modem's `sent` and its next `sending` share one commit, and a job whose second change
+/// names no part is undone whole: the first part stays `sending`, the batch goes on.
+#[tokio::test]
+async fn a_job_of_changes_is_all_or_none() {
+    let (_dir, store) = open().await;
+    store
+        .accept(request("a@b.c", None, &["+33612345678"]))
+        .await
+        .unwrap();
+    let w = dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let (p1, p2) = (w.pending[0].id, w.pending[1].id);
+    store
+        .change(Change::Sending {
+            part: p1,
+            channel: "modem0".into(),
+        })
+        .await
+        .unwrap();
+    let sent = Change::Sent {
+        part: p1,
+        message_ref: Some(3),
+        reason: "sent via modem0".into(),
+    };
+    let err = store
+        .changes(vec![
+            sent.clone(),
+            Change::Sending {
+                part: 999_999,
+                channel: "modem0".into(),
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::NoSuchPart(999_999)), "{err}");
+    let state = |id: i64| {
+        let pool = store.reader().clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT state FROM parts WHERE id = ?1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(state(p1).await, "sending");
+    store
+        .changes(vec![
+            sent,
+            Change::Sending {
+                part: p2,
+                channel: "modem0".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(state(p1).await, "sent");
+    assert_eq!(state(p2).await, "sending");
+    let st = status(store.reader(), w.request_id.as_str()).await.unwrap();
+    let events: Vec<(Option<i64>, &str, &str)> = st.recipients[0]
+        .events
+        .iter()
+        .map(|e| (e.part, e.state.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        events[1..],
+        [
+            (Some(1), "sending", "handed to modem0"),
+            (Some(1), "sent", "sent via modem0"),
+            (Some(2), "sending", "handed to modem0"),
+        ]
+    );
+    assert_eq!(st.recipients[0].state, "sending");
+}
+
+/// The recipient's state the writer computes in SQL is `summarise` of its parts, for every
+/// combination of up to three part states.
+#[tokio::test]
+async fn the_summary_in_sql_is_summarise() {
+    let (_dir, store) = open().await;
+    store
+        .accept(request("a@b.c", None, &["+33612345678"]))
+        .await
+        .unwrap();
+    let mut conn = sqlx::SqliteConnection::connect_with(&options(store.path()))
+        .await
+        .unwrap();
+    let rid: i64 = sqlx::query_scalar("SELECT id FROM recipients")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let mut combos: Vec<Vec<State>> = vec![vec![]];
+    for len in 1..=3 {
+        let mut next = Vec::new();
+        for c in combos.iter().filter(|c| c.len() == len - 1) {
+            for s in State::ALL {
+                let mut c = c.clone();
+                c.push(s);
+                next.push(c);
+            }
+        }
+        combos.extend(next);
+    }
+    let summary = dispatch::SUMMARY_SQL.replace(
+        "WHERE id = (SELECT recipient_id FROM parts WHERE id = ?1)",
+        "WHERE id = ?1 RETURNING state",
+    );
+    for combo in &combos {
+        // The recipient's parts, in these states (no event names them, so they can go).
+        sqlx::query("DELETE FROM parts WHERE recipient_id = ?1")
+            .bind(rid)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        for (seq, s) in combo.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO parts (recipient_id, seq, text, state, updated_at)
+                 VALUES (?1, ?2, 'x', ?3, 0)",
+            )
+            .bind(rid)
+            .bind(seq as i64 + 1)
+            .bind(s.as_str())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        let got: String = sqlx::query_scalar(sqlx::AssertSqlSafe(summary.clone()))
+            .bind(rid)
+            .bind(0i64)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(got, dispatch::summarise(combo).as_str(), "{combo:?}");
+    }
+}
