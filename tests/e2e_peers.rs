@@ -447,6 +447,51 @@ fn three_sites_route_to_the_cheapest_live_one() {
     }
 }
 
+/// A peer that hangs (SIGSTOP: its sockets stay open, it just stops answering) is declared
+/// down by its silent keepalive: 3 intervals of 1 s after its last word. When it wakes up it
+/// binds again.
+#[test]
+fn a_hung_peer_is_declared_down_by_its_silent_keepalive() {
+    let mut uk = Node::new("uk");
+    let mut fr = Node::new("fr");
+    let h = hashes(&["uk", "fr"]);
+    uk.configure(&[&uk, &fr], &h);
+    fr.configure(&[&uk, &fr], &h);
+    fr.start();
+    uk.start();
+    wait_until("uk binds to fr", Duration::from_secs(20), || {
+        uk.binds_to("fr") >= 1
+    });
+    let pid = fr.child.as_ref().unwrap().id().to_string();
+    let signal = |s: &str| {
+        assert!(
+            Command::new("kill")
+                .args([s, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let stopped = Instant::now();
+    signal("-STOP");
+    // 3 s of silence, plus the time to write the log line and this poll's 50 ms.
+    wait_until(
+        "the UK notices France hangs",
+        Duration::from_millis(3500),
+        || uk.downs_of("fr") >= 1,
+    );
+    let detected = stopped.elapsed();
+    eprintln!("hung France detected after {detected:?}");
+    assert!(
+        detected >= Duration::from_millis(2000),
+        "{detected:?}: too early, the keepalive is not what noticed"
+    );
+    signal("-CONT");
+    wait_until("uk binds to fr again", Duration::from_secs(20), || {
+        uk.binds_to("fr") >= 2
+    });
+}
+
 /// Python's `smpplib` (a client no one here wrote) binds to a node with an account from
 /// `[[smpp.users]]`, submits, and gets its `submit_sm_resp` once the message is stored and then
 /// a delivery receipt naming that message. The simulated modem refuses the number for good

@@ -4,8 +4,9 @@
 //!
 //! **Failure detection.** The peer is up from a successful bind until the link is lost: the
 //! connection closes (a killed process's sockets are closed by its kernel at once), a read or
-//! write fails, or [`Keepalive`] counts `missed_keepalives` intervals in a row without a word
-//! from the peer (a hung or unreachable one). Then the router excludes the site
+//! write fails, or the peer says nothing for `missed_keepalives` keepalive intervals (a hung or
+//! unreachable one: its `enquire_link` responses stop), counted by [`Keepalive`] and bounded
+//! exactly by a deadline from the last word heard. Then the router excludes the site
 //! ([`RouterState::set_site_up`]), the messages sent without a `submit_sm_resp` and those still
 //! listed go back to be placed again ([`Placement::release_peer`]), and the link binds again
 //! with a backoff that doubles from 100 ms up to `reconnect_max`.
@@ -155,6 +156,10 @@ async fn session(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let wake = link.forwarder.waker(name).unwrap_or_default();
+    // The keepalive counts intervals at its ticks; a peer that hangs just after a tick would
+    // then be declared down up to one interval late. This deadline, `missed_keepalives`
+    // intervals after the peer last said anything, is the exact bound.
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         // Fill the window first: a busy link keeps `window` submits in flight.
         while !window.is_full() {
@@ -201,6 +206,9 @@ async fn session(
                 send(&mut framed, Command::new(CommandStatus::EsmeRok, s, Pdu::DataSm(w))).await?;
             }
             _ = wanted => {}
+            _ = tokio::time::sleep_until(last_heard + patience) => {
+                return Err(LinkError::Silent(link.timing.missed_keepalives));
+            }
             r = framed.next() => {
                 let cmd = match r {
                     None => return Err(LinkError::Closed),
@@ -208,6 +216,7 @@ async fn session(
                     Some(Ok(c)) => c,
                 };
                 keepalive.heard();
+                last_heard = tokio::time::Instant::now();
                 if let Some(reply) = on_command(link, window, cmd).await {
                     send(&mut framed, reply).await?;
                 }

@@ -286,6 +286,10 @@ pub(super) async fn apply(
                 .bind(now)
                 .bind(reason.as_str())
                 .bind(None::<i64>),
+            // Taken aside at the top of this function.
+            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => {
+                query
+            }
         };
     }
     // sqlx binds a parameter number a statement does not use (`?4` used, `?3` not) to the
