@@ -63,6 +63,10 @@ pub struct Config {
     pub routing: crate::route::RoutingConfig,
     pub senders: Senders,
     pub queue_policy: QueuePolicy,
+    /// `[smpp]`: this site's SMPP server and link timings; without it no links run.
+    pub smpp: Option<crate::peer::config::SmppConfig>,
+    /// `[peer.smpp]` of each `[[peer]]` that has one.
+    pub peer_links: Vec<crate::peer::config::PeerLink>,
 }
 
 /// `[senders]`: who may send (see `policy`).
@@ -194,6 +198,7 @@ pub struct RawConfig {
     channel: Vec<crate::route::config::RawChannel>,
     #[serde(default)]
     routing: crate::route::config::RawRouting,
+    smpp: Option<crate::peer::config::RawSmpp>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -1325,15 +1330,21 @@ impl RawConfig {
             });
         }
 
+        // [smpp], [peer.smpp]
+        let smpp = crate::peer::config::validate_smpp(self.smpp, loc)?;
+        let mut peers = self.peer;
+        let mut peer_links = Vec::new();
+        for (i, p) in peers.iter_mut().enumerate() {
+            if let Some(link) = p.smpp.take() {
+                peer_links.push(crate::peer::config::validate_link(
+                    i, &p.name, &s.name, link, loc,
+                )?);
+            }
+        }
+
         // [[peer]], [[channel]], [routing]
-        let routing = crate::route::config::validate(
-            &s.name,
-            self.peer,
-            self.channel,
-            self.routing,
-            &base,
-            loc,
-        )?;
+        let routing =
+            crate::route::config::validate(&s.name, peers, self.channel, self.routing, &base, loc)?;
 
         Ok(Config {
             source: loc.file.to_path_buf(),
@@ -1369,6 +1380,8 @@ impl RawConfig {
             modems,
             senders,
             queue_policy,
+            smpp,
+            peer_links,
             mailboxes,
             notify,
             replies,

@@ -318,6 +318,19 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let queued = Arc::new(tokio::sync::Notify::new());
+    // Before the modems: the pool must see which messages go to peers from its first read.
+    let peers = mail2sms::peer::start(
+        &cfg,
+        &store,
+        router.clone(),
+        queued.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the SMPP server and peer links")?;
+    for addr in &peers.listening {
+        info!(%addr, "SMPP server listening");
+    }
     let modems =
         mail2sms::modem::start_modems(&cfg, &store, queued.clone(), shutdown.clone()).await?;
     let senders = mail2sms::policy::SenderPolicy::new(

@@ -64,13 +64,20 @@ pub enum QueueError {
 pub enum Source {
     Smtp,
     Imap,
+    /// Submitted by an application over SMPP (`peer::server`).
+    Smpp,
+    /// Forwarded by another site of the organization, which routed it here and applied its own
+    /// quotas and guard to it already (`peer::server`).
+    Peer,
 }
 
 impl Source {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Source::Smtp => "smtp",
             Source::Imap => "imap",
+            Source::Smpp => "smpp",
+            Source::Peer => "peer",
         }
     }
 }
@@ -552,6 +559,21 @@ async fn insert_request(
         return Ok(Accepted::Duplicate { id });
     }
     let new_parts = (req.parts.len() * fresh.len()) as u64;
+    // A message forwarded by a peer passed that site's quotas and guard when it was accepted
+    // there; counting it again here would hold or refuse what was already promised.
+    let unlimited;
+    let limits = if req.source == Source::Peer {
+        unlimited = QueuePolicy {
+            quotas: Quotas::default(),
+            guard: Guard {
+                enabled: false,
+                ..Guard::default()
+            },
+        };
+        &unlimited
+    } else {
+        limits
+    };
     policy::check_quotas(
         conn,
         &limits.quotas,
@@ -610,6 +632,8 @@ async fn insert_request(
         (Source::Smtp, Some(c)) => format!("over SMTP from {c}"),
         (Source::Smtp, None) => "over SMTP".to_string(),
         (Source::Imap, _) => "from an IMAP mailbox".to_string(),
+        (Source::Smpp, c) => format!("over SMPP from {}", c.as_deref().unwrap_or("a client")),
+        (Source::Peer, c) => format!("forwarded by site {}", c.as_deref().unwrap_or("?")),
     };
     let sender = if req.mail_from.is_empty() {
         "<>"
