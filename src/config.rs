@@ -19,6 +19,7 @@ use crate::intake::imap::{ImapTls, MailboxConfig, Password};
 use crate::modem::driver::DriverConfig;
 use crate::modem::pool::PoolConfig;
 use crate::modem::sim::{ReportMode, SimConfig};
+use crate::notify::replies::{Notify as ReplyNotify, RepliesConfig};
 use crate::notify::{NotifyConfig, NotifyTls};
 use crate::parse::address::{AddressPolicy, NumberKind};
 use crate::parse::body::{BodyOptions, SubjectPolicy};
@@ -56,10 +57,16 @@ pub struct Config {
     pub mailboxes: Vec<MailboxConfig>,
     /// `[notify]`: where replies to senders go; without it none are sent.
     pub notify: Option<NotifyConfig>,
+    /// `[replies]`: status replies (RFC 3464) to senders; needs `[notify]`.
+    pub replies: Option<RepliesConfig>,
     /// Sites, channels, tariffs and routing rules (`[[peer]]`, `[[channel]]`, `[routing]`).
     pub routing: crate::route::RoutingConfig,
     pub senders: Senders,
     pub queue_policy: QueuePolicy,
+    /// `[smpp]`: this site's SMPP server and link timings; without it no links run.
+    pub smpp: Option<crate::peer::config::SmppConfig>,
+    /// `[peer.smpp]` of each `[[peer]]` that has one.
+    pub peer_links: Vec<crate::peer::config::PeerLink>,
 }
 
 /// `[senders]`: who may send (see `policy`).
@@ -184,12 +191,14 @@ pub struct RawConfig {
     #[serde(default)]
     mailbox: Vec<RawMailbox>,
     notify: Option<RawNotify>,
+    replies: Option<RawReplies>,
     #[serde(default)]
     peer: Vec<crate::route::config::RawPeer>,
     #[serde(default)]
     channel: Vec<crate::route::config::RawChannel>,
     #[serde(default)]
     routing: crate::route::config::RawRouting,
+    smpp: Option<crate::peer::config::RawSmpp>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -294,6 +303,12 @@ struct RawMailbox {
     reconnect_max_secs: u64,
     #[serde(default = "default_mailbox_recipients")]
     max_recipients: usize,
+    /// Senders allowed through this mailbox; default: `[senders]`'s lists.
+    allowed_addresses: Option<Vec<String>>,
+    allowed_domains: Option<Vec<String>>,
+    /// The authserv-id of the organization's MX: DMARC must pass in the
+    /// `Authentication-Results` field it wrote (RFC 8601). Unset: not checked.
+    authserv_id: Option<String>,
 }
 
 fn default_folder() -> String {
@@ -345,6 +360,37 @@ struct RawNotify {
     max_attempts: u32,
 }
 
+/// `[replies]`: status replies to senders (see `notify::replies`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReplies {
+    /// Folder of template folders, relative to the config file.
+    templates: PathBuf,
+    /// Language of the replies: a folder under `templates`.
+    language: String,
+    /// Also reply when the SMS is handed to the network.
+    relayed: bool,
+    /// Seconds after which a message not yet delivered gets a `delayed` reply; 0 for never.
+    delay_secs: u64,
+    per_sender_per_hour: u32,
+    domains: Vec<String>,
+    domain_notify: Vec<ReplyNotify>,
+}
+
+impl Default for RawReplies {
+    fn default() -> Self {
+        RawReplies {
+            templates: PathBuf::from("templates"),
+            language: "en".into(),
+            relayed: true,
+            delay_secs: 3600,
+            per_sender_per_hour: 30,
+            domains: Vec::new(),
+            domain_notify: vec![ReplyNotify::Failure],
+        }
+    }
+}
+
 fn default_notify_timeout() -> u64 {
     30
 }
@@ -361,6 +407,10 @@ struct RawSending {
     /// Hours the network keeps trying a handset that is off; 0 for the network's default.
     validity_hours: u64,
     status_reports: bool,
+    /// Hours after a send in which its status report is still matched to it.
+    report_window_hours: u64,
+    /// Seconds the service centre's clock may be off ours when matching a status report.
+    report_skew_secs: u64,
 }
 
 impl Default for RawSending {
@@ -371,6 +421,8 @@ impl Default for RawSending {
             retry_max_secs: 1800,
             validity_hours: 48,
             status_reports: true,
+            report_window_hours: 72,
+            report_skew_secs: 120,
         }
     }
 }
@@ -857,6 +909,10 @@ impl RawConfig {
             validity: (sn.validity_hours > 0)
                 .then(|| std::time::Duration::from_secs(sn.validity_hours * 3600)),
             status_reports: sn.status_reports,
+            reports: crate::queue::Matching {
+                window: std::time::Duration::from_secs(sn.report_window_hours * 3600),
+                skew: std::time::Duration::from_secs(sn.report_skew_secs),
+            },
         };
 
         // [[modem]]
@@ -1067,6 +1123,56 @@ impl RawConfig {
             }
         };
 
+        // [replies]
+        let replies = match self.replies {
+            None => None,
+            Some(r) => {
+                if notify.is_none() {
+                    return Err(loc.error(
+                        "replies",
+                        "status replies need a relay to go through: add a [notify] table",
+                    ));
+                }
+                if r.language.is_empty()
+                    || !r
+                        .language
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(loc.error(
+                        "replies.language",
+                        format!(
+                            "`{}` is not a language folder name such as en or fr",
+                            r.language
+                        ),
+                    ));
+                }
+                let templates = if r.templates.is_absolute() {
+                    r.templates.clone()
+                } else {
+                    base.join(&r.templates)
+                };
+                if let Err(e) = crate::notify::replies::check_templates(&templates, &r.language) {
+                    return Err(loc.error("replies.templates", e.to_string()));
+                }
+                if let Some(d) = r.domains.iter().find(|d| d.is_empty() || d.contains('@')) {
+                    return Err(loc.error(
+                        "replies.domains",
+                        format!("`{d}` is not a domain such as example.org"),
+                    ));
+                }
+                Some(RepliesConfig {
+                    templates,
+                    language: r.language,
+                    relayed: r.relayed,
+                    delay: (r.delay_secs > 0).then(|| std::time::Duration::from_secs(r.delay_secs)),
+                    per_sender_per_hour: r.per_sender_per_hour,
+                    domains: r.domains,
+                    domain_notify: r.domain_notify.into_iter().collect(),
+                })
+            }
+        };
+
         // [[mailbox]]
         let mut mailboxes: Vec<MailboxConfig> = Vec::new();
         for (i, b) in self.mailbox.into_iter().enumerate() {
@@ -1163,6 +1269,40 @@ impl RawConfig {
                     "must be at most 1740 (29 minutes): servers may drop a client idle for 30 (RFC 2177 §3)",
                 ));
             }
+            let allowed_addresses = b
+                .allowed_addresses
+                .unwrap_or_else(|| senders.allowed_addresses.clone());
+            for (j, a) in allowed_addresses.iter().enumerate() {
+                if !a.contains('@') {
+                    return Err(loc.error(
+                        &key(&format!("allowed_addresses[{j}]")),
+                        format!("`{a}` is not an address; put domains in allowed_domains"),
+                    ));
+                }
+            }
+            let allowed_domains = b
+                .allowed_domains
+                .unwrap_or_else(|| senders.allowed_domains.clone());
+            if let Some(id) = &b.authserv_id
+                && (id.is_empty() || id.contains(|c: char| c.is_whitespace() || c == ';'))
+            {
+                return Err(loc.error(
+                    &key("authserv_id"),
+                    "must be the mail server's authserv-id, one word such as mx.example.com",
+                ));
+            }
+            let mailbox_senders = crate::intake::imap::plan::MailboxSenders {
+                allowed_addresses: allowed_addresses
+                    .iter()
+                    .map(|a| a.to_ascii_lowercase())
+                    .collect(),
+                allowed_domains: allowed_domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+                pins: senders.pins.clone(),
+                authserv_id: b.authserv_id,
+            };
             let secs = std::time::Duration::from_secs;
             mailboxes.push(MailboxConfig {
                 port: b.port.unwrap_or(match b.tls {
@@ -1186,18 +1326,25 @@ impl RawConfig {
                 command_timeout: secs(b.command_timeout_secs),
                 reconnect_max: secs(b.reconnect_max_secs),
                 max_recipients: b.max_recipients,
+                senders: mailbox_senders,
             });
         }
 
+        // [smpp], [peer.smpp]
+        let smpp = crate::peer::config::validate_smpp(self.smpp, loc)?;
+        let mut peers = self.peer;
+        let mut peer_links = Vec::new();
+        for (i, p) in peers.iter_mut().enumerate() {
+            if let Some(link) = p.smpp.take() {
+                peer_links.push(crate::peer::config::validate_link(
+                    i, &p.name, &s.name, link, loc,
+                )?);
+            }
+        }
+
         // [[peer]], [[channel]], [routing]
-        let routing = crate::route::config::validate(
-            &s.name,
-            self.peer,
-            self.channel,
-            self.routing,
-            &base,
-            loc,
-        )?;
+        let routing =
+            crate::route::config::validate(&s.name, peers, self.channel, self.routing, &base, loc)?;
 
         Ok(Config {
             source: loc.file.to_path_buf(),
@@ -1233,8 +1380,11 @@ impl RawConfig {
             modems,
             senders,
             queue_policy,
+            smpp,
+            peer_links,
             mailboxes,
             notify,
+            replies,
             routing,
         })
     }
@@ -1366,6 +1516,77 @@ path = "data/queue.db"
             }
             assert!(e.message.contains(fragment), "message for {src:?}: {e}");
             assert!(e.to_string().starts_with("/etc/mail2sms/test.toml:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn replies_need_notify_templates_and_a_language() {
+        let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let notify = "[notify]\nrelay = \"127.0.0.1:25\"\n";
+        let replies = |extra: &str| {
+            format!(
+                "[replies]\ntemplates = \"{}\"\nlanguage = \"fr\"\n{extra}",
+                templates.display()
+            )
+        };
+        let c = parse_str(&format!(
+            "{MINIMAL}{notify}{}",
+            replies("delay_secs = 0\ndomains = [\"example.org\"]\n")
+        ))
+        .unwrap();
+        let r = c.replies.unwrap();
+        assert_eq!((r.language.as_str(), r.delay), ("fr", None));
+        assert_eq!(r.templates, templates);
+        assert_eq!(r.domain_notify.len(), 1);
+        // `[replies]` comes after MINIMAL's lines (and the 2 of [notify] when present).
+        let at = MINIMAL.lines().count() + 1;
+        let cases: Vec<(String, &str, usize, &str)> = vec![
+            (
+                format!("{MINIMAL}{}", replies("")),
+                "replies",
+                at,
+                "add a [notify] table",
+            ),
+            (
+                format!(
+                    "{MINIMAL}{notify}{}",
+                    replies("").replace("\"fr\"", "\"../fr\"")
+                ),
+                "replies.language",
+                at + 4,
+                "not a language folder",
+            ),
+            (
+                format!(
+                    "{MINIMAL}{notify}{}",
+                    replies("").replace("\"fr\"", "\"de\"")
+                ),
+                "replies.templates",
+                at + 3,
+                "cannot read the template",
+            ),
+            (
+                format!(
+                    "{MINIMAL}{notify}{}",
+                    replies("domain_notify = [\"sometimes\"]\n")
+                ),
+                "replies.domain_notify[0]",
+                at + 5,
+                "unknown variant",
+            ),
+            (
+                format!("{MINIMAL}{notify}{}", replies("domains = [\"a@b.c\"]\n")),
+                "replies.domains",
+                at + 5,
+                "not a domain",
+            ),
+        ];
+        for (src, key, line, needle) in cases {
+            let e = parse_str(&src).expect_err(key);
+            assert_eq!(e.key, key, "{e}");
+            assert_eq!(e.line, line, "{key}: {e}");
+            assert!(e.to_string().contains(needle), "{e}");
+            assert!(e.to_string().contains("/etc/mail2sms/test.toml"), "{e}");
         }
     }
 

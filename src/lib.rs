@@ -6,6 +6,7 @@ pub mod intake;
 pub mod modem;
 pub mod notify;
 pub mod parse;
+pub mod peer;
 pub mod policy;
 pub mod queue;
 pub mod route;

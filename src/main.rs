@@ -318,6 +318,19 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let queued = Arc::new(tokio::sync::Notify::new());
+    // Before the modems: the pool must see which messages go to peers from its first read.
+    let peers = mail2sms::peer::start(
+        &cfg,
+        &store,
+        router.clone(),
+        queued.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the SMPP server and peer links")?;
+    for addr in &peers.listening {
+        info!(%addr, "SMPP server listening");
+    }
     let modems =
         mail2sms::modem::start_modems(&cfg, &store, queued.clone(), shutdown.clone()).await?;
     let senders = mail2sms::policy::SenderPolicy::new(
@@ -334,6 +347,14 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
     let notices = match &cfg.notify {
         Some(n) => {
             let notifier = notify::Notifier::new(n.clone())?;
+            if let Some(r) = &cfg.replies {
+                tokio::spawn(notify::replies::run(
+                    store.clone(),
+                    notifier.clone(),
+                    r.clone(),
+                    shutdown.clone(),
+                ));
+            }
             let wake = Arc::new(tokio::sync::Notify::new());
             tokio::spawn(notify::run(
                 store.clone(),

@@ -173,11 +173,13 @@ fn dovecot_restart_mid_run_is_survived() {
 /// ignored the UIDVALIDITY), and copies of handled mail come back under new UIDs (queued twice
 /// if only UIDs were remembered).
 ///
-/// Known bug: under the full suite's parallel load this test has seen a mail appended after the
-/// UIDVALIDITY change queued twice (`new-11@test`). Until that race is found and fixed the test
-/// runs only by hand: `cargo test --test e2e_imap -- --ignored`.
+/// Dovecot keeps a session whose selected folder was deleted (it says `* NO Internal error`),
+/// and what that stale session does corrupts the index of the folder created again under the
+/// same name; a mail it moved could come back and be moved twice (this test once found
+/// `new-11@test` twice in Processed, queued once). The gateway now selects the folder again
+/// when the server reports trouble and ends the session when the UIDVALIDITY differs, before
+/// it queues or moves anything.
 #[test]
-#[ignore = "known duplicate after a UIDVALIDITY change under load; see the doc comment"]
 fn uidvalidity_change_loses_and_duplicates_nothing() {
     let dv = Dovecot::start(Options::default());
     dv.client(&["create", "sms"]);
@@ -222,6 +224,17 @@ fn uidvalidity_change_loses_and_duplicates_nothing() {
         assert_eq!(processed.get(&id), Some(&2), "{id}");
     }
     let log = log_of(&g);
+    for l in log.lines().filter(|l| {
+        l.contains("session ended") || l.contains("in doubt") || l.contains("UIDVALIDITY changed")
+    }) {
+        eprintln!("{l}");
+    }
+    let dovecot_errors = dv.log().lines().filter(|l| l.contains("Error:")).count();
+    eprintln!("Dovecot logged {dovecot_errors} errors");
+    assert!(
+        log.contains("the folder's UIDVALIDITY changed"),
+        "the gateway did not notice the UIDVALIDITY change:\n{log}"
+    );
     assert!(
         log.contains(&format!("uidvalidity={after}")),
         "the gateway never watched the folder under its new UIDVALIDITY:\n{log}"
@@ -454,4 +467,159 @@ fn idle_is_renewed_without_losing_the_session() {
         "IDLE renewed {renewals} times in 3.5 s:\n{log}"
     );
     assert_exactly_once("queue", &queued(&g), &expected("reidle", 5));
+}
+
+/// The sender rules of a mailbox, against real mail in a real Dovecot: DMARC as the mail
+/// server recorded it (`authserv_id`), allowed domains, a PIN, and the destination policy. Each
+/// refused mail goes to the failed folder, nothing of it is queued, and its sender gets a reply
+/// naming the rule; the allowed one is queued with its PIN taken out.
+#[test]
+fn mailbox_sender_rules_refuse_with_the_rule_and_queue_the_rest() {
+    let dv = Dovecot::start(Options::default());
+    let sink = SmtpSink::start(dv.dir.path());
+    let config = format!(
+        r#"
+[senders]
+pins = [{{ address = "boss@example.com", pin = "4321" }}]
+
+[recipients]
+blocked_prefixes = ["+33699"]
+
+[notify]
+relay = "127.0.0.1:{}"
+tls = "none"
+{}"#,
+        sink.port,
+        dv.mailbox_toml(
+            "INBOX",
+            "starttls",
+            "allowed_domains = [\"example.com\"]\nauthserv_id = \"mx.test\"",
+        )
+    );
+    let g = Gateway::start("", &config);
+    let pass = "Authentication-Results: mx.test; spf=pass smtp.mailfrom=example.com;\r\n dkim=pass header.d=example.com; dmarc=pass header.from=example.com\r\n";
+    let mails: Vec<(&str, String)> = vec![
+        (
+            "stranger",
+            "Authentication-Results: mx.test; dmarc=pass header.from=evil.example\r\nFrom: eve@evil.example\r\nTo: Paul@+33612345678@sms\r\nSubject: Hi\r\n\r\nBuy now.\r\n".to_string(),
+        ),
+        (
+            "forged",
+            "Return-Path: <bounces@evil.example>\r\nAuthentication-Results: mx.test; spf=fail smtp.mailfrom=evil.example; dkim=none; dmarc=fail (p=reject) header.from=example.com\r\nFrom: dan@example.com\r\nTo: Paul@+33612345678@sms\r\nSubject: Hi\r\n\r\nWire the money.\r\n".to_string(),
+        ),
+        (
+            "foreign-verdict",
+            "Return-Path: <anne@example.com>\r\nAuthentication-Results: mx.evil.example; dmarc=pass header.from=example.com\r\nFrom: anne@example.com\r\nTo: Paul@+33612345678@sms\r\nSubject: Hi\r\n\r\nHello.\r\n".to_string(),
+        ),
+        (
+            "wrong-pin",
+            format!(
+                "{pass}From: boss@example.com\r\nTo: Paul@+33612345678@sms\r\nSubject: PIN 1111 Meeting moved\r\n\r\nRoom 4.\r\n"
+            ),
+        ),
+        (
+            "blocked",
+            format!(
+                "{pass}From: anne@example.com\r\nTo: Premium@+33699000001@sms\r\nSubject: Vote\r\n\r\nYes.\r\n"
+            ),
+        ),
+        (
+            "good",
+            format!(
+                "{pass}From: boss@example.com\r\nTo: Paul@+33612345678@sms\r\nSubject: PIN 4321 Meeting moved\r\n\r\nRoom 4.\r\n"
+            ),
+        ),
+    ];
+    let mut files = Vec::new();
+    for (name, text) in &mails {
+        let path = dv.dir.path().join(format!("{name}.eml"));
+        std::fs::write(&path, format!("Message-ID: <{name}@test>\r\n{text}")).unwrap();
+        files.push(path.to_str().unwrap().to_string());
+    }
+    let mut args = vec!["append-file", "INBOX"];
+    args.extend(files.iter().map(String::as_str));
+    dv.client(&args);
+
+    wait_for(
+        Duration::from_secs(30),
+        || dv.count("INBOX") == 0 && sink.mails().len() >= 5,
+        || {
+            format!(
+                "INBOX {} left, {} replies\n{}",
+                dv.count("INBOX"),
+                sink.mails().len(),
+                g.log()
+            )
+        },
+    );
+    let mut failed = dv.ids("Failed");
+    failed.sort();
+    assert_eq!(
+        failed,
+        [
+            "blocked@test",
+            "foreign-verdict@test",
+            "forged@test",
+            "stranger@test",
+            "wrong-pin@test"
+        ]
+    );
+    assert_eq!(dv.ids("Processed"), ["good@test"]);
+    let q = g.queue();
+    assert_eq!(q.len(), 1, "{q:#?}");
+    assert_eq!(q[0]["message_id"], "good@test");
+    let text = q[0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Meeting moved") && !text.contains("4321"),
+        "the PIN was not taken out: {text:?}"
+    );
+
+    std::thread::sleep(Duration::from_secs(1));
+    let replies = sink.mails();
+    assert_eq!(replies.len(), 5, "{replies:#?}");
+    let expect: &[(&str, &str, &str)] = &[
+        (
+            "eve@evil.example",
+            "stranger@test",
+            "eve@evil.example is not one of the senders allowed to send SMS (rule: allowed-senders)",
+        ),
+        (
+            "bounces@evil.example",
+            "forged@test",
+            "dan@example.com could not be verified: the mail server mx.test found DMARC fail (rule: dmarc)",
+        ),
+        (
+            "anne@example.com",
+            "foreign-verdict@test",
+            "no DMARC result from the mail server mx.test (rule: dmarc)",
+        ),
+        (
+            "boss@example.com",
+            "wrong-pin@test",
+            "the PIN in the subject is wrong (rule: pin)",
+        ),
+        (
+            "anne@example.com",
+            "blocked@test",
+            "+33699000001 is not allowed",
+        ),
+    ];
+    for (to, id, reason) in expect {
+        let r = replies
+            .iter()
+            .find(|r| {
+                r["rcpt_tos"][0] == *to
+                    && r["data"]
+                        .as_str()
+                        .is_some_and(|d| d.contains(&format!("In-Reply-To: <{id}>")))
+            })
+            .unwrap_or_else(|| panic!("no reply to {to} about {id}: {replies:#?}"));
+        let data = r["data"].as_str().unwrap();
+        // The reply is quoted-printable: undo its soft line breaks (RFC 2045 §6.7 rule 5).
+        let unfolded = data.replace("=\r\n", "").replace("=\n", "");
+        assert!(
+            unfolded.contains(reason),
+            "{reason:?} not in the reply to {to}:\n{data}"
+        );
+    }
 }

@@ -70,6 +70,32 @@ fn unfinished(g: &Gateway) -> usize {
         .count()
 }
 
+/// A delivered recipient got there through a delivery report for each of its parts, after
+/// that part was sent.
+fn assert_delivered_by_reports(r: &queue::RecipientStatus) {
+    for p in &r.parts {
+        assert_eq!(
+            p.state, "delivered",
+            "{} part {}: {:?}",
+            r.number, p.seq, r.events
+        );
+        let sent = r
+            .events
+            .iter()
+            .position(|e| e.part == Some(p.seq) && e.state == "sent");
+        let delivered = r.events.iter().position(|e| {
+            e.part == Some(p.seq) && e.state == "delivered" && e.reason.contains("TP-ST 0x00")
+        });
+        assert!(
+            matches!((sent, delivered), (Some(s), Some(d)) if s < d),
+            "{} part {}: {:?}",
+            r.number,
+            p.seq,
+            r.events
+        );
+    }
+}
+
 fn smtp_send(g: &Gateway, rcpts: &[String], subject: &str, body: &str) {
     let out = common::python(
         "smtp_client.py",
@@ -242,14 +268,17 @@ fn mail_in_over_smtp_sms_out_at_the_modems() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    wait_until("every recipient sent", Duration::from_secs(60), || {
-        unfinished(&g) == 0
+    // The simulated network reports every SMS delivered (TP-ST 0x00) half a second after it
+    // took it: each recipient ends `delivered`, on the strength of its parts' reports.
+    wait_until("every recipient delivered", Duration::from_secs(60), || {
+        g.queue().iter().all(|e| e["state"] == "delivered")
     });
     let received = reassemble(&sim.records());
     let mut checked = 0;
     for req in requests(&g) {
         for r in &req.recipients {
-            assert_eq!(r.state, "sent", "{}: {:?}", r.number, r.events);
+            assert_eq!(r.state, "delivered", "{}: {:?}", r.number, r.events);
+            assert_delivered_by_reports(r);
             let got = received
                 .get(&r.number)
                 .unwrap_or_else(|| panic!("nothing reached {}", r.number));
@@ -449,7 +478,10 @@ fn four_modems_unplugged_hung_and_failing_lose_and_duplicate_nothing() {
                     .unwrap_or(0);
                 accounted += n;
                 match p.state.as_str() {
-                    "sent" => assert_eq!(n, 1, "{} part {}: sent {n} times", r.number, p.seq),
+                    // Delivered: sent, then reported delivered by the simulated network.
+                    "sent" | "delivered" => {
+                        assert_eq!(n, 1, "{} part {}: sent {n} times", r.number, p.seq)
+                    }
                     "uncertain" => assert!(n <= 1, "{} part {}: {n} times", r.number, p.seq),
                     "failed" => assert_eq!(n, 0, "{} part {} failed yet left", r.number, p.seq),
                     other => panic!("{} part {} left {other}", r.number, p.seq),
@@ -470,10 +502,12 @@ fn four_modems_unplugged_hung_and_failing_lose_and_duplicate_nothing() {
             let channels: Vec<&str> = r
                 .parts
                 .iter()
-                .filter(|p| p.state == "sent")
+                .filter(|p| p.state == "sent" || p.state == "delivered")
                 .filter_map(|p| p.channel.as_deref())
                 .collect();
-            if r.state == "sent" && channels.iter().any(|c| *c != channels[0]) {
+            if (r.state == "sent" || r.state == "delivered")
+                && channels.iter().any(|c| *c != channels[0])
+            {
                 eprintln!("{}: parts over {channels:?}", r.number);
             }
         }
@@ -489,10 +523,14 @@ fn four_modems_unplugged_hung_and_failing_lose_and_duplicate_nothing() {
         outcome.get("uncertain").copied().unwrap_or(0) <= 2,
         "{outcome:?}"
     );
-    assert!(
-        outcome.get("sent").copied().unwrap_or(0) >= recipients - 5,
-        "{outcome:?}"
-    );
+    for req in &reqs {
+        for r in req.recipients.iter().filter(|r| r.state == "delivered") {
+            assert_delivered_by_reports(r);
+        }
+    }
+    let taken =
+        outcome.get("sent").copied().unwrap_or(0) + outcome.get("delivered").copied().unwrap_or(0);
+    assert!(taken >= recipients - 5, "{outcome:?}");
 
     // The replugged modem went back to work; the hung one was rested.
     let by_modem = |name: &str, after: u64| {
@@ -591,8 +629,19 @@ fn sigkill_while_sending_leaves_parts_uncertain_and_never_sends_them_again() {
     wait_until("every recipient final", Duration::from_secs(60), || {
         unfinished(&g) == 0
     });
-    // Give a wrongful resend every chance to happen.
+    // Give a wrongful resend every chance to happen, and the reports time to come.
     std::thread::sleep(Duration::from_secs(3));
+    wait_until(
+        "the reports of the parts sent after the restart",
+        Duration::from_secs(30),
+        || {
+            g.queue()
+                .iter()
+                .filter(|e| e["state"] == "delivered")
+                .count()
+                == 4
+        },
+    );
     let records = sim.records();
     for req in requests(&g) {
         for r in &req.recipients {
@@ -609,7 +658,9 @@ fn sigkill_while_sending_leaves_parts_uncertain_and_never_sends_them_again() {
                 );
                 assert_eq!(r.parts[0].attempts, 1);
             } else {
-                assert_eq!(r.state, "sent", "{}: {:?}", r.number, r.events);
+                // Sent by the restarted gateway, which hears the network's report.
+                assert_eq!(r.state, "delivered", "{}: {:?}", r.number, r.events);
+                assert_delivered_by_reports(r);
             }
         }
     }
@@ -659,9 +710,28 @@ fn sigterm_while_sending_waits_for_the_answer() {
     let modems = modems_json(&g);
     assert_eq!(modems[0]["state"]["state"], "stopped", "{}", modems[0]);
     g.spawn();
-    wait_until("both sent", Duration::from_secs(30), || unfinished(&g) == 0);
+    // The second is sent by the restarted gateway and reported delivered; the first's report
+    // may have come while no gateway listened, so it may stay `sent`.
+    wait_until(
+        "both sent, the second delivered",
+        Duration::from_secs(30),
+        || {
+            let q = g.queue();
+            unfinished(&g) == 0
+                && q.iter()
+                    .any(|e| e["number"] == "+33630000002" && e["state"] == "delivered")
+        },
+    );
     assert_eq!(sim.records().len(), 2);
-    assert!(g.queue().iter().all(|e| e["state"] == "sent"));
+    for req in requests(&g) {
+        for r in &req.recipients {
+            match r.state.as_str() {
+                "delivered" => assert_delivered_by_reports(r),
+                "sent" => assert_eq!(r.number, "+33630000001", "{:?}", r.events),
+                other => panic!("{}: {other}: {:?}", r.number, r.events),
+            }
+        }
+    }
 }
 
 #[test]

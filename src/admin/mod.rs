@@ -40,7 +40,103 @@ pub fn describe_config(c: &Config) -> String {
         if c.sms.transliterate { "on" } else { "off" },
         crate::config::subject_policy_name(c.body.subject)
     );
+    describe_mailboxes(&mut s, c);
+    describe_routing(&mut s, &c.routing);
     s
+}
+
+/// One line per `[[mailbox]]`: where it is, what it watches, who may send through it.
+fn describe_mailboxes(s: &mut String, c: &Config) {
+    if c.mailboxes.is_empty() {
+        let _ = writeln!(s, "mailboxes: none");
+    }
+    for m in &c.mailboxes {
+        let tls = match m.tls {
+            crate::intake::imap::ImapTls::Implicit => "implicit TLS",
+            crate::intake::imap::ImapTls::Starttls => "STARTTLS",
+            crate::intake::imap::ImapTls::None => "no TLS",
+        };
+        let mode = if m.idle {
+            format!("IDLE renewed every {}s", m.reidle.as_secs())
+        } else {
+            format!("polled every {}s", m.poll_interval.as_secs())
+        };
+        let r = &m.senders;
+        let who = if r.allowed_addresses.is_empty() && r.allowed_domains.is_empty() {
+            "any sender".to_string()
+        } else {
+            format!(
+                "{} allowed address(es), domain(s) {}",
+                r.allowed_addresses.len(),
+                if r.allowed_domains.is_empty() {
+                    "none".to_string()
+                } else {
+                    r.allowed_domains.join(", ")
+                }
+            )
+        };
+        let dmarc = match &r.authserv_id {
+            Some(id) => format!("DMARC must pass per {id}"),
+            None => "DMARC not checked".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "mailbox {}: {}@{}:{} ({tls}), folder {:?} -> {:?}, failed -> {:?}; {mode}; {who}; {dmarc}; {} PIN(s); claims as {}",
+            m.name,
+            m.user,
+            m.host,
+            m.port,
+            m.folder,
+            m.processed_folder,
+            m.failed_folder,
+            r.pins.len(),
+            m.claim_keyword,
+        );
+    }
+}
+
+/// The routing tables as loaded: sites, channels with their tariffs, blocked prefixes.
+fn describe_routing(s: &mut String, r: &crate::route::RoutingConfig) {
+    let peers: Vec<String> = r
+        .peers
+        .iter()
+        .map(|p| {
+            format!(
+                "{} (forwarding {}, {})",
+                p.name,
+                p.forwarding_cost,
+                if p.up { "up" } else { "down" }
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "routing: site {}; peers: {}; {} channel(s); {} blocked prefix(es); {} prefix(es) limited to given channels",
+        r.local,
+        if peers.is_empty() {
+            "none".to_string()
+        } else {
+            peers.join(", ")
+        },
+        r.channels.len(),
+        r.blocked_prefixes.len(),
+        r.allowed_channels.len(),
+    );
+    for ch in &r.channels {
+        let source = match &ch.tariff_source {
+            crate::route::config::TariffSource::Inline => "inline".to_string(),
+            crate::route::config::TariffSource::File(p) => p.display().to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "channel {} ({}) at {}: tariff {source}, {} prefix(es); {} blocked prefix(es)",
+            ch.name,
+            ch.kind.as_str(),
+            ch.site,
+            ch.tariff.len(),
+            ch.blocked_prefixes.len(),
+        );
+    }
 }
 
 pub fn render_queue(entries: &[QueueEntry]) -> String {
@@ -156,6 +252,30 @@ pub fn render_status(st: &RequestStatus) -> String {
                 "  part {}: {} after {} attempt(s){via}{mr}",
                 p.seq, p.state, p.attempts
             );
+            if let Some(t) = &p.sent_at {
+                let sim = p.sim.as_deref().unwrap_or("unknown");
+                let _ = writeln!(s, "    sent {t} from SIM {sim}");
+            }
+            // Every report, late and duplicate ones too, and what each did.
+            for r in &p.reports {
+                let _ = writeln!(
+                    s,
+                    "    report {} via {}: TP-ST 0x{:02X}, {} ({})",
+                    r.at, r.modem, r.status, r.text, r.outcome
+                );
+            }
+        }
+        for reply in &r.replies {
+            let note = reply
+                .note
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  reply {}: {} after {} attempt(s){note}",
+                reply.action, reply.state, reply.attempts
+            );
         }
         for e in &r.events {
             let part = e.part.map(|p| format!(" part {p}")).unwrap_or_default();
@@ -268,4 +388,55 @@ fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_config_summarizes_mailboxes_and_routing() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let demo = std::path::Path::new(root).join("config/demo.toml");
+        let text = std::fs::read_to_string(&demo).unwrap();
+        let mut c = crate::config::parse(
+            &demo,
+            &format!(
+                "{text}\n[[mailbox]]\nname = \"sms-inbox\"\nhost = \"imap.example.com\"\nuser = \"sms\"\npassword = \"x\"\nallowed_domains = [\"example.com\"]\nauthserv_id = \"mx.example.com\"\n"
+            ),
+        )
+        .unwrap();
+        c.mailboxes[0]
+            .senders
+            .pins
+            .insert("a@example.com".into(), "1234".into());
+        let out = describe_config(&c);
+        let csv = std::fs::read_to_string(
+            std::path::Path::new(root).join("config/tariffs/demo-smpp.csv"),
+        )
+        .unwrap();
+        // Data lines of the CSV: those starting with a prefix's digits.
+        let csv_prefixes = csv
+            .lines()
+            .filter(|l| {
+                l.trim_start()
+                    .starts_with(|ch: char| ch.is_ascii_digit() || ch == '+')
+            })
+            .count();
+        let crate::route::TariffSource::File(file) = &c.routing.channels[1].tariff_source else {
+            panic!("demo-smpp's tariff is a file")
+        };
+        let file = file.display();
+        for line in [
+            "mailbox sms-inbox: sms@imap.example.com:993 (implicit TLS), folder \"INBOX\" -> \"Processed\", failed -> \"Failed\"; IDLE renewed every 600s; 0 allowed address(es), domain(s) example.com; DMARC must pass per mx.example.com; 1 PIN(s); claims as $mail2sms-claimed-demo".to_string(),
+            "channel demo-modems (modems) at demo: tariff inline, 4 prefix(es); 1 blocked prefix(es)".to_string(),
+            format!("channel demo-smpp (smpp) at demo: tariff {file}, {csv_prefixes} prefix(es)"),
+        ] {
+            assert!(out.contains(&line), "{line:?} not in:\n{out}");
+        }
+        assert!(
+            out.contains("routing: site demo; peers: none; 2 channel(s)"),
+            "{out}"
+        );
+    }
 }

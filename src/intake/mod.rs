@@ -237,12 +237,24 @@ fn make_request(
 }
 
 /// A mail picked up from a mailbox as a request to queue; a refusal comes back as the SMTP
-/// reply whose sentence says why. Mailboxes are the organization's own, so the SMTP sender
-/// rules are not applied to them; quotas and the pumping guard are.
-fn build_request(config: &Config, envelope: &Envelope, data: &[u8]) -> Result<NewRequest, Reply> {
+/// reply whose sentence says why. The mailbox's sender rules were checked by pickup, which
+/// passes the PIN its sender must give (`pin`): checked and taken out of the subject and the
+/// text here as on the SMTP path. Quotas and the pumping guard apply in the queue's writer.
+fn build_request(
+    config: &Config,
+    envelope: &Envelope,
+    data: &[u8],
+    pin: Option<&str>,
+) -> Result<NewRequest, Reply> {
     let info = parse_mail(config, data)?;
-    let text = info.text.clone();
-    let subject = info.subject.clone();
+    let mut text = info.text.clone();
+    let mut subject = info.subject.clone();
+    if let Some(pin) = pin {
+        let clean = policy::take_pin(info.subject.as_deref(), pin)
+            .map_err(|r| Reply::new(550, (5, 7, 1), format!("Not allowed to send SMS: {r}")))?;
+        text = policy::strip_pin_from_text(&text, info.subject.as_deref());
+        subject = Some(clean);
+    }
     Ok(make_request(config, envelope, data, &info, &text, subject))
 }
 

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::at::{self, AtEvent, AtParser, CmsClass, FinalCode, Urc};
-use super::pdu::SubmitPdu;
+use super::pdu::{self, StatusReport, SubmitPdu, Tpdu};
 
 /// First wait before reopening a port; doubled up to [`MAX_REOPEN_BACKOFF`].
 const MIN_REOPEN_BACKOFF: Duration = Duration::from_millis(200);
@@ -160,12 +160,66 @@ impl SendError {
     }
 }
 
-/// Something the modem said on its own that the gateway acts on (status reports, later).
+/// Something the modem said on its own that the gateway acts on.
 #[derive(Debug, Clone)]
 pub struct Unsolicited {
     pub modem: String,
+    /// IMSI of the SIM in the modem when it was heard: reports are matched by SIM.
     pub imsi: Option<String>,
-    pub urc: Urc,
+    pub what: Heard,
+}
+
+#[derive(Debug, Clone)]
+pub enum Heard {
+    /// An SMS-STATUS-REPORT, routed (`+CDS`) or read from the message memory after `+CDSI`
+    /// or at start; `received_at` is Unix ms.
+    Report {
+        report: StatusReport,
+        received_at: i64,
+    },
+    /// Any other unsolicited result code.
+    Urc(Urc),
+}
+
+/// The status reports in the answer to `AT+CMGR=<i>` (index `None`) or `AT+CMGL` (TS 27.005
+/// §3.4.2, §3.4.3): each header line is followed by its PDU line. Entries that are not
+/// status reports (received SMS) are left out; an undecodable one gives its error, so that
+/// it is reported and not deleted.
+pub fn stored_reports(
+    lines: &[String],
+    index: Option<u32>,
+) -> Vec<(Option<u32>, Result<StatusReport, String>)> {
+    let mut out = Vec::new();
+    let mut it = lines.iter();
+    while let Some(line) = it.next() {
+        let idx = if let Some(h) = at::parse_cmgl(line) {
+            Some(h.index)
+        } else if at::parse_cmgr(line).is_some() {
+            index
+        } else {
+            continue;
+        };
+        let Some(pdu_line) = it.next() else {
+            out.push((idx, Err("the PDU line is missing".to_string())));
+            break;
+        };
+        let decoded = pdu::from_hex(pdu_line.trim())
+            .map_err(|e| e.to_string())
+            .and_then(|b| pdu::decode(&b, true).map_err(|e| e.to_string()));
+        match decoded {
+            Ok(Tpdu::StatusReport(r)) => out.push((idx, Ok(r))),
+            Ok(_) => {}
+            Err(e) => out.push((idx, Err(e))),
+        }
+    }
+    out
+}
+
+/// A message memory name as `+CDSI` gives it (`"SM"`, `"SR"`, `"ME"`): letters only, so that
+/// it cannot end the quoted string of `AT+CPMS`.
+fn memory_name(mem: &str) -> Option<&str> {
+    (!mem.is_empty() && mem.len() <= 4 && mem.bytes().all(|b| b.is_ascii_uppercase()))
+        .then_some(mem)
 }
 
 /// A caller asks for the modem; the driver answers with a lease once it is ready and idle.
@@ -345,6 +399,9 @@ struct Driver {
     status: watch::Sender<ModemStatus>,
     urcs: Option<mpsc::UnboundedSender<Unsolicited>>,
     failures: u32,
+    /// Status reports the modem stored and announced with `+CDSI`, to read and delete
+    /// between commands: (memory, index).
+    stored: Vec<(String, u32)>,
 }
 
 /// Why the serving loop ended.
@@ -384,6 +441,7 @@ impl Driver {
             status,
             urcs,
             failures: 0,
+            stored: Vec::new(),
         }
     }
 
@@ -632,6 +690,10 @@ impl Driver {
             s.manufacturer = manufacturer;
             s.model = model;
         });
+        if self.cfg.status_reports {
+            // Reports stored while no one listened (or by a modem that only stores them).
+            self.sweep_reports(c).await.map_err(InitError::retry)?;
+        }
         self.health(c).await.map_err(InitError::retry)?;
         let st = self.status.borrow().clone();
         info!(modem = %st.name, imei = ?st.imei, imsi = ?st.imsi, operator = ?st.operator, rssi = ?st.rssi, registration = ?st.registration, "modem initialized");
@@ -730,6 +792,12 @@ impl Driver {
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
         health.reset();
         loop {
+            if !self.stored.is_empty()
+                && let Err(e) = self.read_stored(c).await
+            {
+                let lost = e.port_lost();
+                return self.failure(format!("reading a stored status report: {e}"), lost);
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
                 req = rx.recv() => {
@@ -967,8 +1035,128 @@ impl Driver {
         }
     }
 
+    /// Reads, hands over and deletes every status report in the message memory
+    /// (`AT+CMGL=4`: all messages, TS 27.005 §3.4.2). Received SMS are left alone.
+    async fn sweep_reports(&mut self, c: &mut Conn) -> Result<(), CmdError> {
+        let t = self.cfg.command_timeout;
+        let lines = match self.exec(c, "AT+CMGL=4", t).await {
+            Ok(lines) => lines,
+            // A modem without a message memory to list has nothing stored.
+            Err(CmdError::Final(code)) => {
+                debug!(modem = %self.cfg.name, ?code, "AT+CMGL refused; no stored reports read");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        for (index, report) in stored_reports(&lines, None) {
+            self.take_stored(c, index, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the reports announced by `+CDSI`: `AT+CPMS` to their memory when it is not the
+    /// one read last, `AT+CMGR`, then `AT+CMGD` once handed over.
+    async fn read_stored(&mut self, c: &mut Conn) -> Result<(), CmdError> {
+        let t = self.cfg.command_timeout;
+        let mut memory: Option<String> = None;
+        // Those left unread by a failure are found by the sweep when the modem is set up again.
+        for (mem, index) in std::mem::take(&mut self.stored) {
+            let Some(mem) = memory_name(&mem) else {
+                warn!(modem = %self.cfg.name, mem, "+CDSI names a memory that cannot be selected");
+                continue;
+            };
+            if memory.as_deref() != Some(mem) {
+                if let Err(e) = self.exec(c, &format!("AT+CPMS=\"{mem}\""), t).await {
+                    if e.port_lost() || matches!(e, CmdError::Timeout) {
+                        return Err(e);
+                    }
+                    warn!(modem = %self.cfg.name, mem, error = %e, "cannot select the memory of a stored report");
+                    continue;
+                }
+                memory = Some(mem.to_string());
+            }
+            let lines = match self.exec(c, &format!("AT+CMGR={index}"), t).await {
+                Ok(lines) => lines,
+                Err(e @ (CmdError::Io(_) | CmdError::Timeout)) => return Err(e),
+                Err(e) => {
+                    warn!(modem = %self.cfg.name, index, error = %e, "cannot read a stored report");
+                    continue;
+                }
+            };
+            for (i, report) in stored_reports(&lines, Some(index)) {
+                self.take_stored(c, i, report).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a stored report over, then deletes it so the memory does not fill up. One that
+    /// cannot be decoded is kept for a person to look at.
+    async fn take_stored(
+        &mut self,
+        c: &mut Conn,
+        index: Option<u32>,
+        report: Result<StatusReport, String>,
+    ) -> Result<(), CmdError> {
+        match report {
+            Ok(r) => {
+                self.hand_over(Heard::Report {
+                    report: r,
+                    received_at: crate::queue::now_ms(),
+                });
+                if let Some(i) = index {
+                    match self
+                        .exec(c, &format!("AT+CMGD={i}"), self.cfg.command_timeout)
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e @ (CmdError::Io(_) | CmdError::Timeout)) => return Err(e),
+                        Err(e) => {
+                            warn!(modem = %self.cfg.name, index = i, error = %e, "cannot delete a stored report")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(modem = %self.cfg.name, ?index, error = %e, "a stored status report cannot be decoded; left in the modem")
+            }
+        }
+        Ok(())
+    }
+
+    fn hand_over(&self, what: Heard) {
+        if let Some(tx) = &self.urcs {
+            let imsi = self.status.borrow().imsi.clone();
+            let _ = tx.send(Unsolicited {
+                modem: self.cfg.name.clone(),
+                imsi,
+                what,
+            });
+        }
+    }
+
     fn urc(&mut self, u: Urc) {
         match &u {
+            Urc::Cds { pdu } => {
+                match pdu::decode(pdu, true) {
+                    Ok(Tpdu::StatusReport(report)) => self.hand_over(Heard::Report {
+                        report,
+                        received_at: crate::queue::now_ms(),
+                    }),
+                    Ok(other) => {
+                        warn!(modem = %self.cfg.name, tpdu = ?other, "+CDS carried no status report")
+                    }
+                    Err(e) => {
+                        warn!(modem = %self.cfg.name, error = %e, "+CDS cannot be decoded")
+                    }
+                }
+                return;
+            }
+            Urc::Cdsi { mem, index } => {
+                // Read between commands: this may be in the middle of one.
+                self.stored.push((mem.clone(), *index));
+                return;
+            }
             Urc::Rssi(r) => self.status.send_modify(|s| s.rssi = Some(*r)),
             Urc::Creg { stat } => {
                 self.status.send_modify(|s| s.registration = Some(*stat));
@@ -980,14 +1168,7 @@ impl Driver {
             _ => {}
         }
         debug!(modem = %self.cfg.name, urc = ?u, "unsolicited");
-        if let Some(tx) = &self.urcs {
-            let imsi = self.status.borrow().imsi.clone();
-            let _ = tx.send(Unsolicited {
-                modem: self.cfg.name.clone(),
-                imsi,
-                urc: u,
-            });
-        }
+        self.hand_over(Heard::Urc(u));
     }
 }
 

@@ -75,6 +75,13 @@ pub async fn start_modems(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Modems> {
     let tasks = TaskTracker::new();
+    // Rows of modems removed from the configuration would stay in `mail2sms modems` forever.
+    store
+        .forget_other_modems(cfg.modems.iter().map(|m| m.driver.name.clone()).collect())
+        .await
+        .context("forgetting modems no longer configured")?;
+    let (heard_tx, heard_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(take_reports(store.clone(), cfg.sending.reports, heard_rx));
     let mut pool_modems = Vec::new();
     let mut sims = Vec::new();
     for m in &cfg.modems {
@@ -92,7 +99,12 @@ pub async fn start_modems(
             .with_context(|| format!("starting simulated modem {}", m.driver.name))?;
             sims.push(handle);
         }
-        let modem = driver::Modem::start_tracked(m.driver.clone(), None, shutdown.clone(), &tasks);
+        let modem = driver::Modem::start_tracked(
+            m.driver.clone(),
+            Some(heard_tx.clone()),
+            shutdown.clone(),
+            &tasks,
+        );
         pool_modems.push(pool::PoolModem {
             modem,
             prefixes: m.prefixes.clone(),
@@ -121,6 +133,33 @@ pub async fn start_modems(
         tasks,
         _sims: sims,
     })
+}
+
+/// Hands each status report the drivers decode to the queue, which matches it to its part
+/// (`queue::reports`). The channel ends when every driver has stopped.
+async fn take_reports(
+    store: Store,
+    matching: crate::queue::Matching,
+    mut heard: tokio::sync::mpsc::UnboundedReceiver<driver::Unsolicited>,
+) {
+    while let Some(u) = heard.recv().await {
+        let driver::Heard::Report {
+            report,
+            received_at,
+        } = u.what
+        else {
+            continue;
+        };
+        let incoming = crate::queue::IncomingReport {
+            modem: u.modem,
+            sim: u.imsi,
+            report,
+            received_at,
+        };
+        if let Err(e) = store.report(incoming, matching).await {
+            warn!(error = %e, "cannot record a status report");
+        }
+    }
 }
 
 /// Writes each modem's status to the store when it changed (at most once a second) and

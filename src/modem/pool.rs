@@ -47,6 +47,8 @@ pub struct PoolConfig {
     pub validity: Option<Duration>,
     /// Ask for status reports (TP-SRR).
     pub status_reports: bool,
+    /// How status reports are matched to the parts they are about.
+    pub reports: crate::queue::Matching,
 }
 
 impl Default for PoolConfig {
@@ -57,6 +59,7 @@ impl Default for PoolConfig {
             retry_max: Duration::from_secs(30 * 60),
             validity: Some(Duration::from_secs(2 * 24 * 3600)),
             status_reports: true,
+            reports: crate::queue::Matching::default(),
         }
     }
 }
@@ -403,13 +406,19 @@ async fn send_job(
         let attempts = part.attempts + 1;
         let change = match result {
             Ok(mr) => {
-                let reason = pm.modem.with_status(|s| {
+                let sent_at = crate::queue::now_ms();
+                let (reason, sim) = pm.modem.with_status(|s| {
                     let imsi = s.imsi.as_deref().unwrap_or("unknown");
-                    format!("sent via {name} (SIM {imsi}), TP-MR {mr}")
+                    (
+                        format!("sent via {name} (SIM {imsi}), TP-MR {mr}"),
+                        s.imsi.clone(),
+                    )
                 });
                 *unrecorded = Some(Change::Sent {
                     part: part.id,
                     message_ref: Some(i64::from(mr)),
+                    sim,
+                    sent_at,
                     reason,
                 });
                 continue;

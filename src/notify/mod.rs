@@ -3,7 +3,8 @@
 //! This module owns the SMTP client side (lettre, through the configured relay) and the text of
 //! the replies. Today it sends one kind, the failure notice: a mail taken from a mailbox gave no
 //! SMS (it could not be read, or named no SMS recipient), or some of its recipients were refused.
-//! Status replies built from the event log will be added here next to it.
+//! Status replies (RFC 3464 delivery status notifications) are in [`replies`], on the same
+//! transport and the same durable pattern.
 //!
 //! Rules every reply follows (RFC 3834, automatic responses to electronic mail):
 //! - the envelope sender is null, `MAIL FROM:<>` (§3.3), so a reply that cannot be delivered does
@@ -16,6 +17,8 @@
 //! Notices are durable: pickup writes them in the queue in the same transaction as its decision
 //! (`queue::imap`), and [`run`] sends what is due, retrying with backoff, recording the next
 //! attempt before making it.
+
+pub mod replies;
 
 use std::sync::Arc;
 use std::time::Duration;

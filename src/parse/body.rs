@@ -1948,7 +1948,12 @@ impl AddressElement {
                     .iter()
                     .rposition(|t| t.contains('@'))
                     .or(tokens.len().checked_sub(1))?;
-                let address = tokens.get(at)?.to_string();
+                // An unclosed `[` or quote can carry a blank into the token: trim it, so the
+                // address is never written with one.
+                let address = tokens.get(at)?.trim().to_string();
+                if address.is_empty() {
+                    return None;
+                }
                 let others: Vec<&str> = tokens
                     .iter()
                     .enumerate()
@@ -2629,6 +2634,8 @@ mod tests {
             ("a@x.fr,, ,b@y.fr", &[(None, "a@x.fr"), (None, "b@y.fr")]),
             ("user@[192.0.2.1]", &[(None, "user@[192.0.2.1]")]),
             ("\"unterminated <x@y>", &[(None, "\"unterminated <x@y>\"")]),
+            // Found by fuzzing: an unclosed `[` swallowed a quote and the blank after it.
+            ("Pau[12@rms\" ", &[(None, "Pau[12@rms\"")]),
             ("", &[]),
         ];
         for (value, expected) in cases {

@@ -140,13 +140,7 @@ impl SenderPolicy {
     }
 
     fn listed(&self, address: &str) -> bool {
-        let a = address.to_ascii_lowercase();
-        let domain = a.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        self.allowed_addresses.contains(&a)
-            || self
-                .allowed_domains
-                .iter()
-                .any(|d| domain == d || domain.ends_with(&format!(".{d}")))
+        is_listed(&self.allowed_addresses, &self.allowed_domains, address)
     }
 
     fn has_lists(&self) -> bool {
@@ -254,6 +248,17 @@ impl SenderPolicy {
             .or_else(|| self.pins.get(&ctx.mail_from.to_ascii_lowercase()))
             .map(String::as_str)
     }
+}
+
+/// Whether `address` is one of `addresses` or in one of `domains` (subdomains included); both
+/// lists in lower case. Shared by the SMTP rules and the mailbox rules (`intake::imap`).
+pub fn is_listed(addresses: &[String], domains: &[String], address: &str) -> bool {
+    let a = address.to_ascii_lowercase();
+    let domain = a.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    addresses.contains(&a)
+        || domains
+            .iter()
+            .any(|d| domain == d || domain.ends_with(&format!(".{d}")))
 }
 
 fn result_word(r: &DmarcResult) -> &'static str {

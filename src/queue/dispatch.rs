@@ -48,9 +48,13 @@ pub enum Change {
     /// About to be handed to `channel`.
     Sending { part: i64, channel: String },
     /// The channel took it; `message_ref` is the modem's TP-MR.
+    /// `sim` is the IMSI of the SIM that sent it and `sent_at` (Unix ms) when: what a
+    /// delivery report is matched by (`reports`).
     Sent {
         part: i64,
         message_ref: Option<i64>,
+        sim: Option<String>,
+        sent_at: i64,
         reason: String,
     },
     /// A temporary failure: try again at `at` (Unix ms).
@@ -59,6 +63,39 @@ pub enum Change {
     Fail { part: i64, reason: String },
     /// Found `sending` after a crash: it may or may not have left.
     Uncertain { part: i64, reason: String },
+    /// Every unsent part of a recipient's message was taken, durably, by the peer site `peer`
+    /// (its `submit_sm_resp` arrived), which calls it `remote_id`: from now on the peer sends it,
+    /// never this site (`peer::link`).
+    Forwarded {
+        recipient: i64,
+        peer: String,
+        remote_id: String,
+    },
+    /// The SMPP client that submitted this recipient's message acknowledged its delivery
+    /// receipt (`peer::server`): it is not owed any more.
+    ReceiptSent { recipient: i64 },
+    /// The peer that took this recipient's message reported how it ended (a `deliver_sm`
+    /// receipt): its parts become `delivered`, or `failed` with the reason.
+    PeerReceipt {
+        recipient: i64,
+        delivered: bool,
+        reason: String,
+    },
+}
+
+/// Decides, for each recipient [`ready`] finds, whether this site's own modems send it. The peer
+/// module installs one when the site has peer links (`peer::placement`), so that a message the
+/// router gives to another site is left to the link; without one, everything is sent here.
+pub trait Placement: Send + Sync {
+    /// `source` is the request's `source` column (`smtp`, `imap`, `smpp`, `peer`).
+    fn send_here(&self, work: &Work, source: &str) -> bool;
+}
+
+static PLACEMENT: std::sync::OnceLock<std::sync::Arc<dyn Placement>> = std::sync::OnceLock::new();
+
+/// Installs the placement for this process (once; a second call is refused and returns false).
+pub fn set_placement(p: std::sync::Arc<dyn Placement>) -> bool {
+    PLACEMENT.set(p).is_ok()
 }
 
 /// Recipients with parts ready to send now, oldest first, leaving out those in `busy`.
@@ -76,7 +113,8 @@ pub async fn ready(
     let now = now_ms();
     let rows = sqlx::query(
         "SELECT p.recipient_id, r.request_id, r.number, q.encoding,
-                p.id, p.seq, p.text, p.state, p.attempts, p.channel, p.next_attempt_at
+                p.id, p.seq, p.text, p.state, p.attempts, p.channel, p.next_attempt_at,
+                q.source
          FROM (SELECT DISTINCT recipient_id FROM parts INDEXED BY parts_ready
                WHERE state IN ('accepted', 'routed')
                  AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
@@ -91,6 +129,8 @@ pub async fn ready(
     .fetch_all(pool)
     .await?;
     let mut out: Vec<Work> = Vec::new();
+    // The request's source of each work in `out`, for the placement hook.
+    let mut sources: Vec<String> = Vec::new();
     for row in &rows {
         let rid: i64 = row.get(0);
         if busy.contains(&rid) {
@@ -114,6 +154,7 @@ pub async fn ready(
                 pending: Vec::new(),
                 sent_on: None,
             });
+            sources.push(row.get(11));
         }
         let Some(work) = out.last_mut() else { continue };
         work.all_parts.push(row.get(6));
@@ -133,7 +174,12 @@ pub async fn ready(
     }
     // Each recipient was chosen for having a due part, so none is empty; keep the guarantee
     // should a part change between the two halves of the query's reading.
-    out.retain(|w| !w.pending.is_empty());
+    // A message the placement gives to a peer site is left to its link (`peer::placement`).
+    let mut sources = sources.into_iter();
+    out.retain(|w| {
+        let source = sources.next().unwrap_or_default();
+        !w.pending.is_empty() && PLACEMENT.get().is_none_or(|p| p.send_here(w, &source))
+    });
     Ok(out)
 }
 
@@ -170,6 +216,27 @@ pub(super) async fn apply(
     conn: &mut SqliteConnection,
     changes: &[Change],
 ) -> Result<(), QueueError> {
+    // Changes of a whole recipient (the peer links'): statements of their own.
+    if changes.iter().any(Change::is_recipient_level) {
+        sqlx::query("SAVEPOINT peer_job")
+            .execute(&mut *conn)
+            .await?;
+        for change in changes {
+            let r = if change.is_recipient_level() {
+                apply_recipient(conn, change).await
+            } else {
+                Box::pin(apply(conn, std::slice::from_ref(change))).await
+            };
+            if let Err(e) = r {
+                sqlx::query("ROLLBACK TO peer_job; RELEASE peer_job")
+                    .execute(&mut *conn)
+                    .await?;
+                return Err(e);
+            }
+        }
+        sqlx::query("RELEASE peer_job").execute(&mut *conn).await?;
+        return Ok(());
+    }
     let sql: &'static str = match changes {
         [] => return Ok(()),
         [c] => SINGLE[c.kind() as usize].as_str(),
@@ -205,6 +272,7 @@ pub(super) async fn apply(
                 part,
                 message_ref,
                 reason,
+                ..
             } => query
                 .bind(*part)
                 .bind(now)
@@ -223,6 +291,10 @@ pub(super) async fn apply(
                 .bind(now)
                 .bind(reason.as_str())
                 .bind(None::<i64>),
+            // Taken aside at the top of this function.
+            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => {
+                query
+            }
         };
     }
     // sqlx binds a parameter number a statement does not use (`?4` used, `?3` not) to the
@@ -232,7 +304,7 @@ pub(super) async fn apply(
         query = query.bind(None::<i64>);
     }
     match query.execute(&mut *conn).await {
-        Ok(_) => Ok(()),
+        Ok(_) => after(conn, changes, now).await,
         Err(e) => {
             // The usual cause: a part that does not exist; then the first statement failed
             // and nothing was written. Any other failure may leave part of the job written:
@@ -249,6 +321,31 @@ pub(super) async fn apply(
             Err(QueueError::Broken(e.to_string()))
         }
     }
+}
+
+/// What a change records besides its state, event and summary, in the same transaction: a
+/// sent part's SIM and send time (what its status report is matched by), and the status reply
+/// its recipient's new state owes (`replies`).
+async fn after(
+    conn: &mut SqliteConnection,
+    changes: &[Change],
+    now: i64,
+) -> Result<(), QueueError> {
+    for change in changes {
+        if let Change::Sent {
+            part, sim, sent_at, ..
+        } = change
+        {
+            sqlx::query("UPDATE parts SET sim = ?2, sent_at = ?3 WHERE id = ?1")
+                .bind(part)
+                .bind(sim)
+                .bind(sent_at)
+                .execute(&mut *conn)
+                .await?;
+        }
+        super::replies::record(conn, change.part(), now).await?;
+    }
+    Ok(())
 }
 
 /// The kinds of change, as indexes into [`SINGLE`].
@@ -269,7 +366,20 @@ impl Change {
             Change::Retry { .. } => Kind::Retry,
             Change::Fail { .. } => Kind::Fail,
             Change::Uncertain { .. } => Kind::Uncertain,
+            // Never asked: `apply` takes recipient-level changes aside before it looks at
+            // kinds; a kind is still given so the match stays total without a panic.
+            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => {
+                Kind::Uncertain
+            }
         }
+    }
+
+    /// A change of a whole recipient (from the peer links) rather than of one part.
+    pub fn is_recipient_level(&self) -> bool {
+        matches!(
+            self,
+            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. }
+        )
     }
 
     /// The part it changes.
@@ -280,6 +390,8 @@ impl Change {
             | Change::Retry { part, .. }
             | Change::Fail { part, .. }
             | Change::Uncertain { part, .. } => *part,
+            // A recipient-level change names no part; 0 is no part's id (ids start at 1).
+            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => 0,
         }
     }
 }
@@ -448,6 +560,140 @@ pub fn summarise(parts: &[State]) -> State {
         .into_iter()
         .find(|s| parts.contains(s))
         .unwrap_or(State::Delivered)
+}
+
+/// Applies a recipient-level change (see [`Change::is_recipient_level`]) with its events.
+async fn apply_recipient(conn: &mut SqliteConnection, change: &Change) -> Result<(), QueueError> {
+    let now = now_ms();
+    match change {
+        Change::Forwarded {
+            recipient,
+            peer,
+            remote_id,
+        } => apply_forwarded(conn, *recipient, peer, remote_id).await,
+        Change::PeerReceipt {
+            recipient,
+            delivered,
+            reason,
+        } => {
+            let state = if *delivered {
+                State::Delivered
+            } else {
+                State::Failed
+            };
+            let parts: Vec<i64> = sqlx::query_scalar(
+                "UPDATE parts SET state = ?2, updated_at = ?3
+                 WHERE recipient_id = ?1 AND state = 'sent' RETURNING id",
+            )
+            .bind(recipient)
+            .bind(state.as_str())
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+            for p in &parts {
+                peer_event(conn, *p, state, reason, now).await?;
+            }
+            if let Some(first) = parts.first() {
+                peer_refresh_recipient(conn, *first, now).await?;
+            }
+            Ok(())
+        }
+        Change::ReceiptSent { recipient } => {
+            sqlx::query(
+                "INSERT INTO smpp_receipts (recipient_id, state, sent_at)
+                 SELECT id, state, ?2 FROM recipients WHERE id = ?1
+                 ON CONFLICT (recipient_id) DO NOTHING",
+            )
+            .bind(recipient)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// [`Change::Forwarded`]: the parts become `sent` through `peer:<name>`, with the peer's id
+/// kept in `forwards` so its delivery receipts find the message again.
+async fn apply_forwarded(
+    conn: &mut SqliteConnection,
+    recipient: i64,
+    peer: &str,
+    remote_id: &str,
+) -> Result<(), QueueError> {
+    let now = now_ms();
+    let parts: Vec<i64> = sqlx::query_scalar(
+        "UPDATE parts SET state = 'sent', channel = ?2, next_attempt_at = NULL, updated_at = ?3
+         WHERE recipient_id = ?1 AND state IN ('accepted', 'routed') RETURNING id",
+    )
+    .bind(recipient)
+    .bind(format!("peer:{peer}"))
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO forwards (recipient_id, peer, remote_id, forwarded_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (recipient_id) DO UPDATE SET peer = ?2, remote_id = ?3, forwarded_at = ?4",
+    )
+    .bind(recipient)
+    .bind(peer)
+    .bind(remote_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let reason = format!("forwarded to site {peer}, which stored it as {remote_id} and sends it");
+    for p in &parts {
+        peer_event(conn, *p, State::Sent, &reason, now).await?;
+    }
+    if let Some(first) = parts.first() {
+        peer_refresh_recipient(conn, *first, now).await?;
+    }
+    Ok(())
+}
+
+async fn peer_event(
+    conn: &mut SqliteConnection,
+    part: i64,
+    state: State,
+    reason: &str,
+    now: i64,
+) -> Result<(), QueueError> {
+    sqlx::query(
+        "INSERT INTO events (at, request_id, recipient_id, part_id, state, reason)
+         SELECT ?1, r.request_id, r.id, p.id, ?3, ?4
+         FROM parts p JOIN recipients r ON r.id = p.recipient_id WHERE p.id = ?2",
+    )
+    .bind(now)
+    .bind(part)
+    .bind(state.as_str())
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn peer_refresh_recipient(
+    conn: &mut SqliteConnection,
+    part: i64,
+    now: i64,
+) -> Result<(), QueueError> {
+    let rid: i64 = sqlx::query_scalar("SELECT recipient_id FROM parts WHERE id = ?1")
+        .bind(part)
+        .fetch_one(&mut *conn)
+        .await?;
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM parts WHERE recipient_id = ?1")
+        .bind(rid)
+        .fetch_all(&mut *conn)
+        .await?;
+    let states: Vec<State> = states.iter().filter_map(|s| s.parse().ok()).collect();
+    sqlx::query("UPDATE recipients SET state = ?2, updated_at = ?3 WHERE id = ?1")
+        .bind(rid)
+        .bind(summarise(&states).as_str())
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

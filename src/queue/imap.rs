@@ -8,6 +8,10 @@
 //! that it was already handled ([`Claimed::Known`]) and only moves it. The mail's Message-ID
 //! (or a digest of its bytes when it has none) is kept with the name: after a UIDVALIDITY
 //! change every UID is new, and the Message-ID is what recognises a mail already handled.
+//! That check is a primary key (`imap_mails`: one row per mailbox and mail), written in the
+//! same transaction as the request, so one gateway's queue can never hold two requests for
+//! one mail, whatever order its sessions see the mail's names in. Two gateways have two
+//! queues: between them the claim keyword on the server decides (see `intake::imap`).
 //!
 //! A notice is written in the same transaction as the decision that causes it (a mail that
 //! gives no SMS, recipients that were refused) and sent afterwards by `notify`, with retries;
@@ -31,6 +35,17 @@ pub struct NewClaim {
     pub decision: Decision,
     /// A reply to send to the mail's sender, if any.
     pub notice: Option<NewNotice>,
+    /// Where a reply goes should the writer refuse the request (a quota); `None` when the
+    /// sender is not answered (no `[notify]`, null sender, automatic mail).
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// The sender of a mail, for a reply the writer decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub recipient: String,
+    pub original_message_id: Option<String>,
+    pub original_subject: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -238,11 +253,11 @@ async fn claim(
             same_uid: true,
         });
     }
-    // The same mail under another name: a UIDVALIDITY change, or a second delivery into the
-    // mailbox. The new name is recorded too, so the next look finds it at once.
+    // The same mail under another name: a UIDVALIDITY change, a restored copy, or a second
+    // delivery into the mailbox. The new name is recorded too, so the next look finds it at
+    // once.
     let same_mail: Option<(String, Option<String>)> = sqlx::query_as(
-        "SELECT outcome, request_id FROM imap_claims
-         WHERE mailbox = ?1 AND message_key = ?2 ORDER BY claimed_at LIMIT 1",
+        "SELECT outcome, request_id FROM imap_mails WHERE mailbox = ?1 AND message_key = ?2",
     )
     .bind(&c.mailbox)
     .bind(&c.message_key)
@@ -265,19 +280,42 @@ async fn claim(
         });
     }
 
+    let mut notice = c.notice.clone();
     let result = match &c.decision {
-        Decision::Queue(req) => {
-            let accepted = insert_request(conn, req, limits).await?;
-            let reason = c.notice.as_ref().map(|n| n.reason.as_str());
-            insert_claim(conn, c, Outcome::Queued, Some(accepted.id()), reason, now).await?;
-            Claimed::Queued(accepted)
-        }
+        Decision::Queue(req) => match insert_request(conn, req, limits).await {
+            Ok(accepted) => {
+                let reason = c.notice.as_ref().map(|n| n.reason.as_str());
+                insert_mail(conn, c, Outcome::Queued, Some(accepted.id()), now).await?;
+                insert_claim(conn, c, Outcome::Queued, Some(accepted.id()), reason, now).await?;
+                Claimed::Queued(accepted)
+            }
+            // Over a quota: refused like a sender rule, failed folder and a reply. (SMTP
+            // answers 451 and the client retries; a mail left in the folder would be taken up
+            // again at once, over and over, so the sender is told to send it again later.)
+            // `check_quotas` runs before anything is written, so nothing of it is stored.
+            Err(QueueError::Quota(q)) => {
+                let reason = format!(
+                    "Not allowed to send SMS: quota reached: {q}; send it again later (rule: quota)"
+                );
+                insert_mail(conn, c, Outcome::Failed, None, now).await?;
+                insert_claim(conn, c, Outcome::Failed, None, Some(&reason), now).await?;
+                notice = c.reply_to.as_ref().map(|to| NewNotice {
+                    recipient: to.recipient.clone(),
+                    original_message_id: to.original_message_id.clone(),
+                    original_subject: to.original_subject.clone(),
+                    reason,
+                });
+                Claimed::Failed
+            }
+            Err(e) => return Err(e),
+        },
         Decision::Fail { reason } => {
+            insert_mail(conn, c, Outcome::Failed, None, now).await?;
             insert_claim(conn, c, Outcome::Failed, None, Some(reason), now).await?;
             Claimed::Failed
         }
     };
-    if let Some(n) = &c.notice {
+    if let Some(n) = &notice {
         sqlx::query(
             "INSERT INTO notices (created_at, recipient, original_message_id, original_subject,
                 reason, state, next_attempt_at, updated_at)
@@ -292,6 +330,30 @@ async fn claim(
         .await?;
     }
     Ok(result)
+}
+
+/// The first handling of a mail. A plain INSERT: should a row for this mail exist after all
+/// (the check above raced another writer), the primary key fails the whole savepoint, the
+/// request with it, and the mail is taken up again and found known.
+async fn insert_mail(
+    conn: &mut SqliteConnection,
+    c: &NewClaim,
+    outcome: Outcome,
+    request_id: Option<&str>,
+    now: i64,
+) -> Result<(), QueueError> {
+    sqlx::query(
+        "INSERT INTO imap_mails (mailbox, message_key, outcome, request_id, handled_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(&c.mailbox)
+    .bind(&c.message_key)
+    .bind(outcome.as_str())
+    .bind(request_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn insert_claim(
@@ -397,6 +459,7 @@ mod tests {
             message_key: key.into(),
             decision,
             notice: None,
+            reply_to: None,
         }
     }
 
@@ -481,6 +544,93 @@ mod tests {
         assert_eq!(next_notice_at(store.reader()).await.unwrap(), Some(later));
         store.notice_sent(due[0].id).await.unwrap();
         assert_eq!(next_notice_at(store.reader()).await.unwrap(), None);
+    }
+
+    /// Two names of one mail claimed in one writer batch (the writer commits what is waiting
+    /// together): the second sees the first's row, so one request, and the constraint itself
+    /// refuses a second row for the mail.
+    #[tokio::test]
+    async fn one_mail_under_many_names_is_one_request() {
+        let (_dir, store) = open().await;
+        let q = Decision::Queue(Box::new(request("m1@x", "+33477858589")));
+        let claims = (1..=8).map(|uid| store.claim(claim(uid % 2 + 5, uid, "<m1@x>", q.clone())));
+        let results = futures_util::future::join_all(claims).await;
+        let queued = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Claimed::Queued(_))))
+            .count();
+        let known = results
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Ok(Claimed::Known {
+                        same_uid: false,
+                        ..
+                    })
+                )
+            })
+            .count();
+        assert_eq!((queued, known), (1, 7), "{results:?}");
+        assert_eq!(list(store.reader(), None).await.unwrap().len(), 1);
+        let names: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM imap_claims")
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+        assert_eq!(names, 8);
+        let mut conn = store.reader().acquire().await.unwrap();
+        let second = sqlx::query(
+            "INSERT INTO imap_mails (mailbox, message_key, outcome, handled_at)
+             VALUES ('box', '<m1@x>', 'failed', 0)",
+        )
+        .execute(&mut *conn)
+        .await;
+        let e = second.expect_err("a second row for one mail was accepted");
+        assert!(e.to_string().contains("UNIQUE"), "{e}");
+    }
+
+    /// Over a quota, mailbox mail is refused like a sender rule: failed, a reply naming the
+    /// rule, nothing queued; exactly at the limit it is still queued.
+    #[tokio::test]
+    async fn quota_refuses_into_the_failed_folder_with_a_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = crate::queue::QueuePolicy {
+            quotas: crate::queue::Quotas {
+                sender_per_hour: Some(2),
+                ..Default::default()
+            },
+            guard: crate::queue::Guard {
+                enabled: false,
+                ..Default::default()
+            },
+        };
+        let store = Store::open_with(&dir.path().join("q.db"), policy)
+            .await
+            .unwrap();
+        let mut outcomes = Vec::new();
+        for i in 1..=3u32 {
+            let mut c = claim(
+                1,
+                i,
+                &format!("<m{i}@x>"),
+                Decision::Queue(Box::new(request(&format!("m{i}@x"), "+33477858589"))),
+            );
+            c.reply_to = Some(ReplyTo {
+                recipient: "jean@x.fr".into(),
+                original_message_id: Some(format!("m{i}@x")),
+                original_subject: Some("Hi".into()),
+            });
+            outcomes.push(store.claim(c).await.unwrap().outcome());
+        }
+        assert_eq!(
+            outcomes,
+            [Outcome::Queued, Outcome::Queued, Outcome::Failed]
+        );
+        assert_eq!(list(store.reader(), None).await.unwrap().len(), 2);
+        let due = due_notices(store.reader(), 10).await.unwrap();
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].original_message_id.as_deref(), Some("m3@x"));
+        assert!(due[0].reason.contains("(rule: quota)"), "{}", due[0].reason);
     }
 
     #[tokio::test]

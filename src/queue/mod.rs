@@ -12,6 +12,8 @@
 pub mod dispatch;
 pub mod imap;
 pub mod policy;
+pub mod replies;
+pub mod reports;
 pub mod state;
 
 use std::path::Path;
@@ -30,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use dispatch::{Change, PendingPart, Work};
 pub use policy::{Guard, QueuePolicy, QuotaExceeded, Quotas};
+pub use reports::{Applied, IncomingReport, Matching};
 pub use state::State;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -64,13 +67,20 @@ pub enum QueueError {
 pub enum Source {
     Smtp,
     Imap,
+    /// Submitted by an application over SMPP (`peer::server`).
+    Smpp,
+    /// Forwarded by another site of the organization, which routed it here and applied its own
+    /// quotas and guard to it already (`peer::server`).
+    Peer,
 }
 
 impl Source {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Source::Smtp => "smtp",
             Source::Imap => "imap",
+            Source::Smpp => "smpp",
+            Source::Peer => "peer",
         }
     }
 }
@@ -146,13 +156,23 @@ enum Job {
     /// State changes applied together, all or none (one modem's `sent` and its next
     /// `sending` share a commit).
     Change(Vec<Change>, oneshot::Sender<Result<(), QueueError>>),
-    /// Snapshots of modem status (name, JSON), replacing the previous ones.
+    /// A delivery report to match to its part and apply.
+    Report(
+        Box<IncomingReport>,
+        Matching,
+        oneshot::Sender<Result<Applied, QueueError>>,
+    ),
+    /// Snapshots of modem status (name, JSON), replacing the previous ones; with the names of
+    /// every configured modem, the rows of modems no longer configured are deleted.
     Modems(
         Vec<(String, String)>,
+        Option<Vec<String>>,
         oneshot::Sender<Result<(), QueueError>>,
     ),
     /// IMAP pickup's claims and the notices they cause (`imap.rs`).
     Imap(imap::Op, oneshot::Sender<Result<imap::Done, QueueError>>),
+    /// Status replies: attempts, decisions, delays (`replies.rs`).
+    Replies(replies::Op, oneshot::Sender<Result<u64, QueueError>>),
 }
 
 /// What a job did, for the writer to hand back to whoever sent it.
@@ -160,6 +180,8 @@ enum Outcome {
     Accepted(Accepted),
     Changed,
     Imap(imap::Done),
+    Reported(Applied),
+    Replies(u64),
 }
 
 /// Handle to the queue. Cheap to clone.
@@ -278,11 +300,41 @@ impl Store {
         rx.await.map_err(|_| QueueError::WriterGone)?
     }
 
+    /// Matches a delivery report to its part and applies it durably (see [`reports`]).
+    pub async fn report(&self, r: IncomingReport, m: Matching) -> Result<Applied, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Report(Box::new(r), m, tx))
+            .await
+            .map_err(|_| QueueError::WriterGone)?;
+        rx.await.map_err(|_| QueueError::WriterGone)?
+    }
+
+    async fn replies_op(&self, op: replies::Op) -> Result<u64, QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Replies(op, tx))
+            .await
+            .map_err(|_| QueueError::WriterGone)?;
+        rx.await.map_err(|_| QueueError::WriterGone)?
+    }
+
     /// Records what the modem drivers report, for `mail2sms modems`.
     pub async fn record_modems(&self, snapshots: Vec<(String, String)>) -> Result<(), QueueError> {
         let (tx, rx) = oneshot::channel();
         self.writer
-            .send(Job::Modems(snapshots, tx))
+            .send(Job::Modems(snapshots, None, tx))
+            .await
+            .map_err(|_| QueueError::WriterGone)?;
+        rx.await.map_err(|_| QueueError::WriterGone)?
+    }
+
+    /// Names every configured modem (at start): `mail2sms modems` no longer shows modems
+    /// removed from the configuration.
+    pub async fn forget_other_modems(&self, configured: Vec<String>) -> Result<(), QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Modems(Vec::new(), Some(configured), tx))
             .await
             .map_err(|_| QueueError::WriterGone)?;
         rx.await.map_err(|_| QueueError::WriterGone)?
@@ -322,11 +374,21 @@ async fn writer(
                 (Job::Accept(_, reply), Err(e)) => {
                     let _ = reply.send(Err(e));
                 }
-                // `commit_batch` answers an Accept job with an Accepted outcome only.
+                // `commit_batch` answers an Accept job with an Accepted outcome only, and a
+                // Report job with a Reported one.
                 (Job::Accept(_, reply), Ok(_)) => {
                     let _ = reply.send(Err(QueueError::WriterGone));
                 }
-                (Job::Change(_, reply) | Job::Modems(_, reply), result) => {
+                (Job::Report(_, _, reply), Ok(Outcome::Reported(a))) => {
+                    let _ = reply.send(Ok(a));
+                }
+                (Job::Report(_, _, reply), Ok(_)) => {
+                    let _ = reply.send(Err(QueueError::WriterGone));
+                }
+                (Job::Report(_, _, reply), Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                (Job::Change(_, reply) | Job::Modems(_, _, reply), result) => {
                     let _ = reply.send(result.map(|_| ()));
                 }
                 (Job::Imap(_, reply), Ok(Outcome::Imap(done))) => {
@@ -336,6 +398,15 @@ async fn writer(
                     let _ = reply.send(Err(QueueError::WriterGone));
                 }
                 (Job::Imap(_, reply), Err(e)) => {
+                    let _ = reply.send(Err(e));
+                }
+                (Job::Replies(_, reply), Ok(Outcome::Replies(n))) => {
+                    let _ = reply.send(Ok(n));
+                }
+                (Job::Replies(_, reply), Ok(_)) => {
+                    let _ = reply.send(Err(QueueError::WriterGone));
+                }
+                (Job::Replies(_, reply), Err(e)) => {
                     let _ = reply.send(Err(e));
                 }
             }
@@ -389,8 +460,20 @@ async fn commit_batch(
                     dispatch::apply(&mut sp, changes).await?;
                     Outcome::Changed
                 }
-                Job::Modems(snapshots, _) => {
+                Job::Report(report, matching, _) => {
+                    Outcome::Reported(reports::apply(&mut sp, report, *matching).await?)
+                }
+                Job::Modems(snapshots, configured, _) => {
                     let now = now_ms();
+                    if let Some(names) = configured {
+                        let names = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
+                        sqlx::query(
+                            "DELETE FROM modems WHERE name NOT IN (SELECT value FROM json_each(?1))",
+                        )
+                        .bind(names)
+                        .execute(&mut *sp)
+                        .await?;
+                    }
                     for (name, json) in snapshots {
                         sqlx::query(
                             "INSERT INTO modems (name, status, updated_at) VALUES (?1, ?2, ?3)
@@ -405,6 +488,7 @@ async fn commit_batch(
                     Outcome::Changed
                 }
                 Job::Imap(op, _) => Outcome::Imap(imap::apply(&mut sp, op, limits).await?),
+                Job::Replies(op, _) => Outcome::Replies(replies::apply(&mut sp, op).await?),
             };
             sp.commit().await?;
             Ok::<_, QueueError>(r)
@@ -485,6 +569,21 @@ async fn insert_request(
         return Ok(Accepted::Duplicate { id });
     }
     let new_parts = (req.parts.len() * fresh.len()) as u64;
+    // A message forwarded by a peer passed that site's quotas and guard when it was accepted
+    // there; counting it again here would hold or refuse what was already promised.
+    let unlimited;
+    let limits = if req.source == Source::Peer {
+        unlimited = QueuePolicy {
+            quotas: Quotas::default(),
+            guard: Guard {
+                enabled: false,
+                ..Guard::default()
+            },
+        };
+        &unlimited
+    } else {
+        limits
+    };
     policy::check_quotas(
         conn,
         &limits.quotas,
@@ -543,6 +642,8 @@ async fn insert_request(
         (Source::Smtp, Some(c)) => format!("over SMTP from {c}"),
         (Source::Smtp, None) => "over SMTP".to_string(),
         (Source::Imap, _) => "from an IMAP mailbox".to_string(),
+        (Source::Smpp, c) => format!("over SMPP from {}", c.as_deref().unwrap_or("a client")),
+        (Source::Peer, c) => format!("forwarded by site {}", c.as_deref().unwrap_or("?")),
     };
     let sender = if req.mail_from.is_empty() {
         "<>"
@@ -717,6 +818,8 @@ pub struct RecipientStatus {
     pub dsn_orcpt: Option<String>,
     pub parts: Vec<PartStatus>,
     pub events: Vec<EventRow>,
+    /// Status replies owed to the sender about this recipient, and what became of them.
+    pub replies: Vec<replies::ReplyStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -726,7 +829,31 @@ pub struct PartStatus {
     pub attempts: i64,
     pub channel: Option<String>,
     pub message_ref: Option<i64>,
+    /// IMSI of the SIM that sent it.
+    pub sim: Option<String>,
+    pub sent_at: Option<String>,
+    /// The last delivery report that counted: TP-ST, its sentence, when it came.
+    pub report: Option<PartReport>,
+    /// Every status report matched to it, in the order they came (late and duplicate ones
+    /// too), with what each did.
+    pub reports: Vec<ReportRow>,
     pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportRow {
+    pub at: String,
+    pub modem: String,
+    pub status: u8,
+    pub text: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartReport {
+    pub status: u8,
+    pub text: String,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -787,23 +914,63 @@ pub async fn status(pool: &SqlitePool, id: &str) -> Result<RequestStatus, QueueE
     .await?;
     for r in recipients {
         let rid: i64 = r.get(0);
-        let parts = sqlx::query(
-            "SELECT seq, state, attempts, channel, message_ref, text
+        let with_ids = sqlx::query(
+            "SELECT seq, state, attempts, channel, message_ref, text, sim, sent_at,
+                report_status, report_at, id
              FROM parts WHERE recipient_id = ?1 ORDER BY seq",
         )
         .bind(rid)
         .fetch_all(pool)
         .await?
         .iter()
-        .map(|p| PartStatus {
-            seq: p.get(0),
-            state: p.get(1),
-            attempts: p.get(2),
-            channel: p.get(3),
-            message_ref: p.get(4),
-            text: p.get(5),
+        .map(|p| {
+            (
+                p.get::<i64, _>(10),
+                PartStatus {
+                    seq: p.get(0),
+                    state: p.get(1),
+                    attempts: p.get(2),
+                    channel: p.get(3),
+                    message_ref: p.get(4),
+                    text: p.get(5),
+                    sim: p.get(6),
+                    sent_at: p.get::<Option<i64>, _>(7).map(format_ms),
+                    report: match (p.get::<Option<i64>, _>(8), p.get::<Option<i64>, _>(9)) {
+                        (Some(st), Some(at)) => u8::try_from(st).ok().map(|st| PartReport {
+                            status: st,
+                            text: crate::modem::pdu::status_text(st).to_string(),
+                            at: format_ms(at),
+                        }),
+                        _ => None,
+                    },
+                    reports: Vec::new(),
+                },
+            )
         })
-        .collect();
+        .collect::<Vec<_>>();
+        let mut parts = Vec::with_capacity(with_ids.len());
+        for (part_id, mut p) in with_ids {
+            p.reports = sqlx::query(
+                "SELECT received_at, modem, status, outcome FROM reports
+                 WHERE part_id = ?1 ORDER BY id",
+            )
+            .bind(part_id)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let st = u8::try_from(r.get::<i64, _>(2)).unwrap_or(u8::MAX);
+                ReportRow {
+                    at: format_ms(r.get(0)),
+                    modem: r.get(1),
+                    status: st,
+                    text: crate::modem::pdu::status_text(st).to_string(),
+                    outcome: r.get(3),
+                }
+            })
+            .collect();
+            parts.push(p);
+        }
         let events = sqlx::query(
             "SELECT e.at, p.seq, e.state, e.reason FROM events e
              LEFT JOIN parts p ON p.id = e.part_id
@@ -831,6 +998,7 @@ pub async fn status(pool: &SqlitePool, id: &str) -> Result<RequestStatus, QueueE
             dsn_orcpt: r.get(6),
             parts,
             events,
+            replies: replies::of_recipient(pool, rid).await?,
         });
     }
     Ok(st)

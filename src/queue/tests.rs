@@ -294,6 +294,8 @@ async fn parts_go_sending_sent_and_the_recipient_follows() {
             .change(Change::Sent {
                 part: p.id,
                 message_ref: Some(7),
+                sim: Some("208150000000001".into()),
+                sent_at: now_ms(),
                 reason: "sent via modem0".into(),
             })
             .await
@@ -695,6 +697,8 @@ async fn a_job_of_changes_is_all_or_none() {
     let sent = Change::Sent {
         part: p1,
         message_ref: Some(3),
+        sim: None,
+        sent_at: 0,
         reason: "sent via modem0".into(),
     };
     let err = store
@@ -807,4 +811,29 @@ async fn the_summary_in_sql_is_summarise() {
             .unwrap();
         assert_eq!(got, dispatch::summarise(combo).as_str(), "{combo:?}");
     }
+}
+
+/// Modems removed from the configuration leave `mail2sms modems` at the next start.
+#[tokio::test]
+async fn modems_no_longer_configured_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+    let snap = |n: &str| (n.to_string(), "{}".to_string());
+    store
+        .record_modems(vec![snap("a"), snap("b"), snap("c")])
+        .await
+        .unwrap();
+    store
+        .forget_other_modems(vec!["c".into(), "a".into(), "new".into()])
+        .await
+        .unwrap();
+    let names: Vec<String> = modems(store.reader())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+    store.forget_other_modems(Vec::new()).await.unwrap();
+    assert!(modems(store.reader()).await.unwrap().is_empty());
 }

@@ -115,11 +115,14 @@ pub struct ChannelConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPeer {
-    name: String,
+    pub(crate) name: String,
     #[serde(default)]
     forwarding_cost: Cost,
     #[serde(default = "yes")]
     up: bool,
+    /// The SMPP link to this site (`[peer.smpp]`), validated by the peer module.
+    #[serde(default)]
+    pub(crate) smpp: Option<crate::peer::config::RawPeerLink>,
 }
 
 fn yes() -> bool {

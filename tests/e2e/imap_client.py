@@ -58,10 +58,25 @@ def ids(m, folder):
     return out
 
 
+def present(m, folder, message):
+    """True when a mail with this message's Message-ID is in FOLDER."""
+    found = re.search(rb"Message-ID: <([^>]*)>", message)
+    if not found:
+        return False
+    typ, data = m.select('"%s"' % folder, readonly=True)
+    if typ != "OK":
+        return False
+    typ, data = m.uid("SEARCH", None, "HEADER", "Message-ID", '"%s"' % found.group(1).decode())
+    m.unselect()
+    return typ == "OK" and bool(data and data[0] and data[0].split())
+
+
 def append(m, folder, message, reconnect):
     """APPEND, tried again on a fresh session when Dovecot answers NO because the test itself has
-    just deleted and recreated the folder ("Mailbox was deleted under us"): a NO appended
-    nothing, and the session's view of the folder list is stale."""
+    just deleted and recreated the folder ("Mailbox was deleted under us"). Such a NO may come
+    after the mail was stored (Dovecot saves, then fails to sync the folder's index), so the
+    retry first looks for the mail: appending it blindly would put a second copy in the folder,
+    which a gateway rightly queues once and moves twice."""
     for attempt in range(20):
         typ, data = m.append('"%s"' % folder, None, None, message)
         if typ == "OK" or b"deleted under us" not in b" ".join(d for d in data if d):
@@ -72,6 +87,9 @@ def append(m, folder, message, reconnect):
         except Exception:
             pass
         m = reconnect()
+        if present(m, folder, message):
+            sys.stderr.write("APPEND answered NO but stored the mail: %s\n" % data)
+            return m, "OK", data
     return m, typ, data
 
 

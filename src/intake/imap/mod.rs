@@ -38,6 +38,19 @@
 //! already handled. Without CONDSTORE the keyword is stored unconditionally: correct for one
 //! gateway, and a warning says that several gateways on that server could take the same mail.
 //!
+//! # A folder replaced under the session
+//!
+//! Deleting the watched folder and creating it again (a restore, an admin's clean-up) gives it
+//! a new UIDVALIDITY. Dovecot 2.3 does not always end a session whose selected folder was
+//! deleted: it answers `* NO Internal error` and goes on with a stale view, and commands in
+//! that session disturb the index of the folder created under the same name (Dovecot logs
+//! "Corrupted transaction log ... indexid changed"), so a mail moved there can come back and
+//! be moved a second time. So every unsolicited `NO`, `BAD` or `BYE`, and any `UIDVALIDITY`
+//! other than the selected one, is checked with a fresh SELECT before the next claim, queueing
+//! or move (`heed`); a different UIDVALIDITY ends the session, and the next one starts from a
+//! fresh connection. Whatever slips through is still queued once: the Message-ID check is a
+//! primary key in the queue (`queue::imap`).
+//!
 //! A gateway that stops for good leaves at most one batch of messages with its keyword; removing
 //! the keyword with any IMAP client hands them to the others.
 //!
@@ -51,6 +64,7 @@ pub mod plan;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -71,7 +85,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::Intake;
-use crate::queue::imap::{Claimed, NewClaim, Outcome};
+use crate::queue::imap::{Claimed, NewClaim, Outcome, ReplyTo};
 
 /// How a mailbox connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -129,6 +143,8 @@ pub struct MailboxConfig {
     pub command_timeout: Duration,
     pub reconnect_max: Duration,
     pub max_recipients: usize,
+    /// Who may send through this mailbox (see `plan`).
+    pub senders: plan::MailboxSenders,
 }
 
 /// Bodies fetched at once, at most (a message larger than this is fetched alone).
@@ -160,6 +176,14 @@ pub enum ImapError {
     Select { folder: String, reason: String },
     #[error("the server gave no UIDVALIDITY for {0:?}, so its UIDs cannot be trusted")]
     NoUidValidity(String),
+    #[error(
+        "the folder {folder:?} is no longer the one selected (UIDVALIDITY {selected}, now {now}): it was deleted or replaced, so the session's UIDs are void"
+    )]
+    FolderReplaced {
+        folder: String,
+        selected: u32,
+        now: u32,
+    },
     #[error("{command} failed: {reason}")]
     Command {
         command: &'static str,
@@ -203,6 +227,7 @@ pub fn start(
     let tracker = TaskTracker::new();
     for m in &intake.config.mailboxes {
         let w = Watcher {
+            last_uidvalidity: AtomicU32::new(0),
             cfg: Arc::new(m.clone()),
             intake: intake.clone(),
             notices: notices.clone(),
@@ -216,6 +241,8 @@ pub fn start(
 
 struct Watcher {
     cfg: Arc<MailboxConfig>,
+    /// The UIDVALIDITY the last session selected (0: none yet), to say when it changed.
+    last_uidvalidity: AtomicU32,
     intake: Intake,
     notices: Option<Arc<Notify>>,
     shutdown: CancellationToken,
@@ -286,49 +313,54 @@ impl Watcher {
                 debug!(mailbox = %cfg.name, folder, error = %e, "folder not created");
             }
         }
-        let selected = if caps.condstore {
-            timed(
-                "SELECT",
-                cfg.command_timeout,
-                s.select_condstore(&cfg.folder),
-            )
-            .await
-        } else {
-            timed("SELECT", cfg.command_timeout, s.select(&cfg.folder)).await
+        let (uidvalidity, exists) = select(&mut s, cfg, caps).await?;
+        let before = self.last_uidvalidity.swap(uidvalidity, Ordering::Relaxed);
+        if before != 0 && before != uidvalidity {
+            // RFC 3501 §2.3.1.1: every UID is new. Mail handled under the old value is
+            // recognised by its Message-ID (`queue::imap`) and only moved.
+            warn!(
+                mailbox = %cfg.name,
+                folder = %cfg.folder,
+                old = before,
+                new = uidvalidity,
+                "the folder's UIDVALIDITY changed: its UIDs start over; mail already handled is recognised by its Message-ID"
+            );
         }
-        .map_err(|e| ImapError::Select {
-            folder: cfg.folder.clone(),
-            reason: e.to_string(),
-        })?;
-        let uidvalidity = selected
-            .uid_validity
-            .ok_or_else(|| ImapError::NoUidValidity(cfg.folder.clone()))?;
         let idle = caps.idle && cfg.idle;
         info!(
             mailbox = %cfg.name,
             folder = %cfg.folder,
             uidvalidity,
-            messages = selected.exists,
+            messages = exists,
             mode = if idle { "idle" } else { "polling" },
             moves = caps.moves,
             condstore = caps.condstore,
             "watching mailbox"
         );
 
+        let mut news = false;
         loop {
-            drain(&s);
-            let handled = self.handle_all(&mut s, uidvalidity, caps).await?;
+            self.heed(&mut s, uidvalidity, caps, &mut news).await?;
+            news = false;
+            let handled = self
+                .handle_all(&mut s, uidvalidity, caps, &mut news)
+                .await?;
             if self.shutdown.is_cancelled() {
                 let _ = timed("LOGOUT", cfg.command_timeout, s.logout()).await;
                 return Ok(());
             }
             // New mail announced while the folder was being read (the listing may have been
             // taken just before it arrived) is read now rather than at the next wake-up.
-            if handled > 0 || drain(&s) {
+            self.heed(&mut s, uidvalidity, caps, &mut news).await?;
+            if handled > 0 || news {
                 continue;
             }
             if idle {
-                s = self.idle(s).await?;
+                let (back, woke_by) = self.idle(s).await?;
+                s = back;
+                if let Some(h) = woke_by {
+                    self.verify(&mut s, uidvalidity, caps, &h).await?;
+                }
             } else {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => {}
@@ -342,8 +374,10 @@ impl Watcher {
         }
     }
 
-    /// IDLE until the server reports a change, `reidle` passes, or the gateway stops.
-    async fn idle(&self, s: Imap) -> Result<Imap, ImapError> {
+    /// IDLE until the server reports a change, `reidle` passes, or the gateway stops. Returns
+    /// the session and, when the response that ended IDLE puts the selection in doubt, what
+    /// it said (to be verified before anything else is done).
+    async fn idle(&self, s: Imap) -> Result<(Imap, Option<plan::Heard>), ImapError> {
         let cfg = &self.cfg;
         let mut handle = s.idle();
         timed("IDLE", cfg.command_timeout, handle.init()).await?;
@@ -362,7 +396,12 @@ impl Watcher {
         };
         let s = timed("DONE", cfg.command_timeout, handle.done()).await?;
         match woke {
-            Woke::Server(Ok(IdleResponse::NewData(_))) | Woke::Shutdown => Ok(s),
+            Woke::Server(Ok(IdleResponse::NewData(r))) => {
+                let h = plan::heard(r.parsed(), self.last_uidvalidity.load(Ordering::Relaxed));
+                let doubt = matches!(h, plan::Heard::Trouble(_) | plan::Heard::UidValidity(_));
+                Ok((s, doubt.then_some(h)))
+            }
+            Woke::Shutdown => Ok((s, None)),
             // The stream ended: the server closed the connection.
             Woke::Server(Ok(IdleResponse::ManualInterrupt)) => Err(ImapError::Closed),
             Woke::Server(Err(e)) => Err(ImapError::Command {
@@ -374,9 +413,71 @@ impl Watcher {
             // heartbeat in the log.
             Woke::Server(Ok(IdleResponse::Timeout)) | Woke::Renew => {
                 info!(mailbox = %cfg.name, after = ?cfg.reidle, "IDLE renewed");
-                Ok(s)
+                Ok((s, None))
             }
         }
+    }
+
+    /// Reads the unsolicited responses received so far: news of mail sets `news`; a sign that
+    /// the selected folder may have been replaced is verified before the caller goes on.
+    /// Called before each step that acts on UIDs (claim, queue, move), so nothing is queued
+    /// or moved on the word of a session whose folder is gone.
+    async fn heed(
+        &self,
+        s: &mut Imap,
+        uidvalidity: u32,
+        caps: Caps,
+        news: &mut bool,
+    ) -> Result<(), ImapError> {
+        let mut doubt = None;
+        while let Ok(r) = s.unsolicited_responses.try_recv() {
+            let h = match r {
+                UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_) => {
+                    plan::Heard::News
+                }
+                UnsolicitedResponse::Other(data) => plan::heard(data.parsed(), uidvalidity),
+                _ => plan::Heard::Nothing,
+            };
+            match h {
+                plan::Heard::News => *news = true,
+                plan::Heard::Nothing => {}
+                // A changed UIDVALIDITY outranks a mere trouble report.
+                h @ plan::Heard::UidValidity(_) => doubt = Some(h),
+                h @ plan::Heard::Trouble(_) => {
+                    if doubt.is_none() {
+                        doubt = Some(h)
+                    }
+                }
+            }
+        }
+        match doubt {
+            Some(h) => self.verify(s, uidvalidity, caps, &h).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Selects the folder again after the server put the selection in doubt, and ends the
+    /// session when the folder is not the one selected. (A STATUS in the same session does
+    /// not tell: Dovecot answers it from the session's stale view.) The next session starts
+    /// from a fresh connection and lists the folder under its new UIDVALIDITY.
+    async fn verify(
+        &self,
+        s: &mut Imap,
+        uidvalidity: u32,
+        caps: Caps,
+        why: &plan::Heard,
+    ) -> Result<(), ImapError> {
+        let cfg = &self.cfg;
+        warn!(mailbox = %cfg.name, folder = %cfg.folder, said = ?why, "the server put the selected folder in doubt; selecting it again");
+        let (now, _) = select(s, cfg, caps).await?;
+        if now != uidvalidity {
+            return Err(ImapError::FolderReplaced {
+                folder: cfg.folder.clone(),
+                selected: uidvalidity,
+                now,
+            });
+        }
+        Ok(())
     }
 
     /// Claims and handles batches until the folder has nothing left for this gateway.
@@ -385,11 +486,13 @@ impl Watcher {
         s: &mut Imap,
         uidvalidity: u32,
         caps: Caps,
+        news: &mut bool,
     ) -> Result<usize, ImapError> {
         let cfg = &self.cfg;
         let mut total = 0;
         loop {
             let listing = list(s, caps, cfg.command_timeout).await?;
+            self.heed(s, uidvalidity, caps, news).await?;
             let p = plan::plan(&listing, &cfg.claim_keyword, cfg.batch);
             if p.mine.is_empty() && p.claim.is_empty() {
                 return Ok(total);
@@ -426,9 +529,9 @@ impl Watcher {
             if !large.is_empty() {
                 groups.push((large.iter().map(|(u, _)| *u).collect(), true));
             }
-            for (uids, headers_only) in groups {
+            for group in &groups {
                 total += self
-                    .handle_group(s, uidvalidity, caps, &uids, headers_only, &sizes)
+                    .handle_group(s, uidvalidity, caps, group, &sizes, news)
                     .await?;
                 if self.shutdown.is_cancelled() {
                     return Ok(total);
@@ -466,10 +569,11 @@ impl Watcher {
         s: &mut Imap,
         uidvalidity: u32,
         caps: Caps,
-        uids: &[u32],
-        headers_only: bool,
+        (uids, headers_only): &(Vec<u32>, bool),
         sizes: &std::collections::HashMap<u32, u32>,
+        news: &mut bool,
     ) -> Result<usize, ImapError> {
+        let headers_only = *headers_only;
         let cfg = &self.cfg;
         let config = &self.intake.config;
         let query = if headers_only {
@@ -483,6 +587,8 @@ impl Watcher {
             stream.try_collect::<Vec<Fetch>>().await
         })
         .await?;
+        // What was fetched is only trusted if the folder is still the one selected.
+        self.heed(s, uidvalidity, caps, news).await?;
 
         // Decide about each message this gateway holds the keyword of, then record every
         // decision; the store commits them together.
@@ -505,7 +611,14 @@ impl Watcher {
                     config.body.max_input_bytes,
                 )
             } else {
-                plan::read_mail(raw, &origin, &cfg.name, config, cfg.max_recipients)
+                plan::read_mail(
+                    raw,
+                    &origin,
+                    &cfg.name,
+                    &cfg.senders,
+                    config,
+                    cfg.max_recipients,
+                )
             };
             let notice = self
                 .notices
@@ -521,6 +634,15 @@ impl Watcher {
                     message_key: plan::message_key(&origin, raw),
                     decision: reading.decision,
                     notice,
+                    reply_to: self
+                        .notices
+                        .as_ref()
+                        .and_then(|_| origin.reply_to())
+                        .map(|to| ReplyTo {
+                            recipient: to.to_string(),
+                            original_message_id: origin.message_id.clone(),
+                            original_subject: origin.subject.clone(),
+                        }),
                 },
             ));
         }
@@ -534,7 +656,12 @@ impl Watcher {
         let store = &self.intake.store;
         let results =
             futures_util::future::join_all(claims.into_iter().map(|(uid, mid, c)| async move {
-                (uid, mid, c.notice.is_some(), store.claim(c).await)
+                (
+                    uid,
+                    mid,
+                    c.notice.is_some() || c.reply_to.is_some(),
+                    store.claim(c).await,
+                )
             }))
             .await;
 
@@ -568,7 +695,9 @@ impl Watcher {
         if notices && let Some(n) = &self.notices {
             n.notify_one();
         }
-        // Step 5, after the commit (invariant 1).
+        // Step 5, after the commit (invariant 1), and only while the folder is the one whose
+        // UIDs were recorded: a MOVE in a stale session may copy a mail without removing it.
+        self.heed(s, uidvalidity, caps, news).await?;
         self.move_to(s, caps, &processed, &cfg.processed_folder)
             .await?;
         self.move_to(s, caps, &failed, &cfg.failed_folder).await?;
@@ -649,16 +778,30 @@ fn log_claim(mailbox: &str, uid: u32, message_id: Option<&str>, c: &Claimed) {
     }
 }
 
-/// Empties the unsolicited-response channel; true when it held news of new mail.
-fn drain(s: &Imap) -> bool {
-    let mut news = false;
-    while let Ok(r) = s.unsolicited_responses.try_recv() {
-        news |= matches!(
-            r,
-            UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
-        );
+/// SELECTs the watched folder (with CONDSTORE when the server has it, RFC 7162 §3.1.8);
+/// returns its UIDVALIDITY and message count.
+async fn select(s: &mut Imap, cfg: &MailboxConfig, caps: Caps) -> Result<(u32, u32), ImapError> {
+    let selected = if caps.condstore {
+        timed(
+            "SELECT",
+            cfg.command_timeout,
+            s.select_condstore(&cfg.folder),
+        )
+        .await
+    } else {
+        timed("SELECT", cfg.command_timeout, s.select(&cfg.folder)).await
     }
-    news
+    .map_err(|e| match e {
+        ImapError::Closed => ImapError::Closed,
+        e => ImapError::Select {
+            folder: cfg.folder.clone(),
+            reason: e.to_string(),
+        },
+    })?;
+    let uidvalidity = selected
+        .uid_validity
+        .ok_or_else(|| ImapError::NoUidValidity(cfg.folder.clone()))?;
+    Ok((uidvalidity, selected.exists))
 }
 
 /// Step 1: every message in the selected folder with its flags, size and mod-sequence.

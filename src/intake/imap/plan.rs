@@ -1,15 +1,39 @@
 //! The decisions of IMAP pickup, without I/O: which messages to claim, how to write a UID set,
 //! what a mail becomes (a request, or a failure with the reason its sender is told). The session
 //! in `mod.rs` feeds these functions what the server said and does what they return.
+//!
+//! # Who may send through a mailbox
+//!
+//! Mail reaches a mailbox through the organization's own MX, so the SMTP listener's first two
+//! rules (SMTP AUTH, trusted networks) say nothing here: every mailbox mail was relayed. What
+//! is checked, per mailbox ([`MailboxSenders`]), before anything is queued:
+//! 1. when `authserv_id` is set, the DMARC verdict the mailbox's own server recorded in an
+//!    `Authentication-Results` field under that authserv-id (RFC 8601) must be `pass`. Only the
+//!    MX saw the connecting client, which SPF needs, so its verdict is used rather than a
+//!    verification here; fields under other authserv-ids are ignored (RFC 8601 §5: the MX removes
+//!    forged ones carrying its own id, others are not its word);
+//! 2. when allowed addresses or domains apply (the mailbox's own, else `[senders]`), the
+//!    `From:` address must be one of them (or the `Return-Path` when DMARC is not checked, as
+//!    for a trusted relay: relays rewrite envelopes);
+//! 3. a sender with a PIN (`[senders] pins`) must give it in the subject; it is taken out of
+//!    the SMS text;
+//! 4. recipients go through the destination policy (blocked prefixes and number types in the
+//!    address grammar, then allowed and blocked countries), like RCPT TO;
+//! 5. quotas and the pumping guard, in the queue's writer, as for SMTP.
+//!
+//! A refusal sends the mail to the failed folder and its sender a reply naming the rule.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use async_imap::imap_proto::{MailboxDatum, Response, ResponseCode, Status};
 use mail_parser::{HeaderName, HeaderValue, MessageParser};
 
 use crate::config::Config;
 use crate::intake::smtp::session::{Envelope, EnvelopeRecipient};
 use crate::parse::address::{AddressError, parse_recipient};
 use crate::parse::body;
+use crate::policy::{self, Refusal};
 use crate::queue::imap::{Decision, NewNotice};
 use crate::queue::{NewRequest, Source};
 
@@ -81,6 +105,51 @@ pub fn plan(listing: &[Listed], my_keyword: &str, batch: usize) -> Plan {
     p
 }
 
+/// What an unsolicited response says about the selected folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// Nothing that matters to pickup (flags, expunges, keep-alives).
+    Nothing,
+    /// Mail may have arrived (`EXISTS`, `RECENT`, RFC 3501 §7.3).
+    News,
+    /// The server reported trouble while the folder was selected: an untagged `NO`, `BAD`
+    /// or `BYE` (RFC 3501 §7.1.2, §7.1.3, §7.1.5). Dovecot answers so, and keeps the session,
+    /// when the selected folder is deleted under it; the session's view is then stale, and
+    /// what it does to a folder created again under the same name corrupts that folder's
+    /// index ("duplicate transaction log sequence"), so a message it moved can come back.
+    /// Nothing more is done in the session until a fresh SELECT has shown the folder is
+    /// still the one selected.
+    Trouble(String),
+    /// `* OK [UIDVALIDITY n]` with another value than the session selected (RFC 3501 §2.3.1.1:
+    /// every UID the session holds is void).
+    UidValidity(u32),
+}
+
+/// Classifies one unsolicited response; `uidvalidity` is the value the session selected.
+pub fn heard(r: &Response<'_>, uidvalidity: u32) -> Heard {
+    match r {
+        Response::MailboxData(MailboxDatum::Exists(_) | MailboxDatum::Recent(_)) => Heard::News,
+        Response::Data { status, outcome } => match (status, &outcome.code) {
+            (Status::Ok, Some(ResponseCode::UidValidity(n))) if *n != uidvalidity => {
+                Heard::UidValidity(*n)
+            }
+            (Status::No | Status::Bad | Status::Bye, _) => {
+                let word = match status {
+                    Status::No => "NO",
+                    Status::Bad => "BAD",
+                    _ => "BYE",
+                };
+                Heard::Trouble(format!(
+                    "{word} {}",
+                    outcome.information.as_deref().unwrap_or("").trim()
+                ))
+            }
+            _ => Heard::Nothing,
+        },
+        _ => Heard::Nothing,
+    }
+}
+
 /// Writes UIDs as an IMAP sequence set (RFC 3501 §9 `sequence-set`), runs compressed:
 /// `[1, 2, 3, 7]` → `1:3,7`.
 pub fn uid_set(uids: &[u32]) -> String {
@@ -138,6 +207,8 @@ pub struct Origin {
     /// The envelope sender as the delivering agent recorded it (`Return-Path`), else `From`;
     /// empty for the null sender.
     pub sender: String,
+    /// The `From:` address, the one DMARC verifies and people see.
+    pub from: Option<String>,
     /// RFC 3834 §2: the mail is itself automatic (`Auto-Submitted` other than `no`,
     /// `Precedence: bulk/junk/list`, a `multipart/report`): never answer it.
     pub automatic: bool,
@@ -200,6 +271,11 @@ fn origin_unguarded(raw: &[u8]) -> Origin {
             .filter(|s| !s.is_empty()),
         subject: m.subject().map(str::to_string),
         sender: sender.trim_matches(['<', '>']).to_string(),
+        from: m
+            .from()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .map(str::to_string),
         automatic,
     }
 }
@@ -220,8 +296,9 @@ pub fn message_key(origin: &Origin, raw: &[u8]) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct HeaderRecipients {
     pub accepted: Vec<EnvelopeRecipient>,
-    /// In an SMS domain but refused (invalid, blocked, premium-rate number...): (address, why).
-    pub refused: Vec<(String, AddressError)>,
+    /// In an SMS domain but refused (invalid, blocked, premium-rate number, country not
+    /// allowed...): (address, why).
+    pub refused: Vec<(String, String)>,
     /// Accepted but beyond the per-mail limit.
     pub over_limit: Vec<String>,
 }
@@ -235,6 +312,11 @@ pub fn header_recipients(raw: &[u8], config: &Config, max: usize) -> HeaderRecip
     for (display, address) in body::header_recipients(raw) {
         match parse_recipient(&address, &config.recipients) {
             Ok(mut r) => {
+                // The countries rule, as at RCPT TO.
+                if let Err(refusal) = config.destinations.check(&r.number, r.country.as_deref()) {
+                    out.refused.push((address, refusal.to_string()));
+                    continue;
+                }
                 if out.accepted.iter().any(|a| a.recipient.number == r.number) {
                     continue;
                 }
@@ -253,7 +335,7 @@ pub fn header_recipients(raw: &[u8], config: &Config, max: usize) -> HeaderRecip
                 });
             }
             Err(AddressError::NotSmsDomain { .. }) => {}
-            Err(e) => out.refused.push((address, e)),
+            Err(e) => out.refused.push((address, e.to_string())),
         }
     }
     out
@@ -273,9 +355,20 @@ pub fn read_mail(
     raw: &[u8],
     origin: &Origin,
     mailbox: &str,
+    senders: &MailboxSenders,
     config: &Config,
     max_recipients: usize,
 ) -> Reading {
+    let pin = match check_sender(raw, origin, senders) {
+        Ok(pin) => pin,
+        Err(refusal) => {
+            let reason = format!("Not allowed to send SMS: {refusal}");
+            return Reading {
+                notice_reason: Some(reason.clone()),
+                decision: Decision::Fail { reason },
+            };
+        }
+    };
     let rcpts = header_recipients(raw, config, max_recipients);
     let mut refusals: Vec<String> = rcpts
         .refused
@@ -310,7 +403,7 @@ pub fn read_mail(
         smtputf8: false,
         recipients: rcpts.accepted,
     };
-    match crate::intake::build_request(config, &envelope, raw) {
+    match crate::intake::build_request(config, &envelope, raw, pin) {
         Ok(mut req) => {
             req.source = Source::Imap;
             req.client = Some(format!("mailbox {mailbox}"));
@@ -332,6 +425,160 @@ pub fn read_mail(
             }
         }
     }
+}
+
+/// The sender rules of one mailbox, from its `[[mailbox]]` keys over `[senders]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailboxSenders {
+    /// Lower-case addresses allowed to send (with `allowed_domains` empty too: anyone).
+    pub allowed_addresses: Vec<String>,
+    /// Lower-case domains allowed to send, subdomains included.
+    pub allowed_domains: Vec<String>,
+    /// Sender address (lower case) → the PIN it must give in the subject.
+    pub pins: HashMap<String, String>,
+    /// When set, DMARC must pass in the `Authentication-Results` this server id wrote.
+    pub authserv_id: Option<String>,
+}
+
+fn refuse(rule: &'static str, reason: String) -> Refusal {
+    Refusal { rule, reason }
+}
+
+/// Rules 1 to 3 of the module documentation; returns the PIN to take from the subject, if the
+/// sender has one.
+pub fn check_sender<'a>(
+    raw: &[u8],
+    origin: &Origin,
+    senders: &'a MailboxSenders,
+) -> Result<Option<&'a str>, Refusal> {
+    let from = origin.from.as_deref();
+    if let Some(id) = &senders.authserv_id {
+        let Some(from) = from else {
+            return Err(refuse(
+                "dmarc",
+                "the mail has no From: address to verify".into(),
+            ));
+        };
+        match dmarc_result(raw, id) {
+            Some(r) if r == "pass" => {}
+            Some(r) => {
+                return Err(refuse(
+                    "dmarc",
+                    format!("{from} could not be verified: the mail server {id} found DMARC {r}"),
+                ));
+            }
+            None => {
+                return Err(refuse(
+                    "dmarc",
+                    format!(
+                        "{from} could not be verified: the mail carries no DMARC result from the mail server {id}"
+                    ),
+                ));
+            }
+        }
+    }
+    if !senders.allowed_addresses.is_empty() || !senders.allowed_domains.is_empty() {
+        let listed =
+            |a: &str| policy::is_listed(&senders.allowed_addresses, &senders.allowed_domains, a);
+        // With DMARC checked only the verified From: counts.
+        let ok =
+            from.is_some_and(listed) || (senders.authserv_id.is_none() && listed(&origin.sender));
+        if !ok {
+            let who = from.unwrap_or(origin.sender.as_str());
+            let who = if who.is_empty() { "<>" } else { who };
+            return Err(refuse(
+                "allowed-senders",
+                format!("{who} is not one of the senders allowed to send SMS"),
+            ));
+        }
+    }
+    let pin = from
+        .and_then(|f| senders.pins.get(&f.to_ascii_lowercase()))
+        .or_else(|| senders.pins.get(&origin.sender.to_ascii_lowercase()))
+        .map(String::as_str);
+    Ok(pin)
+}
+
+/// The `dmarc` result (lower case) in the first `Authentication-Results` field written by
+/// `authserv_id` (RFC 8601 §2.2: `authserv-id [version] ; method=result ...`); `None` when no
+/// field of that server gives one.
+pub fn dmarc_result(raw: &[u8], authserv_id: &str) -> Option<String> {
+    header_fields(crate::intake::header_block(raw), "Authentication-Results")
+        .into_iter()
+        .find_map(|value| {
+            let clauses = split_clauses(&value);
+            let mut it = clauses.iter();
+            let id = it.next()?.split_whitespace().next()?.to_string();
+            if !id.eq_ignore_ascii_case(authserv_id) {
+                return None;
+            }
+            it.find_map(|c| {
+                let (method, result) = c.split_whitespace().next()?.split_once('=')?;
+                // `dmarc` or `dmarc/1` (a method version, RFC 8601 §2.2).
+                let method = method.split('/').next()?.trim();
+                method
+                    .eq_ignore_ascii_case("dmarc")
+                    .then(|| result.trim().to_ascii_lowercase())
+            })
+        })
+}
+
+/// The unfolded values of every field called `name` (RFC 5322 §2.2.3).
+fn header_fields(block: &[u8], name: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(block);
+    let mut fields: Vec<String> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = fields.last_mut() {
+                last.push(' ');
+                last.push_str(line.trim());
+            }
+        } else if !line.is_empty() {
+            fields.push(line.to_string());
+        }
+    }
+    fields
+        .into_iter()
+        .filter_map(|f| {
+            let (n, v) = f.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+/// Splits a field at `;`, leaving out comments (`(...)`, nested) and keeping quoted strings
+/// whole (RFC 5322 §3.2.2, §3.2.4).
+fn split_clauses(value: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut depth = 0usize;
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        let cur = out.last_mut().expect("never empty");
+        if escaped {
+            escaped = false;
+            if depth == 0 {
+                cur.push(c);
+            }
+            continue;
+        }
+        match c {
+            '\\' if quoted || depth > 0 => escaped = true,
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            ';' if !quoted && depth == 0 => out.push(String::new()),
+            _ if depth == 0 => cur.push(c),
+            _ => {}
+        }
+    }
+    out.into_iter().map(|c| c.trim().to_string()).collect()
 }
 
 /// The failure for a mail too large to read (only its header was fetched).

@@ -1253,11 +1253,12 @@ impl SimModem {
         });
         due.sort_by_key(|(at, _)| *at);
         for (at, r) in due {
+            let copies = if self.report.duplicate { 2 } else { 1 };
             if self.holding {
-                self.held.push(r);
+                // A duplicating centre sends both copies when it sends again.
+                self.held.extend(std::iter::repeat_n(r, copies));
                 continue;
             }
-            let copies = if self.report.duplicate { 2 } else { 1 };
             for _ in 0..copies {
                 self.deliver_report(at, &r);
             }
@@ -2157,6 +2158,21 @@ mod tests {
         assert_eq!(
             mrs_in(&String::from_utf8_lossy(&m.poll_output(0))),
             vec![3, 2, 1]
+        );
+
+        // Held while duplicating: both copies come when released.
+        m.set_report(ReportConfig {
+            delay_ms: 0,
+            duplicate: true,
+            ..ReportConfig::default()
+        });
+        m.hold_reports(true);
+        assert!(mrs_in(&send(&mut m)).is_empty());
+        m.hold_reports(false);
+        m.release_reports(0, false);
+        assert_eq!(
+            mrs_in(&String::from_utf8_lossy(&m.poll_output(0))),
+            vec![4, 4]
         );
     }
 

@@ -308,26 +308,183 @@ fn refused_and_over_limit_recipients_are_reported() {
     let refused: Vec<(&str, &str)> = r
         .refused
         .iter()
-        .map(|(a, e)| (a.as_str(), variant(e)))
+        .map(|(a, e)| (a.as_str(), e.as_str()))
         .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert_eq!(refused[0].0, "x@+33612345678@sms");
+    assert!(
+        refused[0].1.contains("+33612345678 is not allowed"),
+        "{refused:?}"
+    );
     assert_eq!(
-        refused,
-        vec![
-            ("x@+33612345678@sms", "Blocked"),
-            ("nonumber@sms", "NoNumber")
-        ]
+        refused[1],
+        ("nonumber@sms", AddressError::NoNumber.to_string().as_str())
     );
     assert_eq!(r.over_limit, vec!["w@+33477858590@sms"]);
 }
 
-fn variant(e: &AddressError) -> &'static str {
-    match e {
-        AddressError::Syntax(_) => "Syntax",
-        AddressError::NotSmsDomain { .. } => "NotSmsDomain",
-        AddressError::NoNumber => "NoNumber",
-        AddressError::InvalidNumber { .. } => "InvalidNumber",
-        AddressError::TypeRefused { .. } => "TypeRefused",
-        AddressError::Blocked { .. } => "Blocked",
+/// Countries are refused per recipient, as at RCPT TO, with the rule's sentence.
+#[test]
+fn countries_rule_applies_to_header_recipients() {
+    let mut cfg = config();
+    cfg.destinations.allowed_countries = vec!["FR".into()];
+    let raw = mail("To: Paul@+33477858589@sms, Tom@+447911123456@sms", "x");
+    let r = header_recipients(&raw, &cfg, 10);
+    assert_eq!(r.accepted.len(), 1);
+    assert_eq!(r.refused.len(), 1, "{:?}", r.refused);
+    assert!(
+        r.refused[0]
+            .1
+            .contains("is not one of FR (rule: allowed-countries)"),
+        "{:?}",
+        r.refused
+    );
+}
+
+fn senders(addresses: &[&str], domains: &[&str], authserv: Option<&str>) -> MailboxSenders {
+    MailboxSenders {
+        allowed_addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        allowed_domains: domains.iter().map(|d| d.to_string()).collect(),
+        pins: [("boss@x.fr".to_string(), "4321".to_string())].into(),
+        authserv_id: authserv.map(str::to_string),
+    }
+}
+
+/// Each row: the mailbox rules, the header, and the rule that refuses (or the PIN asked for).
+#[test]
+fn sender_rules_table() {
+    let open = senders(&[], &[], None);
+    let listed = senders(&["anne@y.org"], &["x.fr"], None);
+    let dmarc = senders(&[], &["x.fr"], Some("mx.x.fr"));
+    type Case<'a> = (
+        &'a MailboxSenders,
+        &'a str,
+        Result<Option<&'a str>, &'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (&open, "From: eve@evil.example", Ok(None)),
+        (&open, "From: boss@x.fr", Ok(Some("4321"))),
+        (&listed, "From: jean@x.fr", Ok(None)),
+        (&listed, "From: jean@paris.x.fr", Ok(None)),
+        (&listed, "From: Anne@Y.org", Ok(None)),
+        (&listed, "From: eve@evil.example", Err("allowed-senders")),
+        (&listed, "From: eve@notx.fr", Err("allowed-senders")),
+        // Without DMARC, a listed envelope sender is enough (relays rewrite From).
+        (
+            &listed,
+            "Return-Path: <jean@x.fr>\r\nFrom: list@lists.example",
+            Ok(None),
+        ),
+        (
+            &dmarc,
+            "Authentication-Results: mx.x.fr; spf=pass smtp.mailfrom=x.fr; dkim=pass header.d=x.fr; dmarc=pass header.from=x.fr\r\nFrom: jean@x.fr",
+            Ok(None),
+        ),
+        (
+            &dmarc,
+            "Authentication-Results: mx.x.fr; dmarc=fail (p=reject) header.from=x.fr\r\nFrom: jean@x.fr",
+            Err("dmarc"),
+        ),
+        // A verdict from another server (or forged by the sender) is not the MX's word.
+        (
+            &dmarc,
+            "Authentication-Results: mx.evil.example; dmarc=pass header.from=x.fr\r\nFrom: jean@x.fr",
+            Err("dmarc"),
+        ),
+        (&dmarc, "From: jean@x.fr", Err("dmarc")),
+        // DMARC passes for the From: domain, which is not allowed; Return-Path does not count.
+        (
+            &dmarc,
+            "Authentication-Results: mx.x.fr 1; dmarc/1=pass\r\nReturn-Path: <jean@x.fr>\r\nFrom: eve@evil.example",
+            Err("allowed-senders"),
+        ),
+        (
+            &dmarc,
+            "Authentication-Results: mx.x.fr;\r\n  dkim=pass (good \"signature; really\") header.d=x.fr;\r\n  dmarc=pass (p=none) header.from=x.fr\r\nFrom: boss@x.fr",
+            Ok(Some("4321")),
+        ),
+    ];
+    for (rules, headers, want) in cases {
+        let raw = mail(headers, "x");
+        let o = origin(&raw);
+        match (check_sender(&raw, &o, rules), want) {
+            (Ok(pin), Ok(w)) => assert_eq!(pin, w, "{headers:?}"),
+            (Err(e), Err(rule)) => assert_eq!(e.rule, rule, "{headers:?}: {e}"),
+            (got, want) => panic!("{headers:?}: got {got:?}, want {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn dmarc_result_reads_the_named_server_only() {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("Authentication-Results: mx.x.fr; dmarc=pass", Some("pass")),
+        ("Authentication-Results: MX.X.FR; DMARC=Fail", Some("fail")),
+        ("Authentication-Results: mx.x.fr; none", None),
+        ("Authentication-Results: other.fr; dmarc=pass", None),
+        (
+            "Authentication-Results: other.fr; dmarc=pass\r\nAuthentication-Results: mx.x.fr; dmarc=temperror",
+            Some("temperror"),
+        ),
+        // A comment holding `dmarc=pass` is not a result.
+        (
+            "Authentication-Results: mx.x.fr; spf=fail (dmarc=pass; no) smtp.mailfrom=x.fr",
+            None,
+        ),
+        ("Subject: dmarc=pass", None),
+    ];
+    for (headers, want) in cases {
+        let raw = mail(headers, "x");
+        assert_eq!(
+            dmarc_result(&raw, "mx.x.fr").as_deref(),
+            *want,
+            "{headers:?}"
+        );
+    }
+}
+
+/// A refused sender gives a failure whose notice names the rule; a PIN is taken out of the
+/// subject and the text.
+#[test]
+fn read_mail_applies_the_sender_rules() {
+    let cfg = config();
+    let rules = senders(&[], &["x.fr"], None);
+    let cases: &[(&str, Result<&str, &str>)] = &[
+        (
+            "From: eve@evil.example\r\nTo: Paul@+33477858589@sms\r\nSubject: hi",
+            Err("rule: allowed-senders"),
+        ),
+        (
+            "From: boss@x.fr\r\nTo: Paul@+33477858589@sms\r\nSubject: PIN 1111 hi",
+            Err("the PIN in the subject is wrong (rule: pin)"),
+        ),
+        (
+            "From: boss@x.fr\r\nTo: Paul@+33477858589@sms\r\nSubject: hi",
+            Err("must put its PIN in the subject"),
+        ),
+        (
+            "From: boss@x.fr\r\nTo: Paul@+33477858589@sms\r\nSubject: PIN 4321 Meeting moved",
+            Ok("Meeting moved"),
+        ),
+    ];
+    for (headers, want) in cases {
+        let raw = mail(headers, "to room 4");
+        let o = origin(&raw);
+        let reading = read_mail(&raw, &o, "box", &rules, &cfg, 10);
+        match (&reading.decision, want) {
+            (Decision::Queue(req), Ok(subject)) => {
+                assert_eq!(req.subject.as_deref(), Some(*subject), "{headers:?}");
+                assert!(!req.text.contains("4321"), "{headers:?}: {}", req.text);
+                assert!(req.text.starts_with(subject), "{headers:?}: {}", req.text);
+            }
+            (Decision::Fail { reason }, Err(fragment)) => {
+                assert!(reason.contains(fragment), "{headers:?}: {reason}");
+                assert!(reason.starts_with("Not allowed to send SMS"), "{reason}");
+                let n = notice(&reading, &o).expect("a notice");
+                assert_eq!(&n.reason, reason);
+            }
+            (d, w) => panic!("{headers:?}: got {d:?}, want {w:?}"),
+        }
     }
 }
 
@@ -374,7 +531,7 @@ fn read_mail_table() {
     for (headers, body, queued, fragments) in cases {
         let raw = mail(headers, body);
         let o = origin(&raw);
-        let reading = read_mail(&raw, &o, "box", &cfg, 10);
+        let reading = read_mail(&raw, &o, "box", &MailboxSenders::default(), &cfg, 10);
         match (queued, request(&reading)) {
             (Some(n), Some(req)) => {
                 assert_eq!(req.recipients.len(), *n, "{headers:?}");
@@ -410,7 +567,7 @@ fn automatic_mail_gets_no_notice() {
         "x",
     );
     let o = origin(&raw);
-    let reading = read_mail(&raw, &o, "box", &cfg, 10);
+    let reading = read_mail(&raw, &o, "box", &MailboxSenders::default(), &cfg, 10);
     assert!(matches!(reading.decision, Decision::Fail { .. }));
     assert!(notice(&reading, &o).is_none());
 }
@@ -445,8 +602,47 @@ fn arbitrary_bytes_never_panic() {
                 .collect();
             let o = origin(&raw);
             let _ = message_key(&o, &raw);
-            let reading = read_mail(&raw, &o, "box", &cfg, 10);
+            let reading = read_mail(&raw, &o, "box", &MailboxSenders::default(), &cfg, 10);
             let _ = notice(&reading, &o);
         }
+    }
+}
+
+#[test]
+fn unsolicited_responses_table() {
+    const UV: u32 = 1795304716;
+    let cases: &[(&str, Heard)] = &[
+        ("* 12 EXISTS\r\n", Heard::News),
+        ("* 3 RECENT\r\n", Heard::News),
+        ("* 4 EXPUNGE\r\n", Heard::Nothing),
+        ("* OK [UIDVALIDITY 1795304716] UIDs valid\r\n", Heard::Nothing),
+        (
+            "* OK [UIDVALIDITY 1795304720] UIDs valid\r\n",
+            Heard::UidValidity(1795304720),
+        ),
+        ("* OK Still here\r\n", Heard::Nothing),
+        ("* OK [HIGHESTMODSEQ 7] Highest\r\n", Heard::Nothing),
+        // What Dovecot 2.3 says, and keeps the session, when the selected folder is deleted.
+        (
+            "* NO Internal error occurred. Refer to server log for more information. [2026-11-21 23:45:14]\r\n",
+            Heard::Trouble(
+                "NO Internal error occurred. Refer to server log for more information. [2026-11-21 23:45:14]".into(),
+            ),
+        ),
+        (
+            "* BYE Mailbox was deleted under us\r\n",
+            Heard::Trouble("BYE Mailbox was deleted under us".into()),
+        ),
+        (
+            "* BAD [SERVERBUG] oops\r\n",
+            Heard::Trouble("BAD [SERVERBUG] oops".into()),
+        ),
+        ("* FLAGS (\\Seen \\Deleted)\r\n", Heard::Nothing),
+    ];
+    for (line, want) in cases {
+        let (rest, r) = Response::parse(line.as_bytes())
+            .unwrap_or_else(|e| panic!("{line:?} does not parse: {e:?}"));
+        assert!(rest.is_empty(), "{line:?}");
+        assert_eq!(&heard(&r, UV), want, "{line:?}");
     }
 }

@@ -1,0 +1,384 @@
+//! This site's link to one peer: it binds to the peer's SMPP server as a transceiver, forwards
+//! the messages placed on that peer, brings their delivery receipts back, sends this site's
+//! workload, and decides whether the peer is up.
+//!
+//! **Failure detection.** The peer is up from a successful bind until the link is lost: the
+//! connection closes (a killed process's sockets are closed by its kernel at once), a read or
+//! write fails, or the peer says nothing for `missed_keepalives` keepalive intervals (a hung or
+//! unreachable one: its `enquire_link` responses stop), counted by [`Keepalive`] and bounded
+//! exactly by a deadline from the last word heard. Then the router excludes the site
+//! ([`RouterState::set_site_up`]), the messages sent without a `submit_sm_resp` and those still
+//! listed go back to be placed again ([`Placement::release_peer`]), and the link binds again
+//! with a backoff that doubles from 100 ms up to `reconnect_max`.
+//!
+//! **Forwarding.** Up to `window` `submit_sm`s are in flight ([`Window`]). A `submit_sm_resp`
+//! with status 0 means the peer committed the message: it is marked [`Place::Taken`] at once
+//! (no one else may take it, whatever happens to the link now), then recorded durably as
+//! forwarded ([`Change::Forwarded`]). A temporary refusal (throttled, system error, queue full)
+//! puts it back to be placed again after a pause; any other refusal fails it with the status.
+//! A message sent again after a lost response is stored once by the peer (its origin id).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rusmpp::pdus::BindTransceiver;
+use rusmpp::tokio_codec::CommandCodec;
+use rusmpp::types::COctetString;
+use rusmpp::values::InterfaceVersion;
+use rusmpp::{Command, CommandId, CommandStatus, Pdu};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::config::{PeerLink, SmppConfig};
+use super::forward::{Forwarder, Item};
+use super::message;
+use super::placement::Placement;
+use super::session::{Keepalive, Sequence, Tick, Window};
+use crate::queue::{Change, Store};
+use crate::route::RouterState;
+
+/// What one link needs.
+pub struct Link {
+    pub site: String,
+    pub peer: PeerLink,
+    pub timing: SmppConfig,
+    pub store: Store,
+    pub placement: Arc<Placement>,
+    pub forwarder: Arc<Forwarder>,
+    pub state: RouterState,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("the peer refused the bind with status {0:?}")]
+    Refused(CommandStatus),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("the peer answered nothing for {0} keepalive intervals")]
+    Silent(u32),
+    #[error("the link failed: {0}")]
+    Io(String),
+    #[error("stopping")]
+    Shutdown,
+}
+
+/// Runs the link until shutdown.
+pub async fn run(link: Arc<Link>, shutdown: CancellationToken) {
+    let name = link.peer.name.clone();
+    // Down until a bind proves otherwise: nothing is placed on a peer not yet heard from.
+    link.state.set_site_up(&name, false);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut window: Window<Item> = Window::new(link.timing.window);
+        let result = session(&link, &mut window, &mut backoff, &shutdown).await;
+        // Whatever ended the session, the peer is down until it binds again.
+        if link.state.set_site_up(&name, false) {
+            warn!(peer = %name, reason = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), "peer site down: routing around it");
+        }
+        let unacknowledged = window.drain();
+        let n = unacknowledged.len();
+        link.forwarder.release(&name, unacknowledged);
+        let released = link.placement.release_peer(&name);
+        if released > 0 {
+            info!(peer = %name, messages = released, in_flight = n, "messages placed on the peer are placed again");
+        }
+        if matches!(result, Err(LinkError::Shutdown)) || shutdown.is_cancelled() {
+            return;
+        }
+        if let Err(e) = &result {
+            debug!(peer = %name, error = %e, "peer link lost");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(link.timing.reconnect_max);
+    }
+}
+
+async fn session(
+    link: &Link,
+    window: &mut Window<Item>,
+    backoff: &mut Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), LinkError> {
+    let name = &link.peer.name;
+    let stream = tokio::select! {
+        _ = shutdown.cancelled() => return Err(LinkError::Shutdown),
+        r = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&link.peer.address)) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(LinkError::Connect(e)),
+            Err(_) => return Err(LinkError::Connect(std::io::ErrorKind::TimedOut.into())),
+        },
+    };
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(
+        stream,
+        CommandCodec::new().with_max_length(super::server::MAX_PDU),
+    );
+    let mut seq = Sequence::default();
+    let bind = BindTransceiver::builder()
+        .system_id(cstr(&link.site))
+        .password(cstr(&link.peer.password))
+        .interface_version(InterfaceVersion::Smpp3_4)
+        .build();
+    let bind_seq = seq.advance();
+    send(
+        &mut framed,
+        Command::new(CommandStatus::EsmeRok, bind_seq, Pdu::BindTransceiver(bind)),
+    )
+    .await?;
+    // The bind must be answered within the keepalive's patience.
+    let patience = link.timing.enquire_link * link.timing.missed_keepalives;
+    let resp = tokio::select! {
+        _ = shutdown.cancelled() => return Err(LinkError::Shutdown),
+        r = tokio::time::timeout(patience, framed.next()) => match r {
+            Err(_) => return Err(LinkError::Silent(link.timing.missed_keepalives)),
+            Ok(None) => return Err(LinkError::Closed),
+            Ok(Some(Err(e))) => return Err(LinkError::Io(e.to_string())),
+            Ok(Some(Ok(c))) => c,
+        },
+    };
+    if resp.id() != CommandId::BindTransceiverResp || resp.status() != CommandStatus::EsmeRok {
+        return Err(LinkError::Refused(resp.status()));
+    }
+    link.state.set_site_up(name, true);
+    info!(peer = %name, address = %link.peer.address, "bound to peer site: it is up");
+    *backoff = Duration::from_millis(100);
+
+    let mut keepalive = Keepalive::new(link.timing.missed_keepalives);
+    let mut tick = tokio::time::interval(link.timing.enquire_link);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let wake = link.forwarder.waker(name).unwrap_or_default();
+    // The keepalive counts intervals at its ticks; a peer that hangs just after a tick would
+    // then be declared down up to one interval late. This deadline, `missed_keepalives`
+    // intervals after the peer last said anything, is the exact bound.
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        // Fill the window first: a busy link keeps `window` submits in flight.
+        while !window.is_full() {
+            let Some(item) = link.forwarder.next(name) else {
+                break;
+            };
+            match message::forward(&item.origin_id, &item.number, &item.text) {
+                Ok(submit) => {
+                    let s = seq.advance();
+                    // `open` cannot refuse here: the window was checked above.
+                    let _ = window.open(s, item);
+                    send(
+                        &mut framed,
+                        Command::new(CommandStatus::EsmeRok, s, Pdu::SubmitSm(submit)),
+                    )
+                    .await?;
+                }
+                Err(e) => {
+                    fail(
+                        link,
+                        &item,
+                        &format!("cannot be forwarded to site {name}: {e}"),
+                    )
+                    .await;
+                }
+            }
+        }
+        let wanted = wake.notified();
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let s = seq.advance();
+                let _ = send(&mut framed, Command::new(CommandStatus::EsmeRok, s, Pdu::Unbind)).await;
+                return Err(LinkError::Shutdown);
+            }
+            _ = tick.tick() => {
+                match keepalive.tick(&mut seq) {
+                    Tick::Dead { missed } => return Err(LinkError::Silent(missed)),
+                    Tick::Send(s) => {
+                        send(&mut framed, Command::new(CommandStatus::EsmeRok, s, Pdu::EnquireLink)).await?;
+                    }
+                }
+                let w = message::workload(&link.forwarder.workload());
+                let s = seq.advance();
+                send(&mut framed, Command::new(CommandStatus::EsmeRok, s, Pdu::DataSm(w))).await?;
+            }
+            _ = wanted => {}
+            _ = tokio::time::sleep_until(last_heard + patience) => {
+                return Err(LinkError::Silent(link.timing.missed_keepalives));
+            }
+            r = framed.next() => {
+                let cmd = match r {
+                    None => return Err(LinkError::Closed),
+                    Some(Err(e)) => return Err(LinkError::Io(e.to_string())),
+                    Some(Ok(c)) => c,
+                };
+                keepalive.heard();
+                last_heard = tokio::time::Instant::now();
+                if let Some(reply) = on_command(link, window, cmd).await {
+                    send(&mut framed, reply).await?;
+                }
+            }
+        }
+    }
+}
+
+/// Handles one command from the peer; returns the reply to send, if any.
+async fn on_command(link: &Link, window: &mut Window<Item>, cmd: Command) -> Option<Command> {
+    let name = &link.peer.name;
+    let seq = cmd.sequence_number();
+    let status = cmd.status();
+    match cmd.id() {
+        CommandId::SubmitSmResp | CommandId::GenericNack => {
+            let item = window.close(seq)?;
+            let remote_id = match cmd.pdu() {
+                Some(Pdu::SubmitSmResp(r)) => r.message_id().as_str().to_string(),
+                _ => String::new(),
+            };
+            if status == CommandStatus::EsmeRok && !remote_id.is_empty() {
+                link.placement.taken(item.recipient, name);
+                let store = link.store.clone();
+                let placement = link.placement.clone();
+                let forwarder = link.forwarder.clone();
+                let peer = name.clone();
+                // Recorded off the link's loop so the window keeps moving; the queue's writer
+                // groups these commits.
+                tokio::spawn(async move {
+                    let rid = item.recipient;
+                    match store
+                        .change(Change::Forwarded {
+                            recipient: rid,
+                            peer: peer.clone(),
+                            remote_id,
+                        })
+                        .await
+                    {
+                        Ok(()) => {
+                            placement.forget(rid);
+                            forwarder.done(rid);
+                        }
+                        // The peer has it and `Taken` keeps anyone here from sending it; the
+                        // record is what failed, and a restart would find the message
+                        // `accepted` and forward it again, which the peer stores once.
+                        Err(e) => {
+                            warn!(peer = %peer, error = %e, "cannot record a forwarded message")
+                        }
+                    }
+                });
+            } else if matches!(
+                status,
+                CommandStatus::EsmeRthrottled
+                    | CommandStatus::EsmeRsyserr
+                    | CommandStatus::EsmeRmsgqful
+                    | CommandStatus::EsmeRok
+            ) || cmd.id() == CommandId::GenericNack
+            {
+                // Temporary: placed again (maybe elsewhere) after a pause, so a refusing peer
+                // is not asked again at once.
+                debug!(peer = %name, ?status, "forwarding refused for now");
+                let placement = link.placement.clone();
+                let forwarder = link.forwarder.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    placement.forget(item.recipient);
+                    forwarder.done(item.recipient);
+                });
+            } else {
+                fail(
+                    link,
+                    &item,
+                    &format!("site {name} refused the message (SMPP status {status:?})"),
+                )
+                .await;
+            }
+            None
+        }
+        CommandId::DeliverSm => {
+            if let Some(Pdu::DeliverSm(d)) = cmd.pdu()
+                && let Some(r) = message::parse_receipt(d)
+                && let Err(e) = apply_receipt(link, &r).await
+            {
+                // Not acknowledged: the peer sends the receipt again.
+                warn!(peer = %name, error = %e, "cannot record a delivery receipt");
+                return Some(Command::new(
+                    CommandStatus::EsmeRsyserr,
+                    seq,
+                    Pdu::DeliverSmResp(super::session::deliver_sm_resp()),
+                ));
+            }
+            Some(Command::new(
+                CommandStatus::EsmeRok,
+                seq,
+                Pdu::DeliverSmResp(super::session::deliver_sm_resp()),
+            ))
+        }
+        CommandId::EnquireLink => Some(Command::new(
+            CommandStatus::EsmeRok,
+            seq,
+            Pdu::EnquireLinkResp,
+        )),
+        CommandId::Unbind => Some(Command::new(CommandStatus::EsmeRok, seq, Pdu::UnbindResp)),
+        _ => None,
+    }
+}
+
+/// A receipt from the peer for a message it took from here.
+async fn apply_receipt(link: &Link, r: &message::Receipt) -> Result<(), crate::queue::QueueError> {
+    let rid: Option<i64> =
+        sqlx::query_scalar("SELECT recipient_id FROM forwards WHERE peer = ?1 AND remote_id = ?2")
+            .bind(&link.peer.name)
+            .bind(&r.message_id)
+            .fetch_optional(link.store.reader())
+            .await?;
+    let Some(recipient) = rid else {
+        // A receipt for a message this site did not forward (or one that was already
+        // reported and pruned): nothing to update, but acknowledged so it is not resent.
+        debug!(peer = %link.peer.name, id = %r.message_id, "receipt for an unknown message");
+        return Ok(());
+    };
+    let delivered = r.outcome == message::Outcome::Delivered;
+    link.store
+        .change(Change::PeerReceipt {
+            recipient,
+            delivered,
+            reason: format!(
+                "site {} reports the message {} ({})",
+                link.peer.name,
+                if delivered {
+                    "delivered"
+                } else {
+                    "not delivered"
+                },
+                r.outcome.stat()
+            ),
+        })
+        .await
+}
+
+async fn fail(link: &Link, item: &Item, reason: &str) {
+    if let Err(e) = link
+        .store
+        .change(Change::Fail {
+            part: item.first_part,
+            reason: reason.to_string(),
+        })
+        .await
+    {
+        warn!(error = %e, "cannot record a failed message");
+    }
+    link.placement.forget(item.recipient);
+    link.forwarder.done(item.recipient);
+}
+
+async fn send(framed: &mut Framed<TcpStream, CommandCodec>, cmd: Command) -> Result<(), LinkError> {
+    framed
+        .send(cmd)
+        .await
+        .map_err(|e| LinkError::Io(e.to_string()))
+}
+
+fn cstr<const MIN: usize, const MAX: usize>(s: &str) -> COctetString<MIN, MAX> {
+    COctetString::from_string(s.to_string()).unwrap_or_else(|_| COctetString::empty())
+}
