@@ -304,7 +304,10 @@ pub(super) async fn apply(
         query = query.bind(None::<i64>);
     }
     match query.execute(&mut *conn).await {
-        Ok(_) => after(conn, changes, now).await,
+        // No savepoint undoes the job's statements if these fail: the batch fails whole.
+        Ok(_) => after(conn, changes, now)
+            .await
+            .map_err(|e| QueueError::Broken(e.to_string())),
         Err(e) => {
             // The usual cause: a part that does not exist; then the first statement failed
             // and nothing was written. Any other failure may leave part of the job written:
