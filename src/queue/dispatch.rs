@@ -304,14 +304,14 @@ pub(super) async fn apply(
         query = query.bind(None::<i64>);
     }
     match query.execute(&mut *conn).await {
-        Ok(_) => after(conn, changes, now).await,
+        // No savepoint undoes the job's statements if these fail: the batch fails whole.
+        Ok(_) => after(conn, changes, now)
+            .await
+            .map_err(|e| QueueError::Broken(e.to_string())),
         Err(e) => {
-            // A statement failed half-way: undo what the job did, keep the rest of the batch.
-            // If even that fails the transaction is broken, and its commit fails too.
-            sqlx::query("ROLLBACK TO change; RELEASE change")
-                .execute(&mut *conn)
-                .await?;
-            // The usual cause: a part that does not exist (its event cannot be written).
+            // The usual cause: a part that does not exist; then the first statement failed
+            // and nothing was written. Any other failure may leave part of the job written:
+            // `commit_batch` then fails the whole batch.
             for change in changes {
                 let found: Option<i64> = sqlx::query_scalar("SELECT id FROM parts WHERE id = ?1")
                     .bind(change.part())
@@ -321,7 +321,7 @@ pub(super) async fn apply(
                     return Err(QueueError::NoSuchPart(change.part()));
                 }
             }
-            Err(e.into())
+            Err(QueueError::Broken(e.to_string()))
         }
     }
 }
@@ -403,10 +403,10 @@ impl Change {
 /// parameters follow from ?5.
 const PARAMS_PER_CHANGE: usize = 4;
 
-/// The statements of one change (parameters from ?1): the part's UPDATE, its event, then the
-/// recipient's summary. The event names its request through a subquery, so for a part that
-/// does not exist it breaks `NOT NULL` and the job is undone.
-fn change_statements(kind: Kind) -> String {
+/// One change's event row as a SELECT, and its statements after the event (the part's UPDATE,
+/// then the recipient's summary), parameters from ?1. The event names its request through a
+/// subquery, so for a part that does not exist it breaks `NOT NULL`.
+fn change_statements(kind: Kind) -> (String, String) {
     let (update, state, reason) = match kind {
         Kind::Sending => (
             "UPDATE parts SET state = 'sending', attempts = attempts + 1, channel = ?4,
@@ -447,15 +447,12 @@ fn change_statements(kind: Kind) -> String {
             "?3",
         ),
     };
-    format!(
-        "{update};
-         INSERT INTO events (at, request_id, recipient_id, part_id, state, reason)
-         SELECT ?2, (SELECT r.request_id FROM parts p JOIN recipients r ON r.id = p.recipient_id
+    let event = format!(
+        "SELECT ?2, (SELECT r.request_id FROM parts p JOIN recipients r ON r.id = p.recipient_id
                      WHERE p.id = ?1),
-                (SELECT recipient_id FROM parts WHERE id = ?1), ?1, '{state}', {reason};
-         {}",
-        &*SUMMARY_SQL
-    )
+                (SELECT recipient_id FROM parts WHERE id = ?1), ?1, '{state}', {reason}"
+    );
+    (event, format!("{update};\n{}", &*SUMMARY_SQL))
 }
 
 /// `sql` with every parameter `?n` renumbered `?(n + by)`.
@@ -481,14 +478,31 @@ fn shift_params(sql: &str, by: usize) -> String {
     out
 }
 
-/// One job's query: its changes in order, between a savepoint and its release.
+/// One job's query: first every event row of the job in one INSERT, the only statement that
+/// fails on a part that does not exist (and then writes nothing), then each change's
+/// statements in order.
+///
+/// No savepoint: SQLite copies every page a savepoint's statements touch into a sub-journal
+/// (spilled to a temporary file past 64 KiB), which cost a fifth of the gateway's CPU in
+/// `bench/modems`. A job whose first statement fails has written nothing; one that fails
+/// later fails its whole batch (see `commit_batch`).
 fn job_sql(kinds: &[Kind]) -> String {
-    let body: Vec<String> = kinds
+    let (events, rest): (Vec<String>, Vec<String>) = kinds
         .iter()
         .enumerate()
-        .map(|(i, k)| shift_params(&change_statements(*k), i * PARAMS_PER_CHANGE))
-        .collect();
-    format!("SAVEPOINT change; {}; RELEASE change", body.join(";\n"))
+        .map(|(i, k)| {
+            let (event, rest) = change_statements(*k);
+            let by = i * PARAMS_PER_CHANGE;
+            (shift_params(&event, by), shift_params(&rest, by))
+        })
+        .unzip();
+    format!(
+        "INSERT INTO events (at, request_id, recipient_id, part_id, state, reason)
+         {};
+         {}",
+        events.join("\n UNION ALL "),
+        rest.join(";\n")
+    )
 }
 
 /// Spare arguments after a job's own: at least the number of parameter numbers its

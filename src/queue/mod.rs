@@ -56,6 +56,9 @@ pub enum QueueError {
     Quota(QuotaExceeded),
     #[error("there is no part {0} in the queue")]
     NoSuchPart(i64),
+    /// A state change failed half-way; its batch is rolled back whole.
+    #[error("the queue store failed during a state change: {0}")]
+    Broken(String),
 }
 
 /// Where a request came from.
@@ -433,11 +436,18 @@ async fn commit_batch(
         // A state change is one query with its savepoint inside (see `dispatch::apply`): the
         // hot path of sending, spared two round trips to the driver's thread.
         if let Job::Change(changes, _) = job {
-            results.push(
-                dispatch::apply(&mut tx, changes)
-                    .await
-                    .map(|()| Outcome::Changed),
-            );
+            match dispatch::apply(&mut tx, changes).await {
+                Ok(()) => results.push(Ok(Outcome::Changed)),
+                // Part of the job may be written: nothing of this batch may be committed.
+                Err(QueueError::Broken(msg)) => {
+                    let _ = tx.rollback().await;
+                    return batch
+                        .iter()
+                        .map(|_| Err(QueueError::Broken(msg.clone())))
+                        .collect();
+                }
+                Err(e) => results.push(Err(e)),
+            }
             continue;
         }
         let r = async {
