@@ -480,6 +480,8 @@ struct RawSimulate {
     /// Status reports: "auto" (as AT+CNMI asks), "cds", "cdsi" or "none".
     report: ReportMode,
     report_delay_ms: u64,
+    /// The TP-ST its reports carry (3GPP TS 23.040 §9.2.3.15): 0 delivered, 0x41 and up failed.
+    report_status: u8,
     /// Record every SMS it "sends" as a JSON line in this file.
     record: Option<PathBuf>,
 }
@@ -491,6 +493,7 @@ impl Default for RawSimulate {
             cmgs_latency_ms: 300,
             report: ReportMode::Auto,
             report_delay_ms: 2000,
+            report_status: 0,
             record: None,
         }
     }
@@ -952,6 +955,7 @@ impl RawConfig {
                     c.pin = m.pin.clone();
                     c.report.mode = sim.report;
                     c.report.delay_ms = sim.report_delay_ms;
+                    c.report.status = sim.report_status;
                     Some(SimulatedModem {
                         config: c,
                         record: sim.record.as_deref().map(resolve),
