@@ -309,6 +309,9 @@ struct RawMailbox {
     /// The authserv-id of the organization's MX: DMARC must pass in the
     /// `Authentication-Results` field it wrote (RFC 8601). Unset: not checked.
     authserv_id: Option<String>,
+    /// A `[[peer]]`'s name: the mailbox is that peer's, watched here only while the peer is
+    /// detected down (a passive configuration). Unset: always watched.
+    passive_for: Option<String>,
 }
 
 fn default_folder() -> String {
@@ -480,6 +483,8 @@ struct RawSimulate {
     /// Status reports: "auto" (as AT+CNMI asks), "cds", "cdsi" or "none".
     report: ReportMode,
     report_delay_ms: u64,
+    /// The TP-ST its reports carry (3GPP TS 23.040 §9.2.3.15): 0 delivered, 0x41 and up failed.
+    report_status: u8,
     /// Record every SMS it "sends" as a JSON line in this file.
     record: Option<PathBuf>,
 }
@@ -491,6 +496,7 @@ impl Default for RawSimulate {
             cmgs_latency_ms: 300,
             report: ReportMode::Auto,
             report_delay_ms: 2000,
+            report_status: 0,
             record: None,
         }
     }
@@ -952,6 +958,7 @@ impl RawConfig {
                     c.pin = m.pin.clone();
                     c.report.mode = sim.report;
                     c.report.delay_ms = sim.report_delay_ms;
+                    c.report.status = sim.report_status;
                     Some(SimulatedModem {
                         config: c,
                         record: sim.record.as_deref().map(resolve),
@@ -1327,6 +1334,7 @@ impl RawConfig {
                 reconnect_max: secs(b.reconnect_max_secs),
                 max_recipients: b.max_recipients,
                 senders: mailbox_senders,
+                passive_for: b.passive_for,
             });
         }
 
@@ -1339,6 +1347,18 @@ impl RawConfig {
                 peer_links.push(crate::peer::config::validate_link(
                     i, &p.name, &s.name, link, loc,
                 )?);
+            }
+        }
+
+        // A passive mailbox waits on a peer's link: the peer must have one.
+        for (i, m) in mailboxes.iter().enumerate() {
+            if let Some(p) = &m.passive_for
+                && !peer_links.iter().any(|l| &l.name == p)
+            {
+                return Err(loc.error(
+                    &format!("mailbox[{i}].passive_for"),
+                    format!("`{p}` is not a [[peer]] with a [peer.smpp] link, so whether it is down cannot be known"),
+                ));
             }
         }
 
@@ -1641,6 +1661,11 @@ path = "data/queue.db"
                 "[[mailbox]]\nname = \"inbox\"\nhost = \"h\"\nuser = \"u\"\npassword = \"p\"\n",
                 "mailbox[1].name",
                 "names two mailboxes",
+            ),
+            (
+                "passive_for = \"lyon\"\n",
+                "mailbox[0].passive_for",
+                "`lyon` is not a [[peer]]",
             ),
         ];
         for (extra, key, fragment) in cases {

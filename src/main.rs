@@ -373,7 +373,12 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
             None
         }
     };
-    let mailboxes = intake::imap::start(intake.clone(), notices, shutdown.clone());
+    let mailboxes = intake::imap::start(
+        intake.clone(),
+        notices,
+        router.state().clone(),
+        shutdown.clone(),
+    );
     let listener = intake::smtp::Listener::start(cfg.clone(), intake, shutdown.clone()).await?;
     info!(site = %cfg.site.name, store = %cfg.store.path.display(), modems = modems.count(), mailboxes = cfg.mailboxes.len(), "mail2sms running");
 

@@ -623,3 +623,166 @@ tls = "none"
         );
     }
 }
+
+/// A site's configuration for the passive-mailbox test: its SMTP and SMPP ports, a link to
+/// `peer` (whose SMPP server is at `peer_smpp`), and `more` (its mailboxes).
+fn site_config(name: &str, smtp: u16, smpp: u16, peer: &str, peer_smpp: u16, more: &str) -> String {
+    // Each site binds to the other with the password `pw-<from><to>`; the bound site keeps
+    // its hash.
+    format!(
+        r#"
+[site]
+name = "{name}"
+default_country = "FR"
+sms_domains = ["sms"]
+
+[store]
+path = "queue.db"
+
+[smtp]
+listen = ["127.0.0.1:{smtp}"]
+trusted_networks = ["127.0.0.0/8"]
+
+[smpp]
+listen = ["127.0.0.1:{smpp}"]
+enquire_link_ms = 1000
+missed_keepalives = 3
+reconnect_max_ms = 500
+
+[quotas]
+sender_parts_per_hour = 0
+sender_parts_per_day = 0
+domain_parts_per_hour = 0
+domain_parts_per_day = 0
+
+[guard]
+enabled = false
+
+[routing]
+workload_weight = 0
+
+[[peer]]
+name = "{peer}"
+forwarding_cost = 0.002
+[peer.smpp]
+address = "127.0.0.1:{peer_smpp}"
+password = "pw-{name}{peer}"
+password_hash = "{hash}"
+
+[[channel]]
+name = "{name}-modems"
+kind = "modems"
+site = "{name}"
+tariff = {{ "33" = 0.09 }}
+
+[[channel]]
+name = "{peer}-modems"
+kind = "modems"
+site = "{peer}"
+tariff = {{ "33" = 0.02 }}
+{more}
+"#,
+        hash = common::hash_password(&format!("pw-{peer}{name}")),
+    )
+}
+
+/// A gateway process for one site, from a whole configuration file.
+fn site(config: String, smtp: u16) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mail2sms.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut g = Gateway {
+        dir,
+        config: path,
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], smtp)),
+        child: None,
+    };
+    g.spawn();
+    g
+}
+
+/// Issue: "its passive configurations here activate (e.g. picking up its IMAP mailbox). When
+/// it returns, they step back." The UK site holds the French site's mailbox as a passive
+/// configuration. The French site watches no mailbox here, so any mail taken while France is
+/// up could only have been taken by the UK: while France is up the UK takes nothing; France
+/// killed, the UK picks the mail up; France back, the UK stops and new mail stays put.
+#[test]
+fn a_passive_mailbox_is_watched_only_while_its_peer_is_down() {
+    let dv = Dovecot::start(Options::default());
+    let (uk_smtp, uk_smpp, fr_smtp, fr_smpp) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let mut fr = site(
+        site_config("fr", fr_smtp, fr_smpp, "uk", uk_smpp, ""),
+        fr_smtp,
+    );
+    let uk = site(
+        site_config(
+            "uk",
+            uk_smtp,
+            uk_smpp,
+            "fr",
+            fr_smpp,
+            &dv.mailbox_toml("INBOX", "starttls", "passive_for = \"fr\"\n"),
+        ),
+        uk_smtp,
+    );
+    let lines = |g: &Gateway, what: &str| {
+        log_of(g)
+            .lines()
+            .filter(|l| l.contains(what) && l.contains("peer=fr"))
+            .count()
+    };
+    wait_for(
+        Duration::from_secs(20),
+        || lines(&uk, "bound to peer site") >= 1,
+        || log_of(&uk),
+    );
+
+    // 1. France up: the mail waits in its mailbox, past the start's grace and several polls.
+    dv.client(&["append", "INBOX", "20", "standby"]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(dv.count("INBOX"), 20, "{}", log_of(&uk));
+    assert!(queued(&uk).is_empty(), "{:?}", queued(&uk));
+    assert_eq!(lines(&uk, "watching mailbox"), 0, "{}", log_of(&uk));
+
+    // 2. France killed: the UK watches its mailbox and takes everything, once.
+    fr.kill();
+    let mut ids = expected("standby", 20);
+    wait_for(
+        Duration::from_secs(20),
+        || dv.count("INBOX") == 0 && queued(&uk).len() == 20,
+        || format!("INBOX {} left\n{}", dv.count("INBOX"), log_of(&uk)),
+    );
+    dv.client(&["append", "INBOX", "10", "down"]);
+    ids.extend(expected("down", 10));
+    wait_for(
+        Duration::from_secs(20),
+        || dv.count("INBOX") == 0 && queued(&uk).len() == 30,
+        || format!("INBOX {} left\n{}", dv.count("INBOX"), log_of(&uk)),
+    );
+    assert_exactly_once("UK queue", &queued(&uk), &ids);
+    assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
+
+    // 3. France back: the UK steps back; new mail is left to France.
+    let backs = lines(&uk, "peer site back");
+    fr.spawn();
+    wait_for(
+        Duration::from_secs(20),
+        || lines(&uk, "peer site back") > backs,
+        || log_of(&uk),
+    );
+    dv.client(&["append", "INBOX", "10", "back"]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(dv.count("INBOX"), 10, "{}", log_of(&uk));
+    assert_exactly_once("UK queue", &queued(&uk), &ids);
+    for l in log_of(&uk)
+        .lines()
+        .filter(|l| l.contains("passive mailbox") || l.contains("peer=fr"))
+    {
+        eprintln!("{l}");
+    }
+}

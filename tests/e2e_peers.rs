@@ -7,11 +7,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::sim::wait_until;
+use common::sink::Sink;
 use common::{BIN, free_port, hash_password};
 use mail2sms::modem::sim::SentSms;
 use serde_json::Value;
@@ -23,6 +24,12 @@ struct Node {
     smtp: u16,
     smpp: u16,
     child: Option<Child>,
+    /// How its simulated network sends status reports ("none", "cds", ...).
+    report: &'static str,
+    /// The TP-ST of those reports.
+    report_status: u8,
+    /// More configuration, appended to the file.
+    extra: String,
 }
 
 /// Tariffs per site's modems: (site, [(prefix, cost)]).
@@ -45,6 +52,9 @@ impl Node {
             smtp: free_port(),
             smpp: free_port(),
             child: None,
+            report: "none",
+            report_status: 0,
+            extra: String::new(),
         }
     }
 
@@ -89,7 +99,9 @@ name = "{me}-sim"
 [modem.simulate]
 latency_ms = 1
 cmgs_latency_ms = 20
-report = "none"
+report = "{report}"
+report_delay_ms = 300
+report_status = {status}
 record = "sent.jsonl"
 
 [routing]
@@ -97,6 +109,8 @@ workload_weight = 0
 "#,
             smtp = self.smtp,
             smpp = self.smpp,
+            report = self.report,
+            status = self.report_status,
         );
         for other in sites.iter().filter(|o| o.name != me) {
             t.push_str(&format!(
@@ -119,6 +133,7 @@ workload_weight = 0
                 s = site.name
             ));
         }
+        t.push_str(&self.extra);
         std::fs::write(self.path("mail2sms.toml"), t).unwrap();
     }
 
@@ -576,4 +591,128 @@ fn smpplib_binds_submits_and_gets_its_receipt() {
         g.log()
     );
     assert!(sim.records().is_empty());
+}
+
+/// Mail for a French number goes into the UK site asking for `notify`; the French site's
+/// simulated network reports it with TP-ST `status`; returns the one status reply the UK site
+/// sent the mail's sender, as Python's `email` package reads it, and the two sites.
+fn reply_through_the_peer(status: u8, notify: &str, number: &str) -> (Value, Node, Node) {
+    let replies = tempfile::tempdir().unwrap();
+    let sink = Sink::start(replies.path());
+    let mut uk = Node::new("uk");
+    let mut fr = Node::new("fr");
+    fr.report = "cds";
+    fr.report_status = status;
+    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    uk.extra = format!(
+        "\n[notify]\nrelay = \"127.0.0.1:{}\"\ntls = \"none\"\n\n[replies]\ntemplates = \"{}\"\nlanguage = \"en\"\nrelayed = false\n",
+        sink.port,
+        templates.display()
+    );
+    let h = hashes(&["uk", "fr"]);
+    uk.configure(&[&uk, &fr], &h);
+    fr.configure(&[&uk, &fr], &h);
+    fr.start();
+    uk.start();
+    wait_until("uk binds to fr", Duration::from_secs(20), || {
+        uk.binds_to("fr") >= 1
+    });
+    let out = common::python(
+        "dsn_client.py",
+        &[
+            "127.0.0.1",
+            &uk.smtp.to_string(),
+            "alice@example.org",
+            &format!("{number}@sms"),
+            notify,
+            "--msgid",
+            "<via-france@example.org>",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "dsn_client.py: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(v["data"], 250, "{v}");
+    let address = format!("{number}@sms");
+    wait_until(
+        "the UK site replies to the sender",
+        Duration::from_secs(30),
+        || !sink.about(&address).is_empty(),
+    );
+    // A moment for a stray second reply, then exactly one.
+    std::thread::sleep(Duration::from_secs(1));
+    let about = sink.about(&address);
+    assert_eq!(
+        about.len(),
+        1,
+        "{about:?}\nUK log:\n{}\nFR log:\n{}",
+        uk.log(),
+        fr.log()
+    );
+    assert_eq!(sink.replies().len(), 1, "{:?}", sink.replies());
+    // It went out at the French modem only.
+    assert_eq!(sent_to(&fr, &[number.to_string()]), 1);
+    assert_eq!(sent_to(&uk, &[number.to_string()]), 0);
+    let reply = about.into_iter().next().unwrap_or_default();
+    (reply, uk, fr)
+}
+
+/// The checks both outcomes share: from `<>` to the sender, automatic, threaded to the mail,
+/// one RFC 3464 block about the French number.
+fn assert_reply_about(r: &Value, number: &str, action: &str, status_class: &str) {
+    assert_eq!(r["mail_from"], "<>", "{r}");
+    assert_eq!(
+        r["rcpt_tos"],
+        serde_json::json!(["alice@example.org"]),
+        "{r}"
+    );
+    assert_eq!(r["auto_submitted"], "auto-replied", "{r}");
+    assert_eq!(r["in_reply_to"], "<via-france@example.org>", "{r}");
+    assert_eq!(r["content_type"], "multipart/report", "{r}");
+    assert_eq!(r["report_type"], "delivery-status", "{r}");
+    let blocks = r["recipients"].as_array().cloned().unwrap_or_default();
+    assert_eq!(blocks.len(), 1, "{r}");
+    let b = &blocks[0];
+    assert_eq!(b["final_recipient"], format!("rfc822;{number}@sms"), "{r}");
+    assert_eq!(b["action"], action, "{r}");
+    let status = b["status"].as_str().unwrap_or_default();
+    assert!(status.starts_with(status_class), "{r}");
+}
+
+/// Issue: "its delivery report becomes the UK sender's status reply". The French modem's
+/// status report (delivered) makes the French site send the UK site a `deliver_sm` receipt,
+/// which makes the UK site owe, and send, the sender's RFC 3464 reply: Action delivered.
+#[test]
+fn a_delivery_report_at_the_peer_becomes_the_senders_status_reply() {
+    let number = "+33612340001";
+    let (r, uk, _fr) = reply_through_the_peer(0x00, "SUCCESS", number);
+    assert_reply_about(&r, number, "delivered", "2.");
+    let q: Vec<Value> = serde_json::from_slice(
+        &Command::new(BIN)
+            .arg("--config")
+            .arg(uk.path("mail2sms.toml"))
+            .args(["queue", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let e = q
+        .iter()
+        .find(|e| e["number"] == number)
+        .unwrap_or_else(|| panic!("{q:?}"));
+    assert_eq!(e["state"], "delivered", "{e}");
+}
+
+/// The same for a report of failure (TP-ST 0x41, incompatible destination): the UK sender who
+/// asked for NOTIFY=FAILURE is told, with Action failed and a 5.x.x status.
+#[test]
+fn a_failure_report_at_the_peer_becomes_the_senders_status_reply() {
+    let number = "+33612340002";
+    let (r, _uk, _fr) = reply_through_the_peer(0x41, "FAILURE", number);
+    assert_reply_about(&r, number, "failed", "5.");
 }

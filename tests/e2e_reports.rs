@@ -7,95 +7,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::Gateway;
 use common::sim::{SimProcess, wait_until};
-use common::{Gateway, free_port};
+use common::sink::Sink;
 use mail2sms::queue::{self, RequestStatus};
 use serde_json::{Value, json};
-
-/// An SMTP server (aiosmtpd) writing every mail it receives to a JSON-lines file.
-struct Sink {
-    port: u16,
-    file: std::path::PathBuf,
-    child: Child,
-}
-
-impl Sink {
-    fn start(dir: &Path) -> Sink {
-        let port = free_port();
-        let file = dir.join("replies.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/smtp_sink.py");
-        // Debian's python3 has python3-aiosmtpd; another python3 first in PATH may not.
-        let python = ["/usr/bin/python3", "python3"]
-            .into_iter()
-            .find(|p| {
-                Command::new(p)
-                    .args(["-c", "import aiosmtpd"])
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
-            .expect("a python3 with aiosmtpd (scripts/test installs python3-aiosmtpd)");
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg(port.to_string())
-            .arg(&file)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start smtp_sink.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "smtp_sink.py did not start");
-        Sink { port, file, child }
-    }
-
-    /// Every reply received so far, as Python's `email` package reads it.
-    fn replies(&self) -> Vec<Value> {
-        let out = common::python("dsn_parse.py", &[self.file.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "dsn_parse.py: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        match serde_json::from_slice::<Value>(&out.stdout) {
-            Ok(Value::Array(v)) => v,
-            other => panic!("dsn_parse.py printed {other:?}"),
-        }
-    }
-
-    /// Replies whose one per-recipient block names `address`.
-    fn about(&self, address: &str) -> Vec<Value> {
-        self.replies()
-            .into_iter()
-            .filter(|r| {
-                r["recipients"].as_array().is_some_and(|b| {
-                    b.iter()
-                        .any(|b| final_recipient(b) == format!("rfc822;{address}"))
-                })
-            })
-            .collect()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn final_recipient(block: &Value) -> String {
-    block["final_recipient"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
 
 fn gateway(sim: &SimProcess, sink: &Sink, sending: &str, replies: &str) -> Gateway {
     let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");

@@ -10,6 +10,7 @@
 //!
 //! - [`session`]: keepalive, window, the server's session state machine (sans-IO).
 //! - [`message`]: what the PDUs carry: forwarded messages, receipts, workload (sans-IO).
+//! - [`passive`]: when a passive configuration (a peer's mailbox picked up here) is active.
 //! - [`placement`]: which site sends each message; the hook the modem pool consults.
 //! - [`forward`]: the lists of messages for each link, and this site's workload.
 //! - [`config`]: `[smpp]` and `[peer.smpp]`.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod forward;
 pub mod link;
 pub mod message;
+pub mod passive;
 pub mod placement;
 pub mod server;
 pub mod session;

@@ -598,6 +598,9 @@ async fn apply_recipient(conn: &mut SqliteConnection, change: &Change) -> Result
             }
             if let Some(first) = parts.first() {
                 peer_refresh_recipient(conn, *first, now).await?;
+                // The sender's status reply is owed here, with the state it reports, exactly
+                // as for a status report from this site's own modem (`reports::apply`).
+                super::replies::record(conn, *first, now).await?;
             }
             Ok(())
         }

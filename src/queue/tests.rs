@@ -837,3 +837,73 @@ async fn modems_no_longer_configured_are_forgotten() {
     store.forget_other_modems(Vec::new()).await.unwrap();
     assert!(modems(store.reader()).await.unwrap().is_empty());
 }
+
+/// The replies owed, as (number, action, diagnostic), in order.
+async fn owed(store: &Store) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT r.number, s.action, s.diagnostic FROM status_replies s
+         JOIN recipients r ON r.id = s.recipient_id ORDER BY s.id",
+    )
+    .fetch_all(store.reader())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_peer_receipt_owes_the_status_reply_once() {
+    let (_dir, store) = open().await;
+    store
+        .accept(request(
+            "john@example.com",
+            Some("<peer@x>"),
+            &["+33477858589", "+33612345678"],
+        ))
+        .await
+        .unwrap();
+    let rids: Vec<i64> = sqlx::query_scalar("SELECT id FROM recipients ORDER BY id")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    for (i, rid) in rids.iter().enumerate() {
+        store
+            .change(Change::Forwarded {
+                recipient: *rid,
+                peer: "fr".into(),
+                remote_id: format!("remote-{i}"),
+            })
+            .await
+            .unwrap();
+    }
+    // Forwarding hands the message to the peer, not to the network: no reply yet.
+    assert_eq!(owed(&store).await, vec![]);
+    let receipt = |recipient, delivered| Change::PeerReceipt {
+        recipient,
+        delivered,
+        reason: format!("site fr reports the message {delivered}"),
+    };
+    store.change(receipt(rids[0], true)).await.unwrap();
+    store.change(receipt(rids[1], false)).await.unwrap();
+    // A receipt sent again, or contradicting a final state, owes nothing more.
+    store.change(receipt(rids[0], true)).await.unwrap();
+    store.change(receipt(rids[1], true)).await.unwrap();
+    assert_eq!(
+        owed(&store).await,
+        vec![
+            (
+                "+33477858589".to_string(),
+                "delivered".to_string(),
+                "site fr reports the message true".to_string()
+            ),
+            (
+                "+33612345678".to_string(),
+                "failed".to_string(),
+                "site fr reports the message false".to_string()
+            ),
+        ]
+    );
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM recipients ORDER BY id")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(states, ["delivered", "failed"]);
+}

@@ -218,3 +218,4 @@ pub fn hash_password(password: &str) -> String {
 }
 
 pub mod sim;
+pub mod sink;

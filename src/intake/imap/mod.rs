@@ -51,6 +51,15 @@
 //! fresh connection. Whatever slips through is still queued once: the Message-ID check is a
 //! primary key in the queue (`queue::imap`).
 //!
+//! # Passive mailboxes
+//!
+//! A `[[mailbox]]` with `passive_for = "<peer>"` is that peer site's mailbox: this site watches
+//! it only while the peer is detected down (`peer::passive`, fed by the peer's SMPP link), as
+//! a passive configuration of Ozeki's live cluster. When the peer is back the session ends at
+//! its next wait (IDLE or poll) or after the batch in hand, so every message this site claimed
+//! is queued and moved before it steps back; the claim protocol above keeps the two sites from
+//! queueing the same mail in the moments both look.
+//!
 //! A gateway that stops for good leaves at most one batch of messages with its keyword; removing
 //! the keyword with any IMAP client hands them to the others.
 //!
@@ -85,7 +94,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::Intake;
+use crate::peer::passive::Standby;
 use crate::queue::imap::{Claimed, NewClaim, Outcome, ReplyTo};
+use crate::route::RouterState;
 
 /// How a mailbox connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -145,6 +156,8 @@ pub struct MailboxConfig {
     pub max_recipients: usize,
     /// Who may send through this mailbox (see `plan`).
     pub senders: plan::MailboxSenders,
+    /// The peer site whose mailbox this is: watched only while that peer is detected down.
+    pub passive_for: Option<String>,
 }
 
 /// Bodies fetched at once, at most (a message larger than this is fetched alone).
@@ -218,13 +231,23 @@ async fn timed<T>(
 }
 
 /// Starts one watcher per configured mailbox. `notices` is told when a notice is recorded;
-/// without it (no `[notify]`) no notices are recorded.
+/// without it (no `[notify]`) no notices are recorded. `sites` is where the peer links say
+/// which peers are up, which passive mailboxes wait on.
 pub fn start(
     intake: Intake,
     notices: Option<Arc<Notify>>,
+    sites: RouterState,
     shutdown: CancellationToken,
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
+    // A peer not heard from at start is taken for down after the keepalive's patience: the
+    // time its link has to bind, or to find it silent (`peer::passive`).
+    let grace = intake
+        .config
+        .smpp
+        .as_ref()
+        .map(|s| s.enquire_link * s.missed_keepalives)
+        .unwrap_or_default();
     for m in &intake.config.mailboxes {
         let w = Watcher {
             last_uidvalidity: AtomicU32::new(0),
@@ -232,6 +255,12 @@ pub fn start(
             intake: intake.clone(),
             notices: notices.clone(),
             shutdown: shutdown.clone(),
+            gate: m.passive_for.as_ref().map(|peer| Gate {
+                peer: peer.clone(),
+                sites: sites.clone(),
+                standby: std::sync::Mutex::new(Standby::new(grace)),
+                started: Instant::now(),
+            }),
         };
         tracker.spawn(w.run());
     }
@@ -246,6 +275,29 @@ struct Watcher {
     intake: Intake,
     notices: Option<Arc<Notify>>,
     shutdown: CancellationToken,
+    /// For a passive mailbox, the peer it stands in for.
+    gate: Option<Gate>,
+}
+
+/// How often a passive mailbox looks at its peer's state.
+const GATE_POLL: Duration = Duration::from_millis(100);
+
+/// A passive mailbox's duty: watched only while `peer` is detected down (`peer::passive`).
+struct Gate {
+    peer: String,
+    sites: RouterState,
+    standby: std::sync::Mutex<Standby>,
+    started: Instant,
+}
+
+impl Gate {
+    fn on_duty(&self) -> bool {
+        let up = self.sites.site_up(&self.peer);
+        self.standby
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(up, self.started.elapsed())
+    }
 }
 
 /// What the server can do, from CAPABILITY after login.
@@ -264,6 +316,17 @@ impl Watcher {
         let first_backoff = Duration::from_secs(1);
         let mut backoff = first_backoff;
         loop {
+            if let Some(g) = &self.gate
+                && !g.on_duty()
+            {
+                info!(mailbox = %self.cfg.name, peer = %g.peer, "passive mailbox stands by: it is watched here only while site {} is down", g.peer);
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = async { while !g.on_duty() { tokio::time::sleep(GATE_POLL).await } } => {}
+                }
+                info!(mailbox = %self.cfg.name, peer = %g.peer, "peer site down: its passive mailbox is watched here");
+                backoff = first_backoff;
+            }
             let started = Instant::now();
             let result = self.session().await;
             if self.shutdown.is_cancelled() {
@@ -274,7 +337,13 @@ impl Watcher {
                 backoff = first_backoff;
             }
             match result {
-                Ok(()) => return,
+                // Not stopping: a passive mailbox stepped back because its peer is up again.
+                Ok(()) => {
+                    if let Some(g) = &self.gate {
+                        info!(mailbox = %self.cfg.name, peer = %g.peer, "peer site back: its passive mailbox is left to it");
+                    }
+                    continue;
+                }
                 Err(e) => warn!(
                     mailbox = %self.cfg.name,
                     error = %e,
@@ -290,7 +359,25 @@ impl Watcher {
         }
     }
 
-    /// One connection, from login until it fails or the gateway stops.
+    /// The gateway stops, or a passive mailbox's peer is back.
+    fn must_stop(&self) -> bool {
+        self.shutdown.is_cancelled() || self.gate.as_ref().is_some_and(|g| !g.on_duty())
+    }
+
+    /// Resolves when a passive mailbox must step back; never for an active one.
+    async fn off_duty(&self) {
+        match &self.gate {
+            None => std::future::pending().await,
+            Some(g) => {
+                while g.on_duty() {
+                    tokio::time::sleep(GATE_POLL).await;
+                }
+            }
+        }
+    }
+
+    /// One connection, from login until it fails, the gateway stops, or a passive mailbox
+    /// steps back (`Ok` for both).
     async fn session(&self) -> Result<(), ImapError> {
         let cfg = &self.cfg;
         let mut s = connect(cfg).await?;
@@ -345,7 +432,7 @@ impl Watcher {
             let handled = self
                 .handle_all(&mut s, uidvalidity, caps, &mut news)
                 .await?;
-            if self.shutdown.is_cancelled() {
+            if self.must_stop() {
                 let _ = timed("LOGOUT", cfg.command_timeout, s.logout()).await;
                 return Ok(());
             }
@@ -364,10 +451,11 @@ impl Watcher {
             } else {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => {}
+                    _ = self.off_duty() => {}
                     _ = tokio::time::sleep(cfg.poll_interval) => {}
                 }
             }
-            if self.shutdown.is_cancelled() {
+            if self.must_stop() {
                 let _ = timed("LOGOUT", cfg.command_timeout, s.logout()).await;
                 return Ok(());
             }
@@ -384,14 +472,16 @@ impl Watcher {
         enum Woke {
             Server(async_imap::error::Result<IdleResponse>),
             Renew,
-            Shutdown,
+            /// The gateway stops, or a passive mailbox steps back.
+            Stop,
         }
         let woke = {
             let (wait, _stop) = handle.wait_with_timeout(cfg.reidle);
             tokio::select! {
                 r = wait => Woke::Server(r),
                 _ = tokio::time::sleep(cfg.reidle) => Woke::Renew,
-                _ = self.shutdown.cancelled() => Woke::Shutdown,
+                _ = self.shutdown.cancelled() => Woke::Stop,
+                _ = self.off_duty() => Woke::Stop,
             }
         };
         let s = timed("DONE", cfg.command_timeout, handle.done()).await?;
@@ -401,7 +491,7 @@ impl Watcher {
                 let doubt = matches!(h, plan::Heard::Trouble(_) | plan::Heard::UidValidity(_));
                 Ok((s, doubt.then_some(h)))
             }
-            Woke::Shutdown => Ok((s, None)),
+            Woke::Stop => Ok((s, None)),
             // The stream ended: the server closed the connection.
             Woke::Server(Ok(IdleResponse::ManualInterrupt)) => Err(ImapError::Closed),
             Woke::Server(Err(e)) => Err(ImapError::Command {
@@ -537,7 +627,9 @@ impl Watcher {
                     return Ok(total);
                 }
             }
-            if self.shutdown.is_cancelled() {
+            // A passive mailbox steps back here, between batches: every message it claimed
+            // is queued and moved, none is left claimed by a site that no longer looks.
+            if self.must_stop() {
                 return Ok(total);
             }
         }
