@@ -346,7 +346,11 @@ async fn after(
                 .execute(&mut *conn)
                 .await?;
         }
-        super::replies::record(conn, change.part(), now).await?;
+        // Only these can leave a recipient sent or failed (delivered comes from a report):
+        // a `sending` or a retry owes no reply, and asking costs a round trip per part.
+        if matches!(change, Change::Sent { .. } | Change::Fail { .. }) {
+            super::replies::record(conn, change.part(), now).await?;
+        }
     }
     Ok(())
 }
