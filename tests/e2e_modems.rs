@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::Gateway;
 use common::sim::{SimProcess, wait_until};
+use common::{Gateway, requests};
 use mail2sms::modem::pdu::{self, Tpdu};
 use mail2sms::modem::sim::SentSms;
-use mail2sms::queue::{self, RequestStatus};
+use mail2sms::queue;
 use serde_json::{Value, json};
 
 const SENDING: &str = "
@@ -29,32 +29,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-/// Every request in the gateway's queue, read through the queue's own reading API.
-fn requests(g: &Gateway) -> Vec<RequestStatus> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = queue::Store::open_read_only(&g.path("queue.db"))
-            .await
-            .expect("the queue");
-        let mut ids: Vec<String> = queue::list(&pool, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.request)
-            .collect();
-        ids.dedup();
-        let mut out = Vec::new();
-        for id in ids {
-            out.push(queue::status(&pool, &id).await.unwrap());
-        }
-        pool.close().await;
-        out
-    })
 }
 
 /// Recipients not yet in a final state.

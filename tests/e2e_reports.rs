@@ -10,10 +10,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::Gateway;
 use common::sim::{SimProcess, wait_until};
 use common::sink::Sink;
-use mail2sms::queue::{self, RequestStatus};
+use common::{Gateway, requests};
+use mail2sms::queue::RequestStatus;
 use serde_json::{Value, json};
 
 fn gateway(sim: &SimProcess, sink: &Sink, sending: &str, replies: &str) -> Gateway {
@@ -46,31 +46,6 @@ fn send(g: &Gateway, from: &str, rcpts: &[&str], notify: &str, extra: &[&str]) {
         )
     });
     assert_eq!(v["data"], 250, "{v}");
-}
-
-fn requests(g: &Gateway) -> Vec<RequestStatus> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let pool = queue::Store::open_read_only(&g.path("queue.db"))
-            .await
-            .expect("the queue");
-        let mut ids: Vec<String> = queue::list(&pool, None)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.request)
-            .collect();
-        ids.dedup();
-        let mut out = Vec::new();
-        for id in ids {
-            out.push(queue::status(&pool, &id).await.unwrap());
-        }
-        pool.close().await;
-        out
-    })
 }
 
 /// The request of the mail with this Message-ID.

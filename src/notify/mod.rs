@@ -231,6 +231,23 @@ pub fn retry_delay(attempts: i64) -> Duration {
     Duration::from_secs((30u64 << exp).min(3600))
 }
 
+/// When to try again a mail that failed after `attempts` earlier tries, or `None` when it is
+/// given up: it cannot be built or addressed, the relay refused it for good, or it has had its
+/// `max_attempts`.
+pub(crate) fn next_attempt(e: &NotifyError, attempts: i64, max_attempts: u32) -> Option<i64> {
+    let permanent = matches!(
+        e,
+        NotifyError::BadRecipient { .. }
+            | NotifyError::Build(_)
+            | NotifyError::Relay {
+                permanent: true,
+                ..
+            }
+    );
+    (!permanent && attempts + 1 < i64::from(max_attempts))
+        .then(|| now_ms() + retry_delay(attempts).as_millis() as i64)
+}
+
 /// Sends pending notices until shutdown; `wake` is told when new ones are written.
 pub async fn run(store: Store, notifier: Notifier, wake: Arc<Notify>, shutdown: CancellationToken) {
     loop {
@@ -271,28 +288,9 @@ async fn attempt(store: &Store, notifier: &Notifier, n: PendingNotice) {
             info!(to = %n.recipient, id = n.id, "failure notice sent");
             store.notice_sent(n.id).await
         }
-        Err(
-            e @ (NotifyError::BadRecipient { .. }
-            | NotifyError::Build(_)
-            | NotifyError::Relay {
-                permanent: true, ..
-            }),
-        ) => {
-            warn!(to = %n.recipient, id = n.id, error = %e, "failure notice cannot be sent; given up");
-            store.notice_failed(n.id, e.to_string(), None).await
-        }
         Err(e) => {
-            let attempts = n.attempts + 1;
-            let retry = (attempts < i64::from(notifier.config.max_attempts))
-                .then(|| now_ms() + retry_delay(n.attempts).as_millis() as i64);
-            match retry {
-                Some(_) => {
-                    warn!(to = %n.recipient, id = n.id, attempts, error = %e, "failure notice not sent; will retry")
-                }
-                None => {
-                    warn!(to = %n.recipient, id = n.id, attempts, error = %e, "failure notice not sent; given up")
-                }
-            }
+            let retry = next_attempt(&e, n.attempts, notifier.config.max_attempts);
+            warn!(to = %n.recipient, id = n.id, attempts = n.attempts + 1, error = %e, retry = retry.is_some(), "failure notice not sent");
             store.notice_failed(n.id, e.to_string(), retry).await
         }
     };

@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Notifier, NotifyError, parse_address, retry_delay};
+use super::{Notifier, NotifyError, next_attempt, parse_address};
 use crate::queue::replies::{PendingReply, due, next_due, sent_since};
 use crate::queue::{Store, format_ms, now_ms};
 
@@ -545,21 +545,9 @@ async fn attempt(store: &Store, notifier: &Notifier, cfg: &RepliesConfig, r: Pen
             info!(to = %r.sender, id = r.id, action = %r.action, "status reply sent");
             store.reply_sent(r.id).await
         }
-        Err(
-            e @ (NotifyError::BadRecipient { .. }
-            | NotifyError::Build(_)
-            | NotifyError::Relay {
-                permanent: true, ..
-            }),
-        ) => {
-            warn!(to = %r.sender, id = r.id, error = %e, "status reply cannot be sent; given up");
-            store.reply_failed(r.id, e.to_string(), None).await
-        }
         Err(e) => {
-            let attempts = r.attempts + 1;
-            let retry = (attempts < i64::from(notifier.config.max_attempts))
-                .then(|| now_ms() + retry_delay(r.attempts).as_millis() as i64);
-            warn!(to = %r.sender, id = r.id, attempts, error = %e, retry = retry.is_some(), "status reply not sent");
+            let retry = next_attempt(&e, r.attempts, notifier.config.max_attempts);
+            warn!(to = %r.sender, id = r.id, attempts = r.attempts + 1, error = %e, retry = retry.is_some(), "status reply not sent");
             store.reply_failed(r.id, e.to_string(), retry).await
         }
     };

@@ -204,8 +204,9 @@ pub async fn recover(store: &super::Store) -> Result<usize, QueueError> {
 }
 
 /// Applies the changes of one job inside the writer's transaction, each with its event row and
-/// its recipient's new summary, all or none of them (a savepoint of their own), so that a
-/// failing job fails alone.
+/// its recipient's new summary, all or none of them: the job's first statement is the only one
+/// bad input can fail (and then nothing is written, so the job fails alone); a failure after it
+/// fails the whole batch (`QueueError::Broken`).
 ///
 /// The whole job is one multi-statement query, prepared once per connection and kept (sqlx's
 /// statement cache): the SQLite driver runs every query on its connection's own thread, so each
@@ -598,7 +599,7 @@ async fn apply_recipient(conn: &mut SqliteConnection, change: &Change) -> Result
             .fetch_all(&mut *conn)
             .await?;
             for p in &parts {
-                peer_event(conn, *p, state, reason, now).await?;
+                super::reports::event(conn, *p, state, reason, now).await?;
             }
             if let Some(first) = parts.first() {
                 peer_refresh_recipient(conn, *first, now).await?;
@@ -654,32 +655,11 @@ async fn apply_forwarded(
     .await?;
     let reason = format!("forwarded to site {peer}, which stored it as {remote_id} and sends it");
     for p in &parts {
-        peer_event(conn, *p, State::Sent, &reason, now).await?;
+        super::reports::event(conn, *p, State::Sent, &reason, now).await?;
     }
     if let Some(first) = parts.first() {
         peer_refresh_recipient(conn, *first, now).await?;
     }
-    Ok(())
-}
-
-async fn peer_event(
-    conn: &mut SqliteConnection,
-    part: i64,
-    state: State,
-    reason: &str,
-    now: i64,
-) -> Result<(), QueueError> {
-    sqlx::query(
-        "INSERT INTO events (at, request_id, recipient_id, part_id, state, reason)
-         SELECT ?1, r.request_id, r.id, p.id, ?3, ?4
-         FROM parts p JOIN recipients r ON r.id = p.recipient_id WHERE p.id = ?2",
-    )
-    .bind(now)
-    .bind(part)
-    .bind(state.as_str())
-    .bind(reason)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 

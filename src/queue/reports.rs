@@ -314,8 +314,9 @@ async fn update_part(
     }
 }
 
-/// The event row of a report (invariant 6).
-async fn event(
+/// The event row of a change to one part made outside the writer's usual job (a report, a
+/// peer's receipt): invariant 6.
+pub(super) async fn event(
     conn: &mut SqliteConnection,
     part: i64,
     state: State,

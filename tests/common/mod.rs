@@ -219,3 +219,30 @@ pub fn hash_password(password: &str) -> String {
 
 pub mod sim;
 pub mod sink;
+
+/// Every request in the gateway's queue, read through the queue's own reading API.
+pub fn requests(g: &Gateway) -> Vec<mail2sms::queue::RequestStatus> {
+    use mail2sms::queue;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let pool = queue::Store::open_read_only(&g.path("queue.db"))
+            .await
+            .expect("the queue");
+        let mut ids: Vec<String> = queue::list(&pool, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.request)
+            .collect();
+        ids.dedup();
+        let mut out = Vec::new();
+        for id in ids {
+            out.push(queue::status(&pool, &id).await.unwrap());
+        }
+        pool.close().await;
+        out
+    })
+}
