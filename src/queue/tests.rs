@@ -90,6 +90,21 @@ async fn accepted_request_has_rows_parts_and_events() {
         r.events[0].reason
     );
     assert_eq!(r.dsn_notify.as_deref(), Some("SUCCESS,FAILURE"));
+    // Every recipient has its own parts, in order, and its own event naming its number.
+    for (r, number) in st.recipients.iter().zip(["+33477858589", "+33612345678"]) {
+        assert_eq!(r.number, number);
+        let texts: Vec<(i64, &str)> = r.parts.iter().map(|p| (p.seq, p.text.as_str())).collect();
+        assert_eq!(texts, [(1, "Hello "), (2, "Paul")]);
+        assert_eq!(r.events.len(), 1);
+        assert_eq!(
+            r.events[0].reason,
+            format!(
+                "accepted over SMTP from 192.0.2.1 from john@example.com for {number}: \
+                 2 gsm7 parts"
+            )
+        );
+    }
+    assert_eq!(st.recipients[1].name, None);
 }
 
 #[tokio::test]
