@@ -1086,6 +1086,8 @@ impl RawConfig {
                 max_countries: g.max_countries,
                 first_contact_delay: std::time::Duration::from_secs(g.first_contact_delay_secs),
             },
+            // Set once `[notify]` and `[replies]` are read, below.
+            replies: crate::queue::OwedReplies::Never,
         };
 
         // [notify]
@@ -1399,7 +1401,15 @@ impl RawConfig {
             sending,
             modems,
             senders,
-            queue_policy,
+            queue_policy: QueuePolicy {
+                // Replies go out only with both a relay and `[replies]`; without them nothing
+                // is owed, so nothing waits as pending.
+                replies: match (&notify, &replies) {
+                    (Some(_), Some(r)) => crate::queue::OwedReplies::Asked(r.clone()),
+                    _ => crate::queue::OwedReplies::Never,
+                },
+                ..queue_policy
+            },
             smpp,
             peer_links,
             mailboxes,

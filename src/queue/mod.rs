@@ -31,7 +31,7 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 pub use dispatch::{Change, PendingPart, Work};
-pub use policy::{Guard, QueuePolicy, QuotaExceeded, Quotas};
+pub use policy::{Guard, OwedReplies, QueuePolicy, QuotaExceeded, Quotas};
 pub use reports::{Applied, IncomingReport, Matching};
 pub use state::State;
 
@@ -206,7 +206,8 @@ fn options(path: &Path) -> SqliteConnectOptions {
 }
 
 impl Store {
-    /// Opens (creating and migrating if needed) the store with no quotas and no pumping guard.
+    /// Opens (creating and migrating if needed) the store with no quotas and no pumping guard;
+    /// every status reply is owed, and decided on when it would be sent.
     pub async fn open(path: &Path) -> Result<Store, QueueError> {
         let policy = QueuePolicy {
             quotas: Quotas::default(),
@@ -214,6 +215,7 @@ impl Store {
                 enabled: false,
                 ..Guard::default()
             },
+            replies: OwedReplies::All,
         };
         Store::open_with(path, policy).await
     }
@@ -561,10 +563,10 @@ const INSERT_REQUEST_SQL: &str =
         headers, sender, sender_domain)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19);
      INSERT INTO recipients (request_id, idx, address, number, name, dsn_notify, dsn_orcpt,
-        state, updated_at, dedup_key, country)
+        state, updated_at, dedup_key, country, replies)
      SELECT ?1, r.value ->> 'idx', r.value ->> 'address', r.value ->> 'number',
             r.value ->> 'name', r.value ->> 'notify', r.value ->> 'orcpt', 'accepted', ?2,
-            r.value ->> 'key', r.value ->> 'country'
+            r.value ->> 'key', r.value ->> 'country', r.value ->> 'replies'
      FROM json_each(?20) r ORDER BY r.key;
      INSERT INTO parts (recipient_id, seq, text, state, updated_at)
      SELECT r.id, p.key + 1, p.value, 'accepted', ?2
@@ -626,6 +628,7 @@ async fn insert_request(
                 enabled: false,
                 ..Guard::default()
             },
+            replies: OwedReplies::Never,
         };
         &unlimited
     } else {
@@ -694,6 +697,12 @@ async fn insert_request(
                 "orcpt": r.dsn_orcpt,
                 "key": key,
                 "country": r.country,
+                // A message forwarded by a peer is the origin site's to report on.
+                "replies": if req.source == Source::Peer {
+                    String::new()
+                } else {
+                    limits.replies.actions(&req.mail_from, r.dsn_notify.as_deref(), &req.headers)
+                },
             })
         })
         .collect();
