@@ -497,3 +497,125 @@ pub(crate) fn validate_provider(
         tls,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    const BASE: &str = "[site]\nname = \"uk\"\ndefault_country = \"GB\"\nsms_domains = [\"sms\"]\n[store]\npath = \"q.db\"\n";
+
+    fn provider(extra: &str) -> String {
+        format!(
+            "{BASE}[[channel]]\nname = \"acme\"\nkind = \"smpp\"\nsite = \"uk\"\ntariff = {{ \"33\" = 0.01 }}\n[channel.smpp]\naddress = \"smpp.acme.example:2775\"\nsystem_id = \"uk-gw\"\npassword = \"pw\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn provider_links_read_with_their_defaults() {
+        // (extra lines, source_addr, ton, npi)
+        let cases = [
+            ("", "", 0, 0),
+            ("source_addr = \"ExampleOrg\"\n", "ExampleOrg", 5, 0),
+            ("source_addr = \"+447700900123\"\n", "447700900123", 1, 1),
+            (
+                "source_addr = \"12345\"\nsource_ton = 3\nsource_npi = 0\n",
+                "12345",
+                3,
+                0,
+            ),
+        ];
+        for (extra, addr, ton, npi) in cases {
+            let cfg = crate::config::parse(Path::new("/etc/m.toml"), &provider(extra))
+                .unwrap_or_else(|e| panic!("{extra}: {e}"));
+            let [l] = cfg.provider_links.as_slice() else {
+                panic!("{:?}", cfg.provider_links)
+            };
+            assert_eq!(
+                (l.source_addr.as_str(), l.source_ton, l.source_npi),
+                (addr, ton, npi),
+                "{extra}"
+            );
+            assert_eq!((l.name.as_str(), l.window), ("acme", 10));
+            assert_eq!(l.enquire_link, Duration::from_secs(30));
+            assert_eq!(l.tls, None);
+        }
+        // TLS: the server name defaults to the address's host; a CA file is relative to the
+        // configuration file.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        let cfg = crate::config::parse(
+            &dir.path().join("m.toml"),
+            &provider("[channel.smpp.tls]\nca_file = \"ca.pem\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.provider_links[0].tls,
+            Some(super::ClientTls {
+                server_name: "smpp.acme.example".into(),
+                ca_file: Some(dir.path().join("ca.pem")),
+            })
+        );
+    }
+
+    #[test]
+    fn bad_provider_and_tls_settings_name_their_key() {
+        let modems_with_link = format!(
+            "{BASE}[[channel]]\nname = \"m\"\nkind = \"modems\"\nsite = \"uk\"\ntariff = {{ \"33\" = 0.01 }}\n[channel.smpp]\naddress = \"a:1\"\nsystem_id = \"x\"\npassword = \"p\"\n"
+        );
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                provider("window = 0\n"),
+                "channel[0].smpp.window",
+                "between 1",
+            ),
+            (
+                provider("source_ton = 9\n"),
+                "channel[0].smpp.source_ton",
+                "0 to 6",
+            ),
+            (
+                provider("source_npi = 2\n"),
+                "channel[0].smpp.source_npi",
+                "one of",
+            ),
+            (
+                provider("system_type = \"much-too-long-type\"\n"),
+                "channel[0].smpp.system_type",
+                "12 characters",
+            ),
+            (
+                provider("[channel.smpp.tls]\nca_file = \"/nonexistent/ca.pem\"\n"),
+                "channel[0].smpp.tls.ca_file",
+                "cannot read",
+            ),
+            (
+                provider("[channel.smpp.tls]\nserver_name = \"not a name\"\n"),
+                "channel[0].smpp.tls.server_name",
+                "not a host name",
+            ),
+            (modems_with_link, "channel[0].smpp", "of kind \"smpp\""),
+            (
+                provider("").replace("system_id = \"uk-gw\"", "system_id = \"\""),
+                "channel[0].smpp.system_id",
+                "1 to 15",
+            ),
+            (
+                format!(
+                    "{BASE}[smpp]\n[smpp.tls]\ncertificate = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n"
+                ),
+                "smpp.tls.certificate",
+                "cannot read",
+            ),
+        ];
+        for (text, key, words) in cases {
+            match crate::config::parse(Path::new("/etc/m.toml"), &text) {
+                Ok(_) => panic!("accepted: {text}"),
+                Err(e) => {
+                    assert_eq!(e.key, key, "{e}");
+                    assert!(e.message.contains(words), "{e}");
+                }
+            }
+        }
+    }
+}

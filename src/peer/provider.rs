@@ -29,8 +29,9 @@
 //! path ([`Change::ProviderReceipt`]), so the sender gets the same status reply.
 //!
 //! **Health.** The channel is down in the router ([`RouterState::set_channel_up`]) until a bind
-//! succeeds, and again as soon as the bind is refused or lost (the connection closes, or the
-//! provider is silent for `missed_keepalives` keepalive intervals). Then the parts sent without
+//! succeeds, and again as soon as the bind is refused or lost (the connection closes, the
+//! provider is silent for `missed_keepalives` keepalive intervals, or leaves a `submit_sm`
+//! unanswered that long). Then the parts sent without
 //! a response are put back to be placed again (SMPP gives no way to ask an SMSC whether it
 //! took a part whose response was lost; placing it again may send it twice, losing it would
 //! be worse, and the event says which), the messages placed on it and not started are
@@ -478,6 +479,8 @@ enum BindError {
     Io(String),
     #[error("the provider unbound")]
     Unbound,
+    #[error("a submit_sm got no response in {0:?}")]
+    NoResponse(Duration),
     #[error("stopping")]
     Shutdown,
 }
@@ -631,6 +634,11 @@ async fn session(
     tick.tick().await;
     let wake = p.queues.wake.get(name).cloned().unwrap_or_default();
     let mut last_heard = tokio::time::Instant::now();
+    // When each submit in flight went (SMPP 3.4 §2.7: a response timer per request). A
+    // provider that answers enquire_link but not a submit would hold the part and its window
+    // slot forever; after the keepalive's patience the bind is dropped and the part placed
+    // again.
+    let mut submitted: HashMap<u32, tokio::time::Instant> = HashMap::new();
     loop {
         while !window.is_full() {
             if staged.is_empty() {
@@ -681,6 +689,7 @@ async fn session(
             }
             let s = seq.advance();
             let _ = window.open(s, InFlight { part });
+            submitted.insert(s, tokio::time::Instant::now());
             send(
                 &mut framed,
                 Command::new(CommandStatus::EsmeRok, s, Pdu::SubmitSm(submit)),
@@ -695,6 +704,9 @@ async fn session(
                 return Err(BindError::Shutdown);
             }
             _ = tick.tick() => {
+                if submitted.values().any(|at| at.elapsed() > patience) {
+                    return Err(BindError::NoResponse(patience));
+                }
                 match keepalive.tick(&mut seq) {
                     Tick::Dead { missed } => return Err(BindError::Silent(missed)),
                     Tick::Send(s) => {
@@ -717,6 +729,7 @@ async fn session(
                 let seqn = cmd.sequence_number();
                 match cmd.id() {
                     CommandId::SubmitSmResp | CommandId::GenericNack => {
+                        submitted.remove(&seqn);
                         let Some(f) = window.close(seqn) else { continue };
                         let message_id = match cmd.pdu() {
                             Some(Pdu::SubmitSmResp(r)) => r.message_id().as_str().to_string(),
