@@ -899,6 +899,7 @@ fn two_sites_linked_over_tls_forward_and_a_wrong_ca_is_refused() {
         .find(|l| l.contains("peer link failed"))
         .unwrap_or_default()
         .to_string();
+    eprintln!("the link that trusts another CA says: {line}");
     assert!(
         line.contains("UnknownIssuer") || line.contains("unknown issuer"),
         "{line}"

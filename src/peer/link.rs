@@ -1,6 +1,8 @@
 //! This site's link to one peer: it binds to the peer's SMPP server as a transceiver, forwards
 //! the messages placed on that peer, brings their delivery receipts back, sends this site's
-//! workload, and decides whether the peer is up.
+//! workload, and decides whether the peer is up. The connection is TLS when `[peer.smpp.tls]`
+//! says so ([`super::tls`]); a failed handshake is logged with its reason, once per kind of
+//! failure.
 //!
 //! **Failure detection.** The peer is up from a successful bind until the link is lost: the
 //! connection closes (a killed process's sockets are closed by its kernel at once), a read or

@@ -1,6 +1,7 @@
 //! This site's SMPP server: peers and applications bind here as transceivers and submit.
 //!
-//! Each connection runs a [`ServerSession`] (sans-IO) over `Framed<TcpStream, CommandCodec>`.
+//! Each connection runs a [`ServerSession`] (sans-IO) over `Framed<Stream, CommandCodec>`, the
+//! stream being TCP or, with `[smpp.tls]`, TLS.
 //! A `submit_sm` becomes a request in the queue, and its `submit_sm_resp` is sent only once that
 //! request is committed (SMPP's "the MC has the message", made durable: invariant 1 for SMPP).
 //! Responses go out as commits finish, not in arrival order, which SMPP allows (§2.7): the
