@@ -81,6 +81,22 @@ pub enum Change {
         delivered: bool,
         reason: String,
     },
+    /// An external SMPP provider took the part (`submit_sm_resp` with its id): `sent`, as from
+    /// a modem, with the provider's id kept for its delivery receipts (`queue::provider`).
+    ProviderSent {
+        part: i64,
+        provider: String,
+        remote_id: String,
+        sent_at: i64,
+    },
+    /// A provider's delivery receipt for the part it calls any of `keys` (`peer::receipt`):
+    /// applied as a modem's status report with TP-ST `tp_st`, or only noted when `None`.
+    ProviderReceipt {
+        provider: String,
+        keys: Vec<String>,
+        tp_st: Option<u8>,
+        reason: String,
+    },
 }
 
 /// Decides, for each recipient [`ready`] finds, whether this site's own modems send it. The peer
@@ -306,9 +322,11 @@ pub(super) async fn apply(
                 .bind(None::<&str>)
                 .bind(None::<i64>),
             // Taken aside at the top of this function.
-            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => {
-                query
-            }
+            Change::Forwarded { .. }
+            | Change::ReceiptSent { .. }
+            | Change::PeerReceipt { .. }
+            | Change::ProviderSent { .. }
+            | Change::ProviderReceipt { .. } => query,
         };
     }
     for _ in 0..GAP_PADDING {
@@ -354,17 +372,24 @@ impl Change {
             Change::Uncertain { .. } => Kind::Uncertain,
             // Never asked: `apply` takes recipient-level changes aside before it looks at
             // kinds; a kind is still given so the match stays total without a panic.
-            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => {
-                Kind::Uncertain
-            }
+            Change::Forwarded { .. }
+            | Change::ReceiptSent { .. }
+            | Change::PeerReceipt { .. }
+            | Change::ProviderSent { .. }
+            | Change::ProviderReceipt { .. } => Kind::Uncertain,
         }
     }
 
-    /// A change of a whole recipient (from the peer links) rather than of one part.
+    /// A change of a whole recipient (from the peer links) rather than of one part, or one
+    /// with statements of its own (a provider's): applied apart from the usual jobs.
     pub fn is_recipient_level(&self) -> bool {
         matches!(
             self,
-            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. }
+            Change::Forwarded { .. }
+                | Change::ReceiptSent { .. }
+                | Change::PeerReceipt { .. }
+                | Change::ProviderSent { .. }
+                | Change::ProviderReceipt { .. }
         )
     }
 
@@ -375,9 +400,13 @@ impl Change {
             | Change::Sent { part, .. }
             | Change::Retry { part, .. }
             | Change::Fail { part, .. }
-            | Change::Uncertain { part, .. } => *part,
+            | Change::Uncertain { part, .. }
+            | Change::ProviderSent { part, .. } => *part,
             // A recipient-level change names no part; 0 is no part's id (ids start at 1).
-            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => 0,
+            Change::Forwarded { .. }
+            | Change::ReceiptSent { .. }
+            | Change::PeerReceipt { .. }
+            | Change::ProviderReceipt { .. } => 0,
         }
     }
 }
@@ -594,6 +623,18 @@ async fn apply_recipient(conn: &mut SqliteConnection, change: &Change) -> Result
             }
             Ok(())
         }
+        Change::ProviderSent {
+            part,
+            provider,
+            remote_id,
+            sent_at,
+        } => super::provider::sent(conn, *part, provider, remote_id, *sent_at).await,
+        Change::ProviderReceipt {
+            provider,
+            keys,
+            tp_st,
+            reason,
+        } => super::provider::receipt(conn, provider, keys, *tp_st, reason).await,
         Change::ReceiptSent { recipient } => {
             sqlx::query(
                 "INSERT INTO smpp_receipts (recipient_id, state, sent_at)

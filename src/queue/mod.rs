@@ -12,6 +12,7 @@
 pub mod dispatch;
 pub mod imap;
 pub mod policy;
+mod provider;
 pub mod replies;
 pub mod reports;
 pub mod state;
