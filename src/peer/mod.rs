@@ -13,6 +13,7 @@
 //! - [`passive`]: when a passive configuration (a peer's mailbox picked up here) is active.
 //! - [`placement`]: which site sends each message; the hook the modem pool consults.
 //! - [`forward`]: the lists of messages for each link, and this site's workload.
+//! - [`handover`]: how a forwarded message passes to the peer without ever being sent by both.
 //! - [`config`]: `[smpp]` and `[peer.smpp]`.
 //!
 //! **Architecture invariant: a message is sent by one site.** Before its `submit_sm_resp` a
@@ -22,6 +23,7 @@
 
 pub mod config;
 pub mod forward;
+pub mod handover;
 pub mod link;
 pub mod message;
 pub mod passive;
@@ -84,10 +86,22 @@ pub async fn start(
         queued,
         receipts: server::Receipts::default(),
     });
+    let names: Vec<String> = cfg.peer_links.iter().map(|l| l.name.clone()).collect();
+    // Before the server listens: a peer's confirmations may come with its first bind.
+    let inbound = Arc::new(handover::Inbound::load(store).await?);
+    if !names.is_empty() {
+        inbound.install();
+        let binds = Arc::new(shared.receipts.clone());
+        tokio::spawn(handover::ask_loop(store.clone(), binds, shutdown.clone()));
+    }
     let listening = server::listen(shared, &smpp.listen, shutdown.clone()).await?;
 
-    let names: Vec<String> = cfg.peer_links.iter().map(|l| l.name.clone()).collect();
-    let placement = Arc::new(placement::Placement::new(router.clone(), names.clone()));
+    let placement = Arc::new(placement::Placement::new(
+        router.clone(),
+        names.clone(),
+        inbound,
+    ));
+    placement.load_taken_back(handover::load_taken_back(store).await?);
     let forwarder = Arc::new(forward::Forwarder::new(&names));
     // The feeder also measures this site's workload, which the links send even to peers
     // nothing is forwarded to.

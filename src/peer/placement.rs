@@ -19,9 +19,16 @@
 //!
 //! The entries live in memory only: after a restart the pool's list is empty too, and the
 //! messages the peers acknowledged are `sent` on disk, so deciding afresh is safe.
+//!
+//! Two more rules come from the hand-over ([`super::handover`]): a message taken back from a
+//! peer is never placed on that peer again, nor taken by it ([`Placement::take_back`], loaded
+//! from disk at start), and a message a peer forwarded here is sent only once its origin
+//! released it ([`super::handover::Inbound`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::handover::Inbound;
 
 use crate::queue::Work;
 use crate::route::Router;
@@ -55,7 +62,16 @@ pub struct Placement {
     router: Arc<Router>,
     /// Peers this site has a link to: the only sites a message can be forwarded to.
     linked: Vec<String>,
-    map: Mutex<HashMap<i64, Place>>,
+    map: Mutex<Places>,
+    /// The forwarded messages this site may send.
+    inbound: Arc<Inbound>,
+}
+
+#[derive(Default)]
+struct Places {
+    place: HashMap<i64, Place>,
+    /// The peers each message was taken back from.
+    taken_back: HashMap<i64, Vec<String>>,
 }
 
 impl std::fmt::Debug for Placement {
@@ -67,41 +83,56 @@ impl std::fmt::Debug for Placement {
 }
 
 impl Placement {
-    pub fn new(router: Arc<Router>, linked: Vec<String>) -> Self {
+    pub fn new(router: Arc<Router>, linked: Vec<String>, inbound: Arc<Inbound>) -> Self {
         Placement {
             router,
             linked,
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(Places::default()),
+            inbound,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<i64, Place>> {
+    /// Messages taken back from peers before a restart (`handover::load_taken_back`).
+    pub fn load_taken_back(&self, list: Vec<(i64, String)>) {
+        let mut m = self.lock();
+        for (r, p) in list {
+            m.taken_back.entry(r).or_default().push(p);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Places> {
         // Every change is one insert or remove: a panic elsewhere cannot leave it half-done.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The place of a message: the one decided before, or a new decision.
     pub fn decide(&self, f: Facts<'_>) -> Place {
-        let mut map = self.lock();
-        if let Some(p) = map.get(&f.recipient) {
+        let mut m = self.lock();
+        if let Some(p) = m.place.get(&f.recipient) {
             return p.clone();
         }
         let place = if f.from_peer || f.started_here {
             Place::Here
         } else {
-            self.route(f.number, f.parts)
+            let not = m.taken_back.get(&f.recipient).cloned().unwrap_or_default();
+            self.route(f.number, f.parts, &not)
         };
-        map.insert(f.recipient, place.clone());
+        m.place.insert(f.recipient, place.clone());
         place
     }
 
-    fn route(&self, number: &str, parts: u32) -> Place {
+    fn route(&self, number: &str, parts: u32, taken_back_from: &[String]) -> Place {
         // No usable route at all (or a number the router cannot read) stays here, where the
         // modem stage fails or retries it with its reason, as it did before sites had peers.
         let Ok(ranking) = self.router.rank(number, parts.max(1)) else {
             return Place::Here;
         };
-        match ranking.best() {
+        // The best usable candidate that is not a peer this message was taken back from.
+        let best = ranking
+            .candidates()
+            .take_while(|c| c.choice.is_included())
+            .find(|c| c.local || !taken_back_from.iter().any(|p| p == c.site));
+        match best {
             Some(c) if !c.local && self.linked.iter().any(|l| l == c.site) => {
                 Place::Peer(c.site.to_string())
             }
@@ -109,41 +140,77 @@ impl Placement {
         }
     }
 
-    /// The peer acknowledged the message: nobody else may take it from now on.
-    pub fn taken(&self, recipient: i64, peer: &str) {
-        self.lock()
-            .insert(recipient, Place::Taken(peer.to_string()));
+    /// The peer acknowledged the message. True: it is the peer's, nobody else may take it
+    /// from now on. False: it was taken back from that peer first, and the acknowledgement is
+    /// refused (the peer drops its copy when it asks).
+    pub fn taken(&self, recipient: i64, peer: &str) -> bool {
+        let mut m = self.lock();
+        if m.taken_back
+            .get(&recipient)
+            .is_some_and(|v| v.iter().any(|p| p == peer))
+        {
+            return false;
+        }
+        m.place.insert(recipient, Place::Taken(peer.to_string()));
+        true
     }
 
-    /// The message is recorded on disk as the peer's (or failed): its entry is not needed.
+    /// Takes the message back from `peer`: it will never be placed on it nor taken by it. False
+    /// when the peer's acknowledgement was read already (it is the peer's, being recorded).
+    pub fn take_back(&self, recipient: i64, peer: &str) -> bool {
+        let mut m = self.lock();
+        if matches!(m.place.get(&recipient), Some(Place::Taken(p)) if p == peer) {
+            return false;
+        }
+        if matches!(m.place.get(&recipient), Some(Place::Peer(p)) if p == peer) {
+            m.place.remove(&recipient);
+        }
+        let list = m.taken_back.entry(recipient).or_default();
+        if !list.iter().any(|p| p == peer) {
+            list.push(peer.to_string());
+        }
+        true
+    }
+
+    /// The message is to be decided again (a peer refused it for now). The peers it was taken
+    /// back from stay excluded.
     pub fn forget(&self, recipient: i64) {
-        self.lock().remove(&recipient);
+        self.lock().place.remove(&recipient);
+    }
+
+    /// The message is recorded on disk as a peer's, or failed: nothing about it is needed.
+    pub fn finished(&self, recipient: i64) {
+        let mut m = self.lock();
+        m.place.remove(&recipient);
+        m.taken_back.remove(&recipient);
     }
 
     /// The link to `peer` is lost: the messages placed on it that are still here (not
     /// acknowledged) are decided again. Returns how many.
     pub fn release_peer(&self, peer: &str) -> usize {
-        let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, p| !matches!(p, Place::Peer(n) if n == peer));
-        before - map.len()
+        let mut m = self.lock();
+        let before = m.place.len();
+        m.place
+            .retain(|_, p| !matches!(p, Place::Peer(n) if n == peer));
+        before - m.place.len()
     }
 
     /// A message placed here that has a part handed to a modem no longer needs its entry: the
     /// "started here" rule keeps it here. Keeps the map to the messages in flight.
     fn prune(&self, recipient: i64) {
-        let mut map = self.lock();
-        if map.get(&recipient) == Some(&Place::Here) {
-            map.remove(&recipient);
+        let mut m = self.lock();
+        if m.place.get(&recipient) == Some(&Place::Here) {
+            m.place.remove(&recipient);
+            m.taken_back.remove(&recipient);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().place.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().place.is_empty()
     }
 }
 
@@ -157,7 +224,12 @@ impl crate::queue::dispatch::Placement for Placement {
                 .any(|p| p.attempts > 0 || p.last_channel.is_some());
         if started {
             self.prune(work.recipient_id);
+            self.inbound.started(work.recipient_id);
             return true;
+        }
+        // A message a peer forwarded waits for its origin's word (`handover`).
+        if source == "peer" && !self.inbound.may_send(work.recipient_id) {
+            return false;
         }
         self.decide(Facts {
             recipient: work.recipient_id,

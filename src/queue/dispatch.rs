@@ -81,6 +81,8 @@ pub enum Change {
         delivered: bool,
         reason: String,
     },
+    /// A step of the hand-over of a forwarded message between sites (`peer::handover`).
+    HandOver(super::handover::HandOver),
 }
 
 /// Decides, for each recipient [`ready`] finds, whether this site's own modems send it. The peer
@@ -293,9 +295,10 @@ pub(super) async fn apply(
                 .bind(reason.as_str())
                 .bind(None::<i64>),
             // Taken aside at the top of this function.
-            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => {
-                query
-            }
+            Change::Forwarded { .. }
+            | Change::ReceiptSent { .. }
+            | Change::PeerReceipt { .. }
+            | Change::HandOver(_) => query,
         };
     }
     // sqlx binds a parameter number a statement does not use (`?4` used, `?3` not) to the
@@ -376,9 +379,10 @@ impl Change {
             Change::Uncertain { .. } => Kind::Uncertain,
             // Never asked: `apply` takes recipient-level changes aside before it looks at
             // kinds; a kind is still given so the match stays total without a panic.
-            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => {
-                Kind::Uncertain
-            }
+            Change::Forwarded { .. }
+            | Change::ReceiptSent { .. }
+            | Change::PeerReceipt { .. }
+            | Change::HandOver(_) => Kind::Uncertain,
         }
     }
 
@@ -386,7 +390,10 @@ impl Change {
     pub fn is_recipient_level(&self) -> bool {
         matches!(
             self,
-            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. }
+            Change::Forwarded { .. }
+                | Change::ReceiptSent { .. }
+                | Change::PeerReceipt { .. }
+                | Change::HandOver(_)
         )
     }
 
@@ -399,7 +406,10 @@ impl Change {
             | Change::Fail { part, .. }
             | Change::Uncertain { part, .. } => *part,
             // A recipient-level change names no part; 0 is no part's id (ids start at 1).
-            Change::Forwarded { .. } | Change::ReceiptSent { .. } | Change::PeerReceipt { .. } => 0,
+            Change::Forwarded { .. }
+            | Change::ReceiptSent { .. }
+            | Change::PeerReceipt { .. }
+            | Change::HandOver(_) => 0,
         }
     }
 }
@@ -579,6 +589,7 @@ async fn apply_recipient(conn: &mut SqliteConnection, change: &Change) -> Result
             peer,
             remote_id,
         } => apply_forwarded(conn, *recipient, peer, remote_id).await,
+        Change::HandOver(h) => super::handover::apply(conn, h).await,
         Change::PeerReceipt {
             recipient,
             delivered,

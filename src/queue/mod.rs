@@ -10,6 +10,7 @@
 //! `list` are built from these rows.
 
 pub mod dispatch;
+pub mod handover;
 pub mod imap;
 pub mod policy;
 pub mod replies;
