@@ -240,3 +240,149 @@ impl crate::queue::dispatch::Placement for Placement {
         }) == Place::Here
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::RouterState;
+
+    /// uk is this site; a French number is cheapest at fr, then de, then uk's own modems.
+    const ORG: &str = r#"
+[site]
+name = "uk"
+default_country = "GB"
+sms_domains = ["sms"]
+[store]
+path = "q.db"
+[[peer]]
+name = "fr"
+forwarding_cost = 0.002
+[[peer]]
+name = "de"
+forwarding_cost = 0.003
+[[channel]]
+name = "uk-modems"
+kind = "modems"
+site = "uk"
+tariff = { "33" = 0.11 }
+[[channel]]
+name = "fr-modems"
+kind = "modems"
+site = "fr"
+tariff = { "33" = 0.02 }
+[[channel]]
+name = "de-modems"
+kind = "modems"
+site = "de"
+tariff = { "33" = 0.04 }
+"#;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        /// Decide; the place expected ("here", or a peer's name).
+        Decide(&'static str),
+        /// The peer's acknowledgement; whether it is accepted.
+        Taken(&'static str, bool),
+        /// Taking back from the peer; whether it could be (the hand-over's gate).
+        TakeBack(&'static str, bool),
+        Forget,
+        Finished,
+        ReleasePeer(&'static str),
+        /// Taken back before a restart, as loaded from disk.
+        Loaded(&'static str),
+    }
+
+    fn placement() -> Placement {
+        let cfg = crate::config::parse(std::path::Path::new("gw.toml"), ORG)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let state = RouterState::new();
+        state.set_site_up("fr", true);
+        state.set_site_up("de", true);
+        let router = Arc::new(Router::new(&cfg.routing, state).unwrap());
+        Placement::new(
+            router,
+            vec!["fr".into(), "de".into()],
+            Arc::new(Inbound::default()),
+        )
+    }
+
+    #[test]
+    fn acknowledgement_and_taking_back_exclude_each_other() {
+        use Op::*;
+        let cases: &[(&str, &[Op])] = &[
+            (
+                "ordinary forward",
+                &[Decide("fr"), Taken("fr", true), TakeBack("fr", false)],
+            ),
+            (
+                "taken back first: the late acknowledgement is refused, and fr is avoided",
+                &[
+                    Decide("fr"),
+                    TakeBack("fr", true),
+                    Taken("fr", false),
+                    Decide("de"),
+                ],
+            ),
+            (
+                "taken back from both peers: sent here",
+                &[TakeBack("fr", true), TakeBack("de", true), Decide("here")],
+            ),
+            (
+                "a temporary refusal decides again without forgetting what was taken back",
+                &[TakeBack("fr", true), Decide("de"), Forget, Decide("de")],
+            ),
+            (
+                "finished: nothing kept",
+                &[TakeBack("fr", true), Finished, Decide("fr")],
+            ),
+            (
+                "a lost link decides again; a message the peer took stays the peer's",
+                &[
+                    Decide("fr"),
+                    ReleasePeer("fr"),
+                    Decide("fr"),
+                    Taken("fr", true),
+                    ReleasePeer("fr"),
+                    TakeBack("fr", false),
+                ],
+            ),
+            (
+                "loaded from disk",
+                &[Loaded("fr"), Decide("de"), Taken("fr", false)],
+            ),
+        ];
+        for (name, ops) in cases {
+            let p = placement();
+            let rid = 7;
+            for op in *ops {
+                match *op {
+                    Decide(want) => {
+                        let got = p.decide(Facts {
+                            recipient: rid,
+                            number: "+33612345678",
+                            parts: 1,
+                            from_peer: false,
+                            started_here: false,
+                        });
+                        let want = if want == "here" {
+                            Place::Here
+                        } else {
+                            Place::Peer(want.into())
+                        };
+                        assert_eq!(got, want, "{name}: {op:?}");
+                    }
+                    Taken(peer, ok) => assert_eq!(p.taken(rid, peer), ok, "{name}: {op:?}"),
+                    TakeBack(peer, ok) => {
+                        assert_eq!(p.take_back(rid, peer), ok, "{name}: {op:?}")
+                    }
+                    Forget => p.forget(rid),
+                    Finished => p.finished(rid),
+                    ReleasePeer(peer) => {
+                        p.release_peer(peer);
+                    }
+                    Loaded(peer) => p.load_taken_back(vec![(rid, peer.into())]),
+                }
+            }
+        }
+    }
+}

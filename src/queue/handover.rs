@@ -171,3 +171,148 @@ async fn events(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Accepted, Change, NewRecipient, NewRequest, Source, Store};
+    use crate::sms::Encoding;
+
+    /// A message site `uk` forwarded here, as the SMPP server stores it.
+    fn forwarded(origin_id: &str, number: &str) -> NewRequest {
+        NewRequest {
+            source: Source::Peer,
+            client: Some("uk".into()),
+            helo: None,
+            auth_user: Some("uk".into()),
+            mail_from: "smpp:uk".into(),
+            sender: "smpp:uk".into(),
+            sender_domain: String::new(),
+            message_id: Some(origin_id.into()),
+            subject: None,
+            dsn_envid: None,
+            dsn_ret: None,
+            text: "Bonjour".into(),
+            encoding: Encoding::Gsm7,
+            parts: vec!["Bonjour".into()],
+            truncated: false,
+            size: 7,
+            headers: Vec::new(),
+            recipients: vec![NewRecipient {
+                address: number.into(),
+                number: number.into(),
+                name: None,
+                country: None,
+                dsn_notify: None,
+                dsn_orcpt: None,
+            }],
+        }
+    }
+
+    async fn row(store: &Store, rid: i64) -> (String, Option<String>, i64, i64) {
+        sqlx::query_as(
+            "SELECT r.state, (SELECT state FROM handovers_in WHERE recipient_id = r.id),
+                    (SELECT COUNT(*) FROM smpp_receipts WHERE recipient_id = r.id),
+                    (SELECT COUNT(*) FROM events WHERE recipient_id = r.id)
+             FROM recipients r WHERE r.id = ?1",
+        )
+        .bind(rid)
+        .fetch_one(store.reader())
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_first_decision_about_a_held_message_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+        let mut rids = Vec::new();
+        for (i, n) in ["+33612340001", "+33612340002"].iter().enumerate() {
+            let a = store
+                .accept(forwarded(&format!("01ORIGIN/{i}"), n))
+                .await
+                .unwrap();
+            assert!(matches!(a, Accepted::Queued { .. }));
+            rids.push(
+                sqlx::query_scalar::<_, i64>("SELECT MAX(id) FROM recipients")
+                    .fetch_one(store.reader())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let (a, b) = (rids[0], rids[1]);
+        let h = |x: HandOver| Change::HandOver(x);
+        let (_, _, _, events0) = row(&store, a).await;
+        // Held (first asking): an event, no state change; a second time adds nothing.
+        for _ in 0..2 {
+            store
+                .change(h(HandOver::Held {
+                    recipient: a,
+                    peer: "uk".into(),
+                }))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            row(&store, a).await,
+            ("accepted".into(), Some("held".into()), 0, events0 + 1)
+        );
+        // Released: may be sent; a later "not yours" changes nothing.
+        store
+            .changes(vec![
+                h(HandOver::Released {
+                    recipient: a,
+                    peer: "uk".into(),
+                }),
+                h(HandOver::Dropped {
+                    recipient: a,
+                    peer: "uk".into(),
+                    reason: "dropped".into(),
+                }),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            row(&store, a).await,
+            ("accepted".into(), Some("released".into()), 0, events0 + 2)
+        );
+        // Dropped without being asked first: failed, and no receipt owed; a later "yours"
+        // changes nothing.
+        let (_, _, _, events_b) = row(&store, b).await;
+        for change in [
+            HandOver::Dropped {
+                recipient: b,
+                peer: "uk".into(),
+                reason: "dropped: site uk took the message back".into(),
+            },
+            HandOver::Released {
+                recipient: b,
+                peer: "uk".into(),
+            },
+        ] {
+            store.change(h(change)).await.unwrap();
+        }
+        assert_eq!(
+            row(&store, b).await,
+            ("failed".into(), Some("dropped".into()), 1, events_b + 1)
+        );
+        // Taken back at an origin: recorded once per peer.
+        for peer in ["fr", "fr", "de"] {
+            store
+                .change(h(HandOver::TakenBack {
+                    recipient: a,
+                    peer: peer.into(),
+                }))
+                .await
+                .unwrap();
+        }
+        let peers: Vec<String> = sqlx::query_scalar(
+            "SELECT peer FROM handovers_out WHERE recipient_id = ?1 ORDER BY peer",
+        )
+        .bind(a)
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+        assert_eq!(peers, ["de", "fr"]);
+    }
+}
