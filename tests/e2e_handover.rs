@@ -67,6 +67,8 @@ fn a_peer_killed_between_its_commit_and_its_response_never_sends_the_message() {
     };
     let copy = fr_copy(&fr).unwrap_or_else(|| panic!("no copy at fr: {}", fr.log()));
     assert_eq!(copy["source"], "peer", "{copy}");
+    // Held for the UK's word, and `queue` says so.
+    assert_eq!(copy["held_for"], "uk", "{copy}");
 
     // Restarted without the fault: it holds the copy, asks the UK, and drops it.
     fr.env.clear();
