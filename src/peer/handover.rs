@@ -251,6 +251,7 @@ async fn apply_verdicts(
                     }));
                 }
                 Some(PeerAction::Drop) => {
+                    lock(&inbound.asked).remove(&recipient);
                     info!(peer = %site, origin_id = %id, "forwarded message taken back by its origin: dropped");
                     changes.push(Change::HandOver(HandOver::Dropped {
                         recipient,
