@@ -129,3 +129,54 @@ fn a_peer_killed_between_its_commit_and_its_response_never_sends_the_message() {
         fr.log()
     );
 }
+
+/// Case 7 of the hand-over table. The French site stores the UK's message and answers; the UK
+/// records it as forwarded and confirms; the French site dies (SIGKILL, by the fault-injection
+/// setting) when the confirmation arrives, before recording it. The UK does not take the
+/// message back: it is France's. France, restarted, holds it, asks, is told "yours" and sends
+/// it. One SMS, at the French modem.
+#[test]
+fn a_confirmation_lost_with_the_peer_is_asked_for_again() {
+    let mut uk = Node::new("uk");
+    let mut fr = Node::new("fr");
+    let h = hashes(&["uk", "fr"]);
+    uk.configure(&[&uk, &fr], &h);
+    fr.configure(&[&uk, &fr], &h);
+    fr.env = vec![(
+        "MAIL2SMS_FAULT_INJECTION".into(),
+        "kill-before-release".into(),
+    )];
+    fr.start();
+    uk.start();
+    wait_until("uk binds to fr", Duration::from_secs(20), || {
+        uk.binds_to("fr") >= 1
+    });
+    let n = numbers("336", 500, 1);
+    uk.mail(&n, "confirmed, then the peer dies");
+    wait_until(
+        "the French site dies as the confirmation arrives",
+        Duration::from_secs(20),
+        || fr.exited(),
+    );
+    // The UK recorded it as France's: `sent` through the peer, never taken back.
+    let entry = uk
+        .queue()
+        .into_iter()
+        .find(|e| e["number"] == n[0].as_str())
+        .unwrap();
+    assert_eq!(entry["state"], "sent", "{entry}\n{}", uk.log());
+    fr.env.clear();
+    fr.start();
+    wait_until(
+        "the French modem sends it after asking",
+        Duration::from_secs(20),
+        || fr.sent_to(&n) == 1,
+    );
+    assert!(fr.log().contains("asking the origin site"), "{}", fr.log());
+    std::thread::sleep(Duration::from_secs(2));
+    let c = counts(&[&uk, &fr]);
+    assert_eq!(c.get(n[0].trim_start_matches('+')), Some(&1), "{c:?}");
+    assert_eq!(uk.sent_to(&n), 0, "{}", uk.log());
+    let uk_status = uk.status(entry["request"].as_str().unwrap_or_default());
+    assert!(!uk_status.contains("taken back"), "{uk_status}");
+}

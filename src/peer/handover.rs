@@ -234,6 +234,9 @@ async fn apply_verdicts(
     site: &str,
     h: &HandOverPdu,
 ) -> Result<(), QueueError> {
+    if !h.yours.is_empty() {
+        fault_before_release();
+    }
     let mut changes = Vec::new();
     let mut released = Vec::new();
     for (ids, verdict) in [
@@ -389,14 +392,28 @@ async fn ask_once(store: &Store, inbound: &Inbound, binds: &dyn Binds) -> Result
 /// Fault injection for tests, off unless the environment sets
 /// `MAIL2SMS_FAULT_INJECTION=kill-after-peer-commit`: the process kills itself (SIGKILL, no
 /// clean-up) right after committing a message a peer forwarded, before its `submit_sm_resp`
-/// leaves — the window the hand-over exists for.
+/// leaves — the window the hand-over exists for (case 3).
 pub fn fault_after_peer_commit() {
-    static ON: OnceLock<bool> = OnceLock::new();
-    let on = *ON.get_or_init(|| {
-        std::env::var("MAIL2SMS_FAULT_INJECTION").is_ok_and(|v| v == "kill-after-peer-commit")
-    });
-    if on {
-        warn!("fault injection: killing this process after committing a forwarded message");
+    fault(
+        "kill-after-peer-commit",
+        "after committing a forwarded message",
+    );
+}
+
+/// Fault injection for tests: `MAIL2SMS_FAULT_INJECTION=kill-before-release` kills the process
+/// when the origin's confirmation arrives, before it is recorded (case 7).
+fn fault_before_release() {
+    fault(
+        "kill-before-release",
+        "before recording an origin's confirmation",
+    );
+}
+
+fn fault(point: &str, when: &str) {
+    static SET: OnceLock<Option<String>> = OnceLock::new();
+    let set = SET.get_or_init(|| std::env::var("MAIL2SMS_FAULT_INJECTION").ok());
+    if set.as_deref() == Some(point) {
+        warn!("fault injection: killing this process {when}");
         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
     }
 }
