@@ -59,6 +59,8 @@ async fn run(total: usize) -> anyhow::Result<()> {
         router_state: RouterState::new(),
         queued: Arc::new(tokio::sync::Notify::new()),
         receipts: Receipts::default(),
+        // Plain TCP: the figure is the SMPP path's, not TLS's.
+        tls: None,
     });
     let shutdown = CancellationToken::new();
     let addrs = listen(shared, &["127.0.0.1:0".parse()?], shutdown.clone()).await?;

@@ -67,6 +67,8 @@ pub struct Config {
     pub smpp: Option<crate::peer::config::SmppConfig>,
     /// `[peer.smpp]` of each `[[peer]]` that has one.
     pub peer_links: Vec<crate::peer::config::PeerLink>,
+    /// External SMPP providers this site binds to (`[channel.smpp]`).
+    pub provider_links: Vec<crate::peer::config::ProviderLink>,
 }
 
 /// `[senders]`: who may send (see `policy`).
@@ -632,6 +634,15 @@ impl Locator<'_> {
         self.at(span, key, message)
     }
 
+    /// A path as written in the file: relative ones are relative to the file's folder.
+    pub(crate) fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.file.parent().unwrap_or(Path::new("")).join(p)
+        }
+    }
+
     pub(crate) fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.at(self.span_of(key), key, message.into())
     }
@@ -1086,6 +1097,8 @@ impl RawConfig {
                 max_countries: g.max_countries,
                 first_contact_delay: std::time::Duration::from_secs(g.first_contact_delay_secs),
             },
+            // Set once `[notify]` and `[replies]` are read, below.
+            replies: crate::queue::OwedReplies::Never,
         };
 
         // [notify]
@@ -1350,6 +1363,26 @@ impl RawConfig {
             }
         }
 
+        // [channel.smpp]: the external SMPP providers this site binds to.
+        let mut channels = self.channel;
+        let mut provider_links = Vec::new();
+        for (i, c) in channels.iter_mut().enumerate() {
+            if let Some(link) = c.smpp.take() {
+                if c.kind != crate::route::ChannelKind::Smpp || c.site != s.name {
+                    return Err(loc.error(
+                        &format!("channel[{i}].smpp"),
+                        format!(
+                            "only a channel of kind \"smpp\" at this site (`{}`) is bound to a provider from here",
+                            s.name
+                        ),
+                    ));
+                }
+                provider_links.push(crate::peer::config::validate_provider(
+                    i, &c.name, link, loc,
+                )?);
+            }
+        }
+
         // A passive mailbox waits on a peer's link: the peer must have one.
         for (i, m) in mailboxes.iter().enumerate() {
             if let Some(p) = &m.passive_for
@@ -1364,7 +1397,7 @@ impl RawConfig {
 
         // [[peer]], [[channel]], [routing]
         let routing =
-            crate::route::config::validate(&s.name, peers, self.channel, self.routing, &base, loc)?;
+            crate::route::config::validate(&s.name, peers, channels, self.routing, &base, loc)?;
 
         Ok(Config {
             source: loc.file.to_path_buf(),
@@ -1399,9 +1432,18 @@ impl RawConfig {
             sending,
             modems,
             senders,
-            queue_policy,
+            queue_policy: QueuePolicy {
+                // Replies go out only with both a relay and `[replies]`; without them nothing
+                // is owed, so nothing waits as pending.
+                replies: match (&notify, &replies) {
+                    (Some(_), Some(r)) => crate::queue::OwedReplies::Asked(r.clone()),
+                    _ => crate::queue::OwedReplies::Never,
+                },
+                ..queue_policy
+            },
             smpp,
             peer_links,
+            provider_links,
             mailboxes,
             notify,
             replies,

@@ -36,7 +36,7 @@ use crate::queue::replies::{PendingReply, due, next_due, sent_since};
 use crate::queue::{Store, format_ms, now_ms};
 
 /// `[replies]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepliesConfig {
     /// The folder holding one folder of templates per language.
     pub templates: PathBuf,
@@ -81,12 +81,18 @@ pub struct Facts<'a> {
     pub state: &'a str,
 }
 
-/// Whether to send a reply; `Err` says why not.
-pub fn decide(f: &Facts<'_>, cfg: &RepliesConfig) -> Result<(), String> {
-    if f.sender.trim().trim_matches(['<', '>']).is_empty() {
+/// Which events the sender of a mail asked to be told of, from what is known when it is
+/// accepted; `Err` says why no reply will ever be sent about it.
+pub fn asked(
+    sender: &str,
+    notify: Option<&str>,
+    headers: &[u8],
+    cfg: &RepliesConfig,
+) -> Result<BTreeSet<Notify>, String> {
+    if sender.trim().trim_matches(['<', '>']).is_empty() {
         return Err("the mail came from the null sender <>".into());
     }
-    if let Some(v) = header(f.headers, "Auto-Submitted")
+    if let Some(v) = header(headers, "Auto-Submitted")
         && !v
             .split(';')
             .next()
@@ -96,18 +102,12 @@ pub fn decide(f: &Facts<'_>, cfg: &RepliesConfig) -> Result<(), String> {
     {
         return Err(format!("the mail is automatic (Auto-Submitted: {v})"));
     }
-    if let Some(v) = header(f.headers, "Precedence")
+    if let Some(v) = header(headers, "Precedence")
         && ["bulk", "junk", "list"].contains(&v.trim().to_ascii_lowercase().as_str())
     {
         return Err(format!("the mail is automatic (Precedence: {v})"));
     }
-    let wanted = match f.action {
-        "relayed" | "delivered" => Notify::Success,
-        "failed" => Notify::Failure,
-        "delayed" => Notify::Delay,
-        other => return Err(format!("`{other}` is not an event replies are sent for")),
-    };
-    let asked: BTreeSet<Notify> = match f.notify.map(str::trim).filter(|n| !n.is_empty()) {
+    Ok(match notify.map(str::trim).filter(|n| !n.is_empty()) {
         Some(n) => {
             let mut set = BTreeSet::new();
             for k in n.split(',').map(str::trim) {
@@ -123,18 +123,63 @@ pub fn decide(f: &Facts<'_>, cfg: &RepliesConfig) -> Result<(), String> {
         }
         None => {
             let mut set = BTreeSet::new();
-            if header(f.headers, "Disposition-Notification-To").is_some()
-                || header(f.headers, "Return-Receipt-To").is_some()
+            if header(headers, "Disposition-Notification-To").is_some()
+                || header(headers, "Return-Receipt-To").is_some()
             {
                 set.extend([Notify::Success, Notify::Failure]);
             }
-            let domain = f.sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
             let domain = domain.trim_end_matches('>');
             if cfg.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
                 set.extend(cfg.domain_notify.iter().copied());
             }
             set
         }
+    })
+}
+
+/// The replies a recipient can be owed, as the queue stores them with it: the actions between
+/// commas (`,delivered,failed,`), empty when none can be. The queue writes an owed reply only
+/// for these, so a gateway whose senders ask for nothing does no reply work per SMS.
+pub fn owed_actions(
+    sender: &str,
+    notify: Option<&str>,
+    headers: &[u8],
+    cfg: &RepliesConfig,
+) -> String {
+    let Ok(asked) = asked(sender, notify, headers, cfg) else {
+        return String::new();
+    };
+    let actions = [
+        ("relayed", cfg.relayed && asked.contains(&Notify::Success)),
+        ("delivered", asked.contains(&Notify::Success)),
+        ("failed", asked.contains(&Notify::Failure)),
+        (
+            "delayed",
+            cfg.delay.is_some() && asked.contains(&Notify::Delay),
+        ),
+    ];
+    let mut out = String::new();
+    for (action, owed) in actions {
+        if owed {
+            out.push(',');
+            out.push_str(action);
+        }
+    }
+    if !out.is_empty() {
+        out.push(',');
+    }
+    out
+}
+
+/// Whether to send a reply; `Err` says why not.
+pub fn decide(f: &Facts<'_>, cfg: &RepliesConfig) -> Result<(), String> {
+    let asked = asked(f.sender, f.notify, f.headers, cfg)?;
+    let wanted = match f.action {
+        "relayed" | "delivered" => Notify::Success,
+        "failed" => Notify::Failure,
+        "delayed" => Notify::Delay,
+        other => return Err(format!("`{other}` is not an event replies are sent for")),
     };
     if !asked.contains(&wanted) {
         return Err(format!(

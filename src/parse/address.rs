@@ -27,8 +27,10 @@
 
 use std::fmt;
 
+use std::sync::Once;
+
+use phonenumber::ParseError;
 use phonenumber::metadata::{DATABASE, Metadata};
-use phonenumber::{Mode, ParseError};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -44,6 +46,29 @@ const MAX_ECHO_CHARS: usize = 80;
 /// significant number (17 digits; ITU-T E.164 says 15 with the country code, but a few plans,
 /// Germany's among them, have longer numbers) after the longest country code (3 digits).
 const MAX_DIGITS: usize = 20;
+
+/// How many compiled numbering-plan patterns stay in memory. phonenumber keeps its patterns
+/// as sources and compiles them on use into an LRU cache of 100 entries; parsing and
+/// classifying one number touch a few dozen patterns of its plan, so numbers from more than a
+/// handful of countries evict and recompile patterns on nearly every recipient (with numbers
+/// from every country, as under fuzzing, two thirds of the parse time went to compiling
+/// regexes). The metadata has a few thousand patterns and a gateway uses those of the countries
+/// it serves, so this bound is rarely reached and still caps memory if every plan is tried.
+const PATTERN_CACHE: usize = 8192;
+
+/// Gives phonenumber's shared pattern cache room for every pattern in use, once per process.
+/// The cache sits behind the mutex the metadata's patterns all share, so replacing its contents
+/// resizes it for them all.
+fn ensure_pattern_cache() {
+    static RESIZE: Once = Once::new();
+    RESIZE.call_once(|| {
+        let cache = DATABASE.cache();
+        let mut cache = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *cache = regex_cache::RegexCache::new(PATTERN_CACHE);
+    });
+}
 
 /// What the gateway is willing to send to, taken from the site's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -513,6 +538,7 @@ struct Valid {
 /// Parses `+digits` or national `digits` and checks the result against the numbering plans.
 /// The error is the reason phrase of [`AddressError::InvalidNumber`].
 fn parse_number(text: &str, policy: &AddressPolicy) -> Result<Valid, String> {
+    ensure_pattern_cache();
     let parsed = match text.strip_prefix('+') {
         // phonenumber 0.3 strips the *default* country's national prefix even from a number
         // given with `+`, which breaks plans whose numbers begin with 0 (+39 06…, +225 01…):
@@ -553,7 +579,9 @@ fn parse_number(text: &str, policy: &AddressPolicy) -> Result<Valid, String> {
         .is_some_and(|meta| possible_lengths(meta).contains(&nsn.len()));
     match meta {
         Some(meta) if length_ok && kind != NumberKind::Unknown => Ok(Valid {
-            e164: number.format().mode(Mode::E164).to_string(),
+            // E.164 is the code and the national significant number, leading zeros kept; what
+            // phonenumber's formatter writes, without its metadata lookups.
+            e164: format!("+{code}{nsn}"),
             kind,
             country: Some(meta.id())
                 .filter(|id| *id != NON_GEOGRAPHIC)

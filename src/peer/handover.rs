@@ -156,6 +156,9 @@ pub fn ask_due(held_for: Duration, since_asked: Option<Duration>) -> bool {
 /// the disk; filled from disk at start, and after each release's commit.
 #[derive(Debug, Default)]
 pub struct Inbound {
+    /// False on a site without an SMPP server, where no peer can hand anything over: every
+    /// forwarded message (from before, when it had one) may be sent.
+    holds: bool,
     released: Mutex<HashSet<i64>>,
     /// When each held message was last asked about.
     asked: Mutex<HashMap<i64, Instant>>,
@@ -173,6 +176,7 @@ impl Inbound {
         .fetch_all(store.reader())
         .await?;
         Ok(Inbound {
+            holds: true,
             released: Mutex::new(ids.into_iter().collect()),
             asked: Mutex::default(),
         })
@@ -183,9 +187,22 @@ impl Inbound {
         INBOUND.set(self.clone()).is_ok()
     }
 
+    /// For a site without an SMPP server: nothing is held.
+    pub fn open() -> Inbound {
+        Inbound::default()
+    }
+
+    /// For tests: holding, nothing released yet.
+    pub fn holding() -> Inbound {
+        Inbound {
+            holds: true,
+            ..Inbound::default()
+        }
+    }
+
     /// Whether the modems may send this forwarded message.
     pub fn may_send(&self, recipient: i64) -> bool {
-        lock(&self.released).contains(&recipient)
+        !self.holds || lock(&self.released).contains(&recipient)
     }
 
     /// A modem took it: the "started here" rule keeps it here from now on.

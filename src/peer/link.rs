@@ -1,6 +1,8 @@
 //! This site's link to one peer: it binds to the peer's SMPP server as a transceiver, forwards
 //! the messages placed on that peer, brings their delivery receipts back, sends this site's
-//! workload, and decides whether the peer is up.
+//! workload, and decides whether the peer is up. The connection is TLS when `[peer.smpp.tls]`
+//! says so ([`super::tls`]); a failed handshake is logged with its reason, once per kind of
+//! failure.
 //!
 //! **Failure detection.** The peer is up from a successful bind until the link is lost: the
 //! connection closes (a killed process's sockets are closed by its kernel at once), a read or
@@ -29,7 +31,6 @@ use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::types::COctetString;
 use rusmpp::values::InterfaceVersion;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
-use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -38,6 +39,7 @@ use super::config::{PeerLink, SmppConfig};
 use super::forward::{Forwarder, Item};
 use super::placement::Placement;
 use super::session::{Keepalive, Sequence, Tick, Window};
+use super::tls::Stream;
 use super::{handover, message};
 use crate::queue::{Change, Store};
 use crate::route::RouterState;
@@ -55,8 +57,8 @@ pub struct Link {
 
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
-    #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
+    #[error("{0}")]
+    Connect(super::tls::ConnectError),
     #[error("the peer refused the bind with status {0:?}")]
     Refused(CommandStatus),
     #[error("the peer closed the connection")]
@@ -75,6 +77,7 @@ pub async fn run(link: Arc<Link>, shutdown: CancellationToken) {
     // Down until a bind proves otherwise: nothing is placed on a peer not yet heard from.
     link.state.set_site_up(&name, false);
     let mut backoff = Duration::from_millis(100);
+    let mut last_error: Option<String> = None;
     loop {
         let mut window: Window<Item> = Window::new(link.timing.window);
         let result = session(&link, &mut window, &mut backoff, &shutdown).await;
@@ -95,7 +98,15 @@ pub async fn run(link: Arc<Link>, shutdown: CancellationToken) {
             return;
         }
         if let Err(e) = &result {
-            debug!(peer = %name, error = %e, "peer link lost");
+            // Said once per kind of failure, so a wrong certificate or password is in the log
+            // without a line per reconnection attempt.
+            let text = e.to_string();
+            if last_error.as_deref() != Some(text.as_str()) {
+                warn!(peer = %name, error = %text, "peer link failed");
+            } else {
+                debug!(peer = %name, error = %text, "peer link lost");
+            }
+            last_error = Some(text);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -114,13 +125,8 @@ async fn session(
     let name = &link.peer.name;
     let stream = tokio::select! {
         _ = shutdown.cancelled() => return Err(LinkError::Shutdown),
-        r = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&link.peer.address)) => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(LinkError::Connect(e)),
-            Err(_) => return Err(LinkError::Connect(std::io::ErrorKind::TimedOut.into())),
-        },
+        r = super::tls::connect(&link.peer.address, link.peer.tls.as_ref(), Duration::from_secs(5)) => r.map_err(LinkError::Connect)?,
     };
-    let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(
         stream,
         CommandCodec::new().with_max_length(super::server::MAX_PDU),
@@ -417,7 +423,7 @@ async fn fail(link: &Link, item: &Item, reason: &str) {
     link.forwarder.done(item.recipient);
 }
 
-async fn send(framed: &mut Framed<TcpStream, CommandCodec>, cmd: Command) -> Result<(), LinkError> {
+async fn send(framed: &mut Framed<Stream, CommandCodec>, cmd: Command) -> Result<(), LinkError> {
     framed
         .send(cmd)
         .await

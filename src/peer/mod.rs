@@ -14,7 +14,10 @@
 //! - [`placement`]: which site sends each message; the hook the modem pool consults.
 //! - [`forward`]: the lists of messages for each link, and this site's workload.
 //! - [`handover`]: how a forwarded message passes to the peer without ever being sent by both.
-//! - [`config`]: `[smpp]` and `[peer.smpp]`.
+//! - [`provider`]: external SMPP providers, channels of this site bound with the same client.
+//! - [`receipt`]: delivery receipts from providers, in their real-world shapes (sans-IO).
+//! - [`tls`]: TLS under the SMPP links, both ends.
+//! - [`config`]: `[smpp]`, `[peer.smpp]` and `[channel.smpp]`.
 //!
 //! **Architecture invariant: a message is sent by one site.** Before its `submit_sm_resp` a
 //! forwarded message is still this site's, placed on the link and on no other sender; after
@@ -28,8 +31,11 @@ pub mod link;
 pub mod message;
 pub mod passive;
 pub mod placement;
+pub mod provider;
+pub mod receipt;
 pub mod server;
 pub mod session;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,9 +66,11 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Peers> {
     let Some(smpp) = cfg.smpp.clone() else {
+        // No SMPP server and no peer links; providers may still be bound.
+        let placement = start_providers(cfg, store, &router, Vec::new(), shutdown)?;
         return Ok(Peers {
             listening: Vec::new(),
-            placement: None,
+            placement,
         });
     };
     let accounts = server::Accounts {
@@ -85,6 +93,10 @@ pub async fn start(
         router_state: router.state().clone(),
         queued,
         receipts: server::Receipts::default(),
+        tls: match &smpp.tls {
+            Some(files) => Some(crate::intake::smtp::tls::acceptor(files)?),
+            None => None,
+        },
     });
     let names: Vec<String> = cfg.peer_links.iter().map(|l| l.name.clone()).collect();
     // Before the server listens: a peer's confirmations may come with its first bind.
@@ -96,12 +108,18 @@ pub async fn start(
     }
     let listening = server::listen(shared, &smpp.listen, shutdown.clone()).await?;
 
-    let placement = Arc::new(placement::Placement::new(
-        router.clone(),
-        names.clone(),
-        inbound,
-    ));
+    let placement = Arc::new(
+        placement::Placement::new(router.clone(), names.clone(), inbound)
+            .with_providers(cfg.provider_links.iter().map(|l| l.name.clone()).collect()),
+    );
     placement.load_taken_back(handover::load_taken_back(store).await?);
+    provider::start(
+        cfg,
+        store,
+        placement.clone(),
+        router.state(),
+        shutdown.clone(),
+    );
     let forwarder = Arc::new(forward::Forwarder::new(&names));
     // The feeder also measures this site's workload, which the links send even to peers
     // nothing is forwarded to.
@@ -113,7 +131,8 @@ pub async fn start(
         cfg.site.name.clone(),
         shutdown.clone(),
     ));
-    if !names.is_empty() && !crate::queue::dispatch::set_placement(placement.clone()) {
+    let placed = !names.is_empty() || !cfg.provider_links.is_empty();
+    if placed && !crate::queue::dispatch::set_placement(placement.clone()) {
         anyhow::bail!("the placement of messages between sites was installed twice in one process");
     }
     for l in &cfg.peer_links {
@@ -130,6 +149,29 @@ pub async fn start(
     }
     Ok(Peers {
         listening,
-        placement: (!names.is_empty()).then_some(placement),
+        placement: placed.then_some(placement),
     })
+}
+
+/// A site without `[smpp]`: only its providers, if it has any.
+fn start_providers(
+    cfg: &Config,
+    store: &Store,
+    router: &Arc<Router>,
+    peers: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<Arc<placement::Placement>>> {
+    let names: Vec<String> = cfg.provider_links.iter().map(|l| l.name.clone()).collect();
+    let placement = Arc::new(
+        placement::Placement::new(router.clone(), peers, Arc::new(handover::Inbound::open()))
+            .with_providers(names.clone()),
+    );
+    provider::start(cfg, store, placement.clone(), router.state(), shutdown);
+    if names.is_empty() {
+        return Ok(None);
+    }
+    if !crate::queue::dispatch::set_placement(placement.clone()) {
+        anyhow::bail!("the placement of messages was installed twice in one process");
+    }
+    Ok(Some(placement))
 }

@@ -43,6 +43,9 @@ pub enum Place {
     /// The peer acknowledged it (`submit_sm_resp`) and the record of that is being committed:
     /// it is the peer's, whatever happens to the link meanwhile.
     Taken(String),
+    /// An external SMPP provider of this site (a channel's name), over its bind
+    /// ([`super::provider`]).
+    Provider(String),
 }
 
 /// What a decision needs to know about a message.
@@ -62,6 +65,8 @@ pub struct Placement {
     router: Arc<Router>,
     /// Peers this site has a link to: the only sites a message can be forwarded to.
     linked: Vec<String>,
+    /// This site's providers with a bind: the only `smpp` channels a message can be given to.
+    providers: Vec<String>,
     map: Mutex<Places>,
     /// The forwarded messages this site may send.
     inbound: Arc<Inbound>,
@@ -87,9 +92,16 @@ impl Placement {
         Placement {
             router,
             linked,
+            providers: Vec::new(),
             map: Mutex::new(Places::default()),
             inbound,
         }
+    }
+
+    /// The providers this site binds to.
+    pub fn with_providers(mut self, providers: Vec<String>) -> Self {
+        self.providers = providers;
+        self
     }
 
     /// Messages taken back from peers before a restart (`handover::load_taken_back`).
@@ -111,8 +123,10 @@ impl Placement {
         if let Some(p) = m.place.get(&f.recipient) {
             return p.clone();
         }
-        let place = if f.from_peer || f.started_here {
+        let place = if f.started_here {
             Place::Here
+        } else if f.from_peer {
+            self.route_forwarded(f.number, f.parts)
         } else {
             let not = m.taken_back.get(&f.recipient).cloned().unwrap_or_default();
             self.route(f.number, f.parts, &not)
@@ -136,8 +150,39 @@ impl Placement {
             Some(c) if !c.local && self.linked.iter().any(|l| l == c.site) => {
                 Place::Peer(c.site.to_string())
             }
+            Some(c) => self.local(&c),
             _ => Place::Here,
         }
+    }
+
+    /// A message a peer forwarded here: this site's own channels only.
+    fn route_forwarded(&self, number: &str, parts: u32) -> Place {
+        match self.router.rank_forwarded(number, parts.max(1)) {
+            Ok(r) => r.best().map_or(Place::Here, |c| self.local(&c)),
+            Err(_) => Place::Here,
+        }
+    }
+
+    /// A candidate of this site: one of its providers, or its modems.
+    fn local(&self, c: &crate::route::Candidate<'_>) -> Place {
+        if c.local
+            && c.kind == crate::route::ChannelKind::Smpp
+            && self.providers.iter().any(|p| p == c.channel)
+        {
+            Place::Provider(c.channel.to_string())
+        } else {
+            Place::Here
+        }
+    }
+
+    /// The bind to provider `name` is lost: the messages placed on it that it has not started
+    /// are decided again. Returns how many.
+    pub fn release_provider(&self, name: &str) -> usize {
+        let mut m = self.lock();
+        let before = m.place.len();
+        m.place
+            .retain(|_, p| !matches!(p, Place::Provider(n) if n == name));
+        before - m.place.len()
     }
 
     /// The peer acknowledged the message. True: it is the peer's, nobody else may take it
@@ -205,6 +250,11 @@ impl Placement {
         }
     }
 
+    /// Whether a message a peer forwarded was released by its origin (`handover`).
+    pub fn may_send_forwarded(&self, recipient: i64) -> bool {
+        self.inbound.may_send(recipient)
+    }
+
     pub fn len(&self) -> usize {
         self.lock().place.len()
     }
@@ -217,11 +267,17 @@ impl Placement {
 /// The hook the local pool's reading of the queue calls (`queue::dispatch::ready`).
 impl crate::queue::dispatch::Placement for Placement {
     fn send_here(&self, work: &Work, source: &str) -> bool {
+        // A message a provider has sent a part of stays with it (one sender for all the parts);
+        // one a provider only tried is placed afresh (`peer::provider`).
+        let on_provider = |c: Option<&str>| c.is_some_and(super::provider::is_provider_channel);
+        if on_provider(work.sent_on.as_deref()) {
+            return false;
+        }
         let started = work.sent_on.is_some()
-            || work
-                .pending
-                .iter()
-                .any(|p| p.attempts > 0 || p.last_channel.is_some());
+            || work.pending.iter().any(|p| {
+                (p.attempts > 0 || p.last_channel.is_some())
+                    && !on_provider(p.last_channel.as_deref())
+            });
         if started {
             self.prune(work.recipient_id);
             self.inbound.started(work.recipient_id);
@@ -302,7 +358,7 @@ tariff = { "33" = 0.04 }
         Placement::new(
             router,
             vec!["fr".into(), "de".into()],
-            Arc::new(Inbound::default()),
+            Arc::new(Inbound::holding()),
         )
     }
 

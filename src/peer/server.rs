@@ -1,6 +1,7 @@
 //! This site's SMPP server: peers and applications bind here as transceivers and submit.
 //!
-//! Each connection runs a [`ServerSession`] (sans-IO) over `Framed<TcpStream, CommandCodec>`.
+//! Each connection runs a [`ServerSession`] (sans-IO) over `Framed<Stream, CommandCodec>`, the
+//! stream being TCP or, with `[smpp.tls]`, TLS.
 //! A `submit_sm` becomes a request in the queue, and its `submit_sm_resp` is sent only once that
 //! request is committed (SMPP's "the MC has the message", made durable: invariant 1 for SMPP).
 //! Responses go out as commits finish, not in arrival order, which SMPP allows (§2.7): the
@@ -9,6 +10,8 @@
 //! keys on (sender, Message-ID, number), and a forwarded message's sender is `smpp:<peer>` and
 //! its Message-ID the origin's id, so the same message arriving twice answers with the same
 //! `message_id` and is sent once (invariant 4).
+//!
+//! With `[smpp.tls]` every connection is TLS from its first octet ([`super::tls`]).
 //!
 //! Delivery receipts go back as `deliver_sm` on the client's current bind ([`Receipts`]): every
 //! message submitted over SMPP that reaches a final state gets one, sent until the client
@@ -26,7 +29,7 @@ use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::types::COctetString;
 use rusmpp::{Command, CommandStatus, Pdu};
 use sqlx::sqlite::SqlitePool;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +46,9 @@ pub const MAX_PDU: usize = 70_000;
 /// A client silent this long is dropped (a peer's keepalive speaks every second; an
 /// application that binds and idles must send `enquire_link` now and then, §4.11).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A TLS client that has not finished its handshake in this long is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who may bind, with their Argon2 password hashes.
 #[derive(Debug, Clone, Default)]
@@ -100,6 +106,8 @@ pub struct Shared {
     /// Woken when a message is committed, so the senders look at once.
     pub queued: Arc<Notify>,
     pub receipts: Receipts,
+    /// `[smpp.tls]`: every connection is TLS from its first octet ([`super::tls`]).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The current bind of each client, for delivery receipts.
@@ -165,20 +173,20 @@ async fn accept_loop(l: TcpListener, shared: Arc<Shared>, shutdown: Cancellation
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         next_conn += 1;
-        tokio::spawn(connection(
-            stream,
-            peer,
-            next_conn,
-            shared.clone(),
-            shutdown.clone(),
-        ));
+        let (shared, shutdown, conn) = (shared.clone(), shutdown.clone(), next_conn);
+        // The handshake runs on the connection's task: a slow client holds up no one else.
+        tokio::spawn(async move {
+            match super::tls::accept(stream, shared.tls.as_ref(), HANDSHAKE_TIMEOUT).await {
+                Ok(s) => connection(s, peer, conn, shared, shutdown).await,
+                Err(e) => warn!(%peer, error = %e, "SMPP: TLS handshake failed; closing"),
+            }
+        });
     }
 }
 
 async fn connection(
-    stream: TcpStream,
+    stream: super::tls::Stream,
     addr: SocketAddr,
     conn_id: u64,
     shared: Arc<Shared>,

@@ -83,6 +83,22 @@ pub enum Change {
     },
     /// A step of the hand-over of a forwarded message between sites (`peer::handover`).
     HandOver(super::handover::HandOver),
+    /// An external SMPP provider took the part (`submit_sm_resp` with its id): `sent`, as from
+    /// a modem, with the provider's id kept for its delivery receipts (`queue::provider`).
+    ProviderSent {
+        part: i64,
+        provider: String,
+        remote_id: String,
+        sent_at: i64,
+    },
+    /// A provider's delivery receipt for the part it calls any of `keys` (`peer::receipt`):
+    /// applied as a modem's status report with TP-ST `tp_st`, or only noted when `None`.
+    ProviderReceipt {
+        provider: String,
+        keys: Vec<String>,
+        tp_st: Option<u8>,
+        reason: String,
+    },
 }
 
 /// Decides, for each recipient [`ready`] finds, whether this site's own modems send it. The peer
@@ -264,54 +280,63 @@ pub(super) async fn apply(
     let mut query = sqlx::query(sql);
     for change in changes {
         // Each change's parameters, in the order of `PARAMS_PER_CHANGE`: part, now, reason,
-        // and what the change carries.
+        // what the change carries, and for `sent` the SIM and the time the modem answered.
         query = match change {
             Change::Sending { part, channel } => query
                 .bind(*part)
                 .bind(now)
                 .bind(None::<&str>)
-                .bind(channel.as_str()),
+                .bind(channel.as_str())
+                .bind(None::<&str>)
+                .bind(None::<i64>),
             Change::Sent {
                 part,
                 message_ref,
                 reason,
-                ..
+                sim,
+                sent_at,
             } => query
                 .bind(*part)
                 .bind(now)
                 .bind(reason.as_str())
-                .bind(*message_ref),
-            Change::Retry { part, at, reason } => {
-                query.bind(*part).bind(now).bind(reason.as_str()).bind(*at)
-            }
+                .bind(*message_ref)
+                .bind(sim.as_deref())
+                .bind(*sent_at),
+            Change::Retry { part, at, reason } => query
+                .bind(*part)
+                .bind(now)
+                .bind(reason.as_str())
+                .bind(*at)
+                .bind(None::<&str>)
+                .bind(None::<i64>),
             Change::Fail { part, reason } => query
                 .bind(*part)
                 .bind(now)
                 .bind(reason.as_str())
-                .bind("another part of this message failed for good"),
+                .bind("another part of this message failed for good")
+                .bind(None::<&str>)
+                .bind(None::<i64>),
             Change::Uncertain { part, reason } => query
                 .bind(*part)
                 .bind(now)
                 .bind(reason.as_str())
+                .bind(None::<i64>)
+                .bind(None::<&str>)
                 .bind(None::<i64>),
             // Taken aside at the top of this function.
             Change::Forwarded { .. }
             | Change::ReceiptSent { .. }
             | Change::PeerReceipt { .. }
+            | Change::ProviderSent { .. }
+            | Change::ProviderReceipt { .. }
             | Change::HandOver(_) => query,
         };
     }
-    // sqlx binds a parameter number a statement does not use (`?4` used, `?3` not) to the
-    // next argument in order, counting across the query's statements, and stops binding that
-    // statement when it runs out of arguments: spare NULLs keep it from running out.
     for _ in 0..GAP_PADDING {
         query = query.bind(None::<i64>);
     }
     match query.execute(&mut *conn).await {
-        // No savepoint undoes the job's statements if these fail: the batch fails whole.
-        Ok(_) => after(conn, changes, now)
-            .await
-            .map_err(|e| QueueError::Broken(e.to_string())),
+        Ok(_) => Ok(()),
         Err(e) => {
             // The usual cause: a part that does not exist; then the first statement failed
             // and nothing was written. Any other failure may leave part of the job written:
@@ -328,35 +353,6 @@ pub(super) async fn apply(
             Err(QueueError::Broken(e.to_string()))
         }
     }
-}
-
-/// What a change records besides its state, event and summary, in the same transaction: a
-/// sent part's SIM and send time (what its status report is matched by), and the status reply
-/// its recipient's new state owes (`replies`).
-async fn after(
-    conn: &mut SqliteConnection,
-    changes: &[Change],
-    now: i64,
-) -> Result<(), QueueError> {
-    for change in changes {
-        if let Change::Sent {
-            part, sim, sent_at, ..
-        } = change
-        {
-            sqlx::query("UPDATE parts SET sim = ?2, sent_at = ?3 WHERE id = ?1")
-                .bind(part)
-                .bind(sim)
-                .bind(sent_at)
-                .execute(&mut *conn)
-                .await?;
-        }
-        // Only these can leave a recipient sent or failed (delivered comes from a report):
-        // a `sending` or a retry owes no reply, and asking costs a round trip per part.
-        if matches!(change, Change::Sent { .. } | Change::Fail { .. }) {
-            super::replies::record(conn, change.part(), now).await?;
-        }
-    }
-    Ok(())
 }
 
 /// The kinds of change, as indexes into [`SINGLE`].
@@ -382,17 +378,22 @@ impl Change {
             Change::Forwarded { .. }
             | Change::ReceiptSent { .. }
             | Change::PeerReceipt { .. }
+            | Change::ProviderSent { .. }
+            | Change::ProviderReceipt { .. }
             | Change::HandOver(_) => Kind::Uncertain,
         }
     }
 
-    /// A change of a whole recipient (from the peer links) rather than of one part.
+    /// A change of a whole recipient (from the peer links) rather than of one part, or one
+    /// with statements of its own (a provider's): applied apart from the usual jobs.
     pub fn is_recipient_level(&self) -> bool {
         matches!(
             self,
             Change::Forwarded { .. }
                 | Change::ReceiptSent { .. }
                 | Change::PeerReceipt { .. }
+                | Change::ProviderSent { .. }
+                | Change::ProviderReceipt { .. }
                 | Change::HandOver(_)
         )
     }
@@ -404,19 +405,21 @@ impl Change {
             | Change::Sent { part, .. }
             | Change::Retry { part, .. }
             | Change::Fail { part, .. }
-            | Change::Uncertain { part, .. } => *part,
+            | Change::Uncertain { part, .. }
+            | Change::ProviderSent { part, .. } => *part,
             // A recipient-level change names no part; 0 is no part's id (ids start at 1).
             Change::Forwarded { .. }
             | Change::ReceiptSent { .. }
             | Change::PeerReceipt { .. }
+            | Change::ProviderReceipt { .. }
             | Change::HandOver(_) => 0,
         }
     }
 }
 
-/// ?1 the part, ?2 now, ?3 the event's reason, ?4 what the change carries; the next change's
-/// parameters follow from ?5.
-const PARAMS_PER_CHANGE: usize = 4;
+/// ?1 the part, ?2 now, ?3 the event's reason, ?4 what the change carries, ?5 and ?6 the SIM
+/// and the modem's answer time of a `sent`; the next change's parameters follow from ?7.
+const PARAMS_PER_CHANGE: usize = 6;
 
 /// One change's event row as a SELECT, and its statements after the event (the part's UPDATE,
 /// then the recipient's summary), parameters from ?1. The event names its request through a
@@ -430,7 +433,8 @@ fn change_statements(kind: Kind) -> (String, String) {
             "'handed to ' || ?4",
         ),
         Kind::Sent => (
-            "UPDATE parts SET state = 'sent', message_ref = ?4, updated_at = ?2 WHERE id = ?1",
+            "UPDATE parts SET state = 'sent', message_ref = ?4, sim = ?5, sent_at = ?6,
+                updated_at = ?2 WHERE id = ?1",
             State::Sent,
             "?3",
         ),
@@ -467,7 +471,13 @@ fn change_statements(kind: Kind) -> (String, String) {
                      WHERE p.id = ?1),
                 (SELECT recipient_id FROM parts WHERE id = ?1), ?1, '{state}', {reason}"
     );
-    (event, format!("{update};\n{}", &*SUMMARY_SQL))
+    // Only these can leave a recipient sent or failed (delivered comes from a report): the
+    // reply they may owe is written by the same query.
+    let reply = match kind {
+        Kind::Sent | Kind::Fail => format!(";\n{}", super::replies::RECORD_SQL),
+        Kind::Sending | Kind::Retry | Kind::Uncertain => String::new(),
+    };
+    (event, format!("{update};\n{}{reply}", &*SUMMARY_SQL))
 }
 
 /// `sql` with every parameter `?n` renumbered `?(n + by)`.
@@ -521,7 +531,7 @@ fn job_sql(kinds: &[Kind]) -> String {
 }
 
 /// Spare arguments after a job's own: at least the number of parameter numbers its
-/// statements leave unused (at most 4 per statement of a two-change job).
+/// statements leave unused (at most 6 per statement of a two-change job).
 const GAP_PADDING: usize = 48;
 
 static SINGLE: LazyLock<[String; 5]> = LazyLock::new(|| {
@@ -620,6 +630,18 @@ async fn apply_recipient(conn: &mut SqliteConnection, change: &Change) -> Result
             }
             Ok(())
         }
+        Change::ProviderSent {
+            part,
+            provider,
+            remote_id,
+            sent_at,
+        } => super::provider::sent(conn, *part, provider, remote_id, *sent_at).await,
+        Change::ProviderReceipt {
+            provider,
+            keys,
+            tp_st,
+            reason,
+        } => super::provider::receipt(conn, provider, keys, *tp_st, reason).await,
         Change::ReceiptSent { recipient } => {
             sqlx::query(
                 "INSERT INTO smpp_receipts (recipient_id, state, sent_at)

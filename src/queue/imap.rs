@@ -603,6 +603,7 @@ mod tests {
                 enabled: false,
                 ..Default::default()
             },
+            replies: crate::queue::OwedReplies::All,
         };
         let store = Store::open_with(&dir.path().join("q.db"), policy)
             .await

@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod handover;
 pub mod imap;
 pub mod policy;
+mod provider;
 pub mod replies;
 pub mod reports;
 pub mod state;
@@ -32,7 +33,7 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 pub use dispatch::{Change, PendingPart, Work};
-pub use policy::{Guard, QueuePolicy, QuotaExceeded, Quotas};
+pub use policy::{Guard, OwedReplies, QueuePolicy, QuotaExceeded, Quotas};
 pub use reports::{Applied, IncomingReport, Matching};
 pub use state::State;
 
@@ -207,7 +208,8 @@ fn options(path: &Path) -> SqliteConnectOptions {
 }
 
 impl Store {
-    /// Opens (creating and migrating if needed) the store with no quotas and no pumping guard.
+    /// Opens (creating and migrating if needed) the store with no quotas and no pumping guard;
+    /// every status reply is owed, and decided on when it would be sent.
     pub async fn open(path: &Path) -> Result<Store, QueueError> {
         let policy = QueuePolicy {
             quotas: Quotas::default(),
@@ -215,6 +217,7 @@ impl Store {
                 enabled: false,
                 ..Guard::default()
             },
+            replies: OwedReplies::All,
         };
         Store::open_with(path, policy).await
     }
@@ -451,6 +454,24 @@ async fn commit_batch(
             }
             continue;
         }
+        // An accepted mail is checked (duplicates, quotas, guard) before its one write, so it
+        // needs no savepoint either (two more trips to the store's thread, and a sub-journal
+        // copy of every page it touches): it fails alone when refused, and fails the batch
+        // when the write itself fails half-way.
+        if let Job::Accept(req, _) = job {
+            match insert_request(&mut tx, req, limits).await {
+                Ok(a) => results.push(Ok(Outcome::Accepted(a))),
+                Err(QueueError::Broken(msg)) => {
+                    let _ = tx.rollback().await;
+                    return batch
+                        .iter()
+                        .map(|_| Err(QueueError::Broken(msg.clone())))
+                        .collect();
+                }
+                Err(e) => results.push(Err(e)),
+            }
+            continue;
+        }
         let r = async {
             let mut sp = Connection::begin(&mut *tx).await?;
             let r = match job {
@@ -533,6 +554,35 @@ fn dedup_key(req: &NewRequest, number: &str) -> Option<String> {
     })
 }
 
+/// A request, its recipients, their parts and their `accepted` events, in one query: one trip
+/// to the store's thread per mail instead of one per row, the difference between a writer that
+/// keeps up with the listener and one it waits for. ?1–?19 the request's columns, ?20 the
+/// recipients as a JSON array, ?21 the parts' texts as a JSON array, ?22 and ?23 the event
+/// reason's words before and after the number.
+const INSERT_REQUEST_SQL: &str =
+    "INSERT INTO requests (id, received_at, source, client, helo, auth_user, mail_from,
+        message_id, subject, dsn_envid, dsn_ret, text, encoding, part_count, truncated, size,
+        headers, sender, sender_domain)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19);
+     INSERT INTO recipients (request_id, idx, address, number, name, dsn_notify, dsn_orcpt,
+        state, updated_at, dedup_key, country, replies)
+     SELECT ?1, r.value ->> 'idx', r.value ->> 'address', r.value ->> 'number',
+            r.value ->> 'name', r.value ->> 'notify', r.value ->> 'orcpt', 'accepted', ?2,
+            r.value ->> 'key', r.value ->> 'country', r.value ->> 'replies'
+     FROM json_each(?20) r ORDER BY r.key;
+     INSERT INTO parts (recipient_id, seq, text, state, updated_at)
+     SELECT r.id, p.key + 1, p.value, 'accepted', ?2
+     FROM recipients r, json_each(?21) p WHERE r.request_id = ?1 ORDER BY r.idx, p.key;
+     INSERT INTO events (at, request_id, recipient_id, state, reason)
+     SELECT ?2, ?1, r.id, 'accepted', ?22 || r.number || ?23
+     FROM recipients r WHERE r.request_id = ?1 ORDER BY r.idx";
+
+/// Spare arguments after [`INSERT_REQUEST_SQL`]'s 23: sqlx binds each parameter number a
+/// statement leaves unused (the later statements use ?1, ?2 and their own) to the next argument
+/// in order, counting across statements, and stops binding a statement that runs out of them
+/// (see `dispatch::GAP_PADDING`). The three later statements leave at most 19 each unused.
+const INSERT_GAP_PADDING: usize = 64;
+
 async fn insert_request(
     conn: &mut SqliteConnection,
     req: &NewRequest,
@@ -580,6 +630,7 @@ async fn insert_request(
                 enabled: false,
                 ..Guard::default()
             },
+            replies: OwedReplies::Never,
         };
         &unlimited
     } else {
@@ -611,34 +662,6 @@ async fn insert_request(
     }
 
     let id = new_id();
-    sqlx::query(
-        "INSERT INTO requests (id, received_at, source, client, helo, auth_user, mail_from,
-            message_id, subject, dsn_envid, dsn_ret, text, encoding, part_count, truncated, size,
-            headers, sender, sender_domain)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-    )
-    .bind(&id)
-    .bind(now)
-    .bind(req.source.as_str())
-    .bind(&req.client)
-    .bind(&req.helo)
-    .bind(&req.auth_user)
-    .bind(&req.mail_from)
-    .bind(&req.message_id)
-    .bind(&req.subject)
-    .bind(&req.dsn_envid)
-    .bind(&req.dsn_ret)
-    .bind(&req.text)
-    .bind(req.encoding.to_string())
-    .bind(req.parts.len() as i64)
-    .bind(req.truncated)
-    .bind(req.size as i64)
-    .bind(&req.headers)
-    .bind(&req.sender)
-    .bind(&req.sender_domain)
-    .execute(&mut *conn)
-    .await?;
-
     let origin = match (&req.source, &req.client) {
         (Source::Smtp, Some(c)) => format!("over SMTP from {c}"),
         (Source::Smtp, None) => "over SMTP".to_string(),
@@ -651,66 +674,90 @@ async fn insert_request(
     } else {
         &req.mail_from
     };
+    // Each recipient's event reads "accepted <origin> from <sender> for <number>: <parts>".
+    let reason_head = format!("accepted {origin} from {sender} for ");
+    let reason_tail = format!(
+        ": {} {} part{}{}",
+        req.parts.len(),
+        req.encoding,
+        if req.parts.len() == 1 { "" } else { "s" },
+        if req.truncated {
+            ", text truncated"
+        } else {
+            ""
+        },
+    );
+    let recipients: Vec<serde_json::Value> = fresh
+        .iter()
+        .map(|(idx, r, key)| {
+            serde_json::json!({
+                "idx": idx,
+                "address": r.address,
+                "number": r.number,
+                "name": r.name,
+                "notify": r.dsn_notify,
+                "orcpt": r.dsn_orcpt,
+                "key": key,
+                "country": r.country,
+                // A message forwarded by a peer is the origin site's to report on.
+                "replies": if req.source == Source::Peer {
+                    String::new()
+                } else {
+                    limits.replies.actions(&req.mail_from, r.dsn_notify.as_deref(), &req.headers)
+                },
+            })
+        })
+        .collect();
+    let mut query = sqlx::query(INSERT_REQUEST_SQL)
+        .bind(&id)
+        .bind(now)
+        .bind(req.source.as_str())
+        .bind(&req.client)
+        .bind(&req.helo)
+        .bind(&req.auth_user)
+        .bind(&req.mail_from)
+        .bind(&req.message_id)
+        .bind(&req.subject)
+        .bind(&req.dsn_envid)
+        .bind(&req.dsn_ret)
+        .bind(&req.text)
+        .bind(req.encoding.to_string())
+        .bind(req.parts.len() as i64)
+        .bind(req.truncated)
+        .bind(req.size as i64)
+        .bind(&req.headers)
+        .bind(&req.sender)
+        .bind(&req.sender_domain)
+        .bind(serde_json::Value::Array(recipients).to_string())
+        .bind(serde_json::to_string(&req.parts).unwrap_or_else(|_| "[]".into()))
+        .bind(reason_head)
+        .bind(reason_tail);
+    for _ in 0..INSERT_GAP_PADDING {
+        query = query.bind(None::<i64>);
+    }
+    // From here on a failure may leave part of the request written: the caller's transaction
+    // must not be committed (`Broken`).
+    let broken = |e: sqlx::Error| QueueError::Broken(e.to_string());
+    query.execute(&mut *conn).await.map_err(broken)?;
+
     let mut held = 0;
-    for ((idx, r, key), suspicion) in fresh.iter().zip(suspicions) {
-        let rid: i64 = sqlx::query_scalar(
-            "INSERT INTO recipients (request_id, idx, address, number, name, dsn_notify, dsn_orcpt,
-                state, updated_at, dedup_key, country)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
-        )
-        .bind(&id)
-        .bind(*idx as i64)
-        .bind(&r.address)
-        .bind(&r.number)
-        .bind(&r.name)
-        .bind(&r.dsn_notify)
-        .bind(&r.dsn_orcpt)
-        .bind(State::Accepted.as_str())
-        .bind(now)
-        .bind(key)
-        .bind(&r.country)
-        .fetch_one(&mut *conn)
-        .await?;
-        for (seq, text) in req.parts.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO parts (recipient_id, seq, text, state, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(rid)
-            .bind(seq as i64 + 1)
-            .bind(text)
-            .bind(State::Accepted.as_str())
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+    for ((idx, r, _), suspicion) in fresh.iter().zip(suspicions) {
+        if suspicion == policy::Verdict::Fine {
+            continue;
         }
-        let reason = format!(
-            "accepted {origin} from {sender} for {}: {} {} part{}{}",
-            r.number,
-            req.parts.len(),
-            req.encoding,
-            if req.parts.len() == 1 { "" } else { "s" },
-            if req.truncated {
-                ", text truncated"
-            } else {
-                ""
-            },
-        );
-        sqlx::query(
-            "INSERT INTO events (at, request_id, recipient_id, state, reason) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(now)
-        .bind(&id)
-        .bind(rid)
-        .bind(State::Accepted.as_str())
-        .bind(reason)
-        .execute(&mut *conn)
-        .await?;
+        let rid: i64 =
+            sqlx::query_scalar("SELECT id FROM recipients WHERE request_id = ?1 AND idx = ?2")
+                .bind(&id)
+                .bind(*idx as i64)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(broken)?;
         match suspicion {
             policy::Verdict::Hold(why) => {
                 // This recipient and the unsent rest of its burst wait for an admin.
                 held += policy::hold_burst(conn, &limits.guard, &req.sender, &r.number, &why, now)
-                    .await?
+                    .await
+                    .map_err(|e| QueueError::Broken(e.to_string()))?
                     .max(1);
             }
             policy::Verdict::NewRange { since } => {
@@ -721,9 +768,10 @@ async fn insert_request(
                     .bind(rid)
                     .bind(at)
                     .execute(&mut *conn)
-                    .await?;
+                    .await
+                    .map_err(broken)?;
             }
-            _ => {}
+            policy::Verdict::Fine => {}
         }
     }
     Ok(Accepted::Queued {

@@ -61,6 +61,34 @@ impl Default for Guard {
 pub struct QueuePolicy {
     pub quotas: Quotas,
     pub guard: Guard,
+    pub replies: OwedReplies,
+}
+
+/// Which status replies a new recipient can be owed, decided when its mail is accepted (the
+/// queue then writes owed replies only for those; `notify::replies::decide` still decides at
+/// sending time, with the rate limit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OwedReplies {
+    /// Every reply is owed and decided on at sending time.
+    #[default]
+    All,
+    /// No reply is ever sent (no `[notify]` relay or no `[replies]`).
+    Never,
+    /// What each sender asked for under this configuration.
+    Asked(crate::notify::replies::RepliesConfig),
+}
+
+impl OwedReplies {
+    /// The actions owed to a recipient, between commas, as `recipients.replies` stores them.
+    pub fn actions(&self, sender: &str, notify: Option<&str>, headers: &[u8]) -> String {
+        match self {
+            OwedReplies::All => ",relayed,delivered,failed,delayed,".to_string(),
+            OwedReplies::Never => String::new(),
+            OwedReplies::Asked(cfg) => {
+                crate::notify::replies::owed_actions(sender, notify, headers, cfg)
+            }
+        }
+    }
 }
 
 /// A quota that a request would exceed.

@@ -33,31 +33,36 @@ pub(super) enum Op {
     Delayed { before: i64, since: i64 },
 }
 
-/// Called by the queue after a part's change, in its transaction: owes a reply when the
-/// part's recipient is now in a state a reply tells about. Repeats are ignored by the unique
-/// key. The diagnostic is the reason of the recipient's latest event: the change's own.
+/// Owes the reply a part's change calls for, if any: when the part's recipient is now in a
+/// state a reply tells about and its sender can be owed that reply (`recipients.replies`).
+/// Repeats are ignored by the unique key. The diagnostic is the reason of the recipient's
+/// latest event: the change's own. ?1 the part, ?2 now; state changes run it inside their own
+/// query (`dispatch`), reports through [`record`].
+pub(super) const RECORD_SQL: &str = "INSERT OR IGNORE INTO status_replies (created_at,
+        request_id, recipient_id, sender, action, diagnostic, state, next_attempt_at, updated_at)
+     SELECT ?2, q.id, r.id, q.mail_from, a.action,
+        COALESCE((SELECT e.reason FROM events e WHERE e.request_id = q.id
+                  AND e.recipient_id = r.id ORDER BY e.id DESC LIMIT 1), ''),
+        'pending', ?2, ?2
+     FROM recipients r JOIN requests q ON q.id = r.request_id,
+        (SELECT CASE state WHEN 'sent' THEN 'relayed' WHEN 'delivered' THEN 'delivered'
+                ELSE 'failed' END AS action
+         FROM recipients WHERE id = (SELECT recipient_id FROM parts WHERE id = ?1)) a
+     WHERE r.id = (SELECT recipient_id FROM parts WHERE id = ?1)
+       AND r.state IN ('sent', 'delivered', 'failed') AND q.mail_from != ''
+       AND instr(r.replies, ',' || a.action || ',') > 0";
+
+/// [`RECORD_SQL`] on its own, after a change made by other statements.
 pub(super) async fn record(
     conn: &mut SqliteConnection,
     part: i64,
     now: i64,
 ) -> Result<(), QueueError> {
-    sqlx::query(
-        "INSERT OR IGNORE INTO status_replies (created_at, request_id, recipient_id, sender,
-            action, diagnostic, state, next_attempt_at, updated_at)
-         SELECT ?1, q.id, r.id, q.mail_from,
-            CASE r.state WHEN 'sent' THEN 'relayed' WHEN 'delivered' THEN 'delivered'
-                ELSE 'failed' END,
-            COALESCE((SELECT e.reason FROM events e WHERE e.request_id = q.id
-                      AND e.recipient_id = r.id ORDER BY e.id DESC LIMIT 1), ''),
-            'pending', ?1, ?1
-         FROM recipients r JOIN requests q ON q.id = r.request_id
-         WHERE r.id = (SELECT recipient_id FROM parts WHERE id = ?2)
-           AND r.state IN ('sent', 'delivered', 'failed') AND q.mail_from != ''",
-    )
-    .bind(now)
-    .bind(part)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(RECORD_SQL)
+        .bind(part)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -92,7 +97,8 @@ pub(super) async fn apply(conn: &mut SqliteConnection, op: &Op) -> Result<u64, Q
                 'not delivered yet: the message is ' || r.state, 'pending', ?1, ?1
              FROM recipients r JOIN requests q ON q.id = r.request_id
              WHERE r.state IN ('accepted', 'routed', 'sending', 'sent', 'held')
-               AND q.received_at <= ?2 AND q.received_at >= ?3 AND q.mail_from != ''",
+               AND q.received_at <= ?2 AND q.received_at >= ?3 AND q.mail_from != ''
+               AND instr(r.replies, ',delayed,') > 0",
         )
         .bind(now)
         .bind(before)

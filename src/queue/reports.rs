@@ -247,7 +247,7 @@ pub fn transition(state: State, st: u8) -> Result<State, &'static str> {
     }
 }
 
-async fn update_part(
+pub(super) async fn update_part(
     conn: &mut SqliteConnection,
     part: i64,
     st: u8,

@@ -90,6 +90,21 @@ async fn accepted_request_has_rows_parts_and_events() {
         r.events[0].reason
     );
     assert_eq!(r.dsn_notify.as_deref(), Some("SUCCESS,FAILURE"));
+    // Every recipient has its own parts, in order, and its own event naming its number.
+    for (r, number) in st.recipients.iter().zip(["+33477858589", "+33612345678"]) {
+        assert_eq!(r.number, number);
+        let texts: Vec<(i64, &str)> = r.parts.iter().map(|p| (p.seq, p.text.as_str())).collect();
+        assert_eq!(texts, [(1, "Hello "), (2, "Paul")]);
+        assert_eq!(r.events.len(), 1);
+        assert_eq!(
+            r.events[0].reason,
+            format!(
+                "accepted over SMTP from 192.0.2.1 from john@example.com for {number}: \
+                 2 gsm7 parts"
+            )
+        );
+    }
+    assert_eq!(st.recipients[1].name, None);
 }
 
 #[tokio::test]
@@ -309,9 +324,18 @@ async fn parts_go_sending_sent_and_the_recipient_follows() {
             .iter()
             .all(|p| p.state == "sent" && p.attempts == 1 && p.message_ref == Some(7))
     );
+    assert!(
+        r.parts
+            .iter()
+            .all(|p| p.sim.as_deref() == Some("208150000000001") && p.sent_at.is_some())
+    );
     // accepted, then sending + sent for each part.
     let states: Vec<&str> = r.events.iter().map(|e| e.state.as_str()).collect();
     assert_eq!(states, ["accepted", "sending", "sent", "sending", "sent"]);
+    // With every reply owed (`Store::open`), the recipient now sent owes its `relayed`, once.
+    let replies = owed(&store).await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].1, "relayed");
     assert!(
         dispatch::ready(store.reader(), 10, &Default::default())
             .await
@@ -462,6 +486,7 @@ async fn quotas_are_exact() {
             ..Quotas::default()
         },
         guard: no_guard(),
+        replies: OwedReplies::All,
     })
     .await;
     // 2 parts x 2 recipients = 4 parts each.
@@ -517,6 +542,7 @@ async fn consecutive_numbers_are_held_with_their_burst() {
             max_per_block: 4,
             ..Guard::default()
         },
+        replies: OwedReplies::All,
     })
     .await;
     let mut outcomes = Vec::new();
@@ -598,6 +624,7 @@ async fn many_countries_are_held() {
             max_countries: 2,
             ..Guard::default()
         },
+        replies: OwedReplies::All,
     })
     .await;
     let mut req = request("trip@x.com", None, &["+33612345678"]);
@@ -631,6 +658,7 @@ async fn first_contact_delay_keeps_the_start_of_a_burst() {
             first_contact_delay: Duration::from_secs(30),
             ..Guard::default()
         },
+        replies: OwedReplies::All,
     })
     .await;
     store
@@ -906,4 +934,75 @@ async fn a_peer_receipt_owes_the_status_reply_once() {
         .await
         .unwrap();
     assert_eq!(states, ["delivered", "failed"]);
+}
+
+/// Under a `[replies]` configuration, a recipient is owed only what its sender asked for: a
+/// sender who asked for nothing costs no reply row at all, one who asked for failures gets a
+/// row when the message fails and none when it is sent.
+#[tokio::test]
+async fn only_the_replies_a_sender_asked_for_are_owed() {
+    let cfg = crate::notify::replies::RepliesConfig {
+        templates: std::path::PathBuf::from("templates"),
+        language: "en".into(),
+        relayed: true,
+        delay: None,
+        per_sender_per_hour: 0,
+        domains: Vec::new(),
+        domain_notify: Default::default(),
+    };
+    let (_dir, store) = open_with(QueuePolicy {
+        quotas: Quotas::default(),
+        guard: no_guard(),
+        replies: OwedReplies::Asked(cfg),
+    })
+    .await;
+    let mut req = request("john@example.com", None, &["+33612345678", "+33612345679"]);
+    req.parts.truncate(1);
+    req.recipients[0].dsn_notify = None;
+    req.recipients[1].dsn_notify = Some("FAILURE".into());
+    store.accept(req).await.unwrap();
+    let work = dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(work.len(), 2);
+    for w in &work {
+        let part = w.pending[0].id;
+        store
+            .change(Change::Sending {
+                part,
+                channel: "modem0".into(),
+            })
+            .await
+            .unwrap();
+        store
+            .change(Change::Sent {
+                part,
+                message_ref: Some(1),
+                sim: None,
+                sent_at: now_ms(),
+                reason: "sent via modem0".into(),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(owed(&store).await, []);
+    // The second recipient's report says it failed: that one is owed.
+    for w in &work {
+        store
+            .change(Change::Fail {
+                part: w.pending[0].id,
+                reason: "the network refused it".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let replies = owed(&store).await;
+    assert_eq!(
+        replies,
+        [(
+            "+33612345679".to_string(),
+            "failed".to_string(),
+            "the network refused it".to_string()
+        )]
+    );
 }

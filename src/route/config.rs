@@ -17,6 +17,8 @@
 //! site = "fr"                   # this site's [site] name or a [[peer]]
 //! tariff_file = "tariffs/fr-modems.csv"   # or: tariff = { "33" = 0.02, "44" = 0.08 }
 //! blocked_prefixes = ["3389"]   # never through this channel
+//! # [channel.smpp]              # an `smpp` channel of this site: how to bind to the provider
+//! #                             # (see `peer::config`)
 //!
 //! [routing]
 //! workload_weight = 0.0001      # cost per second of backlog at a site
@@ -132,13 +134,17 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawChannel {
-    name: String,
-    kind: ChannelKind,
-    site: String,
+    pub(crate) name: String,
+    pub(crate) kind: ChannelKind,
+    pub(crate) site: String,
     tariff: Option<BTreeMap<String, Cost>>,
     tariff_file: Option<PathBuf>,
     #[serde(default)]
     blocked_prefixes: Vec<String>,
+    /// How this site binds to the provider of an `smpp` channel (`[channel.smpp]`),
+    /// validated by the peer module.
+    #[serde(default)]
+    pub(crate) smpp: Option<crate::peer::config::RawProviderLink>,
 }
 
 #[derive(Debug, Deserialize)]

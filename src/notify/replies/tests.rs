@@ -371,3 +371,80 @@ fn templates_are_strict_and_errors_name_the_file() {
     check_templates(&cfg().templates, "en").unwrap();
     check_templates(&cfg().templates, "fr").unwrap();
 }
+
+#[test]
+fn owed_actions_are_what_the_sender_can_get() {
+    let with_delay = RepliesConfig {
+        relayed: false,
+        delay: Some(Duration::from_secs(600)),
+        ..cfg()
+    };
+    // (config, sender, notify, headers) -> the actions stored with the recipient
+    type Case<'a> = (
+        &'a RepliesConfig,
+        &'a str,
+        Option<&'a str>,
+        &'a [u8],
+        &'a str,
+    );
+    let cases: &[Case] = &[
+        (
+            &cfg(),
+            "a@b.example",
+            Some("SUCCESS,FAILURE"),
+            PLAIN,
+            ",relayed,delivered,failed,",
+        ),
+        (
+            &with_delay,
+            "a@b.example",
+            Some("SUCCESS,FAILURE"),
+            PLAIN,
+            ",delivered,failed,",
+        ),
+        (&cfg(), "a@b.example", Some("FAILURE"), PLAIN, ",failed,"),
+        // DELAY without `delay_secs`: nothing will ever be owed for it.
+        (&cfg(), "a@b.example", Some("DELAY"), PLAIN, ""),
+        (
+            &with_delay,
+            "a@b.example",
+            Some("delay, failure"),
+            PLAIN,
+            ",failed,delayed,",
+        ),
+        (&cfg(), "a@b.example", Some("NEVER,SUCCESS"), PLAIN, ""),
+        // Nothing asked and not a listed domain: nothing, the gateway's usual case.
+        (&cfg(), "a@b.example", None, PLAIN, ""),
+        (
+            &cfg(),
+            "a@b.example",
+            None,
+            b"Disposition-Notification-To: a@b.example\r\n\r\n",
+            ",relayed,delivered,failed,",
+        ),
+        (&cfg(), "x@ALWAYS.example", None, PLAIN, ",failed,"),
+        (&cfg(), "", Some("SUCCESS"), PLAIN, ""),
+        (
+            &cfg(),
+            "a@b.example",
+            Some("SUCCESS"),
+            b"Auto-Submitted: auto-replied\r\n\r\n",
+            "",
+        ),
+        (
+            &cfg(),
+            "a@b.example",
+            Some("SUCCESS"),
+            b"Precedence: bulk\r\n\r\n",
+            "",
+        ),
+    ];
+    for (cfg, sender, notify, headers, want) in cases {
+        assert_eq!(
+            owed_actions(sender, *notify, headers, cfg),
+            *want,
+            "{sender} {notify:?} {}",
+            String::from_utf8_lossy(headers)
+        );
+    }
+}
