@@ -22,7 +22,9 @@
 //! **Architecture invariant: a message is sent by one site.** Before its `submit_sm_resp` a
 //! forwarded message is still this site's, placed on the link and on no other sender; after
 //! it, it is the peer's (`sent` through `peer:<name>` on disk, and `Taken` in memory from the
-//! moment the response is read). The peer stores it once however often it arrives.
+//! moment the response is read). The peer stores it once however often it arrives, and holds
+//! it unsent until this site confirms it is the peer's; a message this site took back is never
+//! confirmed ([`handover`], whose table lists every crash and partition order).
 
 pub mod config;
 pub mod forward;
