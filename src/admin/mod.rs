@@ -155,11 +155,17 @@ pub fn render_queue(entries: &[QueueEntry]) -> String {
         } else {
             &e.mail_from
         };
-        let _ = writeln!(
+        let _ = write!(
             s,
             "{:<32}  {:<24}  {:<16}  {:<9}  {:>5}  {}",
             e.request, e.received_at, e.number, e.state, e.parts, from
         );
+        match &e.held_for {
+            Some(site) => {
+                let _ = writeln!(s, "  (held until site {site} confirms it is this site's)");
+            }
+            None => s.push('\n'),
+        }
     }
     let _ = writeln!(s, "{} recipient(s)", entries.len());
     s

@@ -6,6 +6,10 @@
 //! It runs every 100 ms; a message is listed once until it is
 //! acknowledged or its link is lost ([`Forwarder::release`]).
 //!
+//! It also keeps, per link, the hand-over answers waiting to be sent ([`Forwarder::verdicts`]):
+//! confirmations of messages recorded as forwarded, and answers to a peer's questions, sent in
+//! batches as `data_sm`s ([`super::handover`]).
+//!
 //! Every second it also measures this site's workload — parts waiting here, and parts sent
 //! in the last minute ÷ 60 — feeds it to the router under this site's name, and keeps it for
 //! the links to send to the peers ([`crate::route::workload`]).
@@ -18,6 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::message::{HandOverPdu, MAX_IDS};
 use super::placement::{Facts, Place, Placement};
 use crate::queue::{QueueError, Store, now_ms};
 use crate::route::RouterState;
@@ -48,6 +53,8 @@ pub struct Forwarder {
     lists: Mutex<Lists>,
     wake: HashMap<String, Arc<Notify>>,
     workload: Mutex<WorkloadReport>,
+    /// Hand-over answers per peer, not yet sent.
+    outbox: Mutex<HashMap<String, HandOverPdu>>,
 }
 
 impl Forwarder {
@@ -59,7 +66,39 @@ impl Forwarder {
                 .map(|p| (p.clone(), Arc::new(Notify::new())))
                 .collect(),
             workload: Mutex::new(WorkloadReport::new(0, 0.0)),
+            outbox: Mutex::default(),
         }
+    }
+
+    /// Lists hand-over answers for `peer`'s link to send (kept across a lost link: sending
+    /// one twice changes nothing at the peer).
+    pub fn verdicts(&self, peer: &str, yours: Vec<String>, not_yours: Vec<String>) {
+        if yours.is_empty() && not_yours.is_empty() {
+            return;
+        }
+        let mut o = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        let h = o.entry(peer.to_string()).or_default();
+        h.yours.extend(yours);
+        h.not_yours.extend(not_yours);
+        drop(o);
+        if let Some(w) = self.wake.get(peer) {
+            w.notify_one();
+        }
+    }
+
+    /// The next batch of hand-over answers for `peer`, at most [`MAX_IDS`] of each kind.
+    pub fn next_verdicts(&self, peer: &str) -> Option<HandOverPdu> {
+        let mut o = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        let h = o.get_mut(peer)?;
+        if h.is_empty() {
+            return None;
+        }
+        let take = |v: &mut Vec<String>| v.drain(..v.len().min(MAX_IDS)).collect();
+        Some(HandOverPdu {
+            ask: Vec::new(),
+            yours: take(&mut h.yours),
+            not_yours: take(&mut h.not_yours),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Lists> {

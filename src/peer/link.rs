@@ -19,6 +19,8 @@
 //! forwarded ([`Change::Forwarded`]). A temporary refusal (throttled, system error, queue full)
 //! puts it back to be placed again after a pause; any other refusal fails it with the status.
 //! A message sent again after a lost response is stored once by the peer (its origin id).
+//! The peer holds what it stores until this site confirms it, and this site takes back what a
+//! lost link left unanswered ([`super::handover`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,10 +37,10 @@ use tracing::{debug, info, warn};
 
 use super::config::{PeerLink, SmppConfig};
 use super::forward::{Forwarder, Item};
-use super::message;
 use super::placement::Placement;
 use super::session::{Keepalive, Sequence, Tick, Window};
 use super::tls::Stream;
+use super::{handover, message};
 use crate::queue::{Change, Store};
 use crate::route::RouterState;
 
@@ -85,6 +87,8 @@ pub async fn run(link: Arc<Link>, shutdown: CancellationToken) {
         }
         let unacknowledged = window.drain();
         let n = unacknowledged.len();
+        let sent: Vec<i64> = unacknowledged.iter().map(|i| i.recipient).collect();
+        handover::take_back_unanswered(&link.store, &link.placement, &name, &sent).await;
         link.forwarder.release(&name, unacknowledged);
         let released = link.placement.release_peer(&name);
         if released > 0 {
@@ -193,6 +197,16 @@ async fn session(
                 }
             }
         }
+        while let Some(h) = link.forwarder.next_verdicts(name) {
+            if let Ok(d) = message::handover(&h) {
+                let s = seq.advance();
+                send(
+                    &mut framed,
+                    Command::new(CommandStatus::EsmeRok, s, Pdu::DataSm(d)),
+                )
+                .await?;
+            }
+        }
         let wanted = wake.notified();
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -243,8 +257,10 @@ async fn on_command(link: &Link, window: &mut Window<Item>, cmd: Command) -> Opt
                 Some(Pdu::SubmitSmResp(r)) => r.message_id().as_str().to_string(),
                 _ => String::new(),
             };
-            if status == CommandStatus::EsmeRok && !remote_id.is_empty() {
-                link.placement.taken(item.recipient, name);
+            if status == CommandStatus::EsmeRok
+                && !remote_id.is_empty()
+                && link.placement.taken(item.recipient, name)
+            {
                 let store = link.store.clone();
                 let placement = link.placement.clone();
                 let forwarder = link.forwarder.clone();
@@ -262,12 +278,14 @@ async fn on_command(link: &Link, window: &mut Window<Item>, cmd: Command) -> Opt
                         .await
                     {
                         Ok(()) => {
-                            placement.forget(rid);
+                            placement.finished(rid);
                             forwarder.done(rid);
+                            // Recorded: the peer may send it now (`handover`).
+                            forwarder.verdicts(&peer, vec![item.origin_id], Vec::new());
                         }
-                        // The peer has it and `Taken` keeps anyone here from sending it; the
-                        // record is what failed, and a restart would find the message
-                        // `accepted` and forward it again, which the peer stores once.
+                        // The peer holds it and `Taken` keeps anyone here from sending it;
+                        // no confirmation goes out without the record, so the peer, asking,
+                        // hears nothing yet (or, after a restart here, "not yours").
                         Err(e) => {
                             warn!(peer = %peer, error = %e, "cannot record a forwarded message")
                         }
@@ -318,6 +336,33 @@ async fn on_command(link: &Link, window: &mut Window<Item>, cmd: Command) -> Opt
                 CommandStatus::EsmeRok,
                 seq,
                 Pdu::DeliverSmResp(super::session::deliver_sm_resp()),
+            ))
+        }
+        // The peer asks about messages it holds (`handover`): answered once decided.
+        CommandId::DataSm => {
+            if let Some(Pdu::DataSm(d)) = cmd.pdu()
+                && let Some(h) = message::parse_handover(d)
+                && !h.ask.is_empty()
+            {
+                let (store, placement, forwarder, peer) = (
+                    link.store.clone(),
+                    link.placement.clone(),
+                    link.forwarder.clone(),
+                    name.clone(),
+                );
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        handover::answer(&store, &placement, &forwarder, &peer, &h.ask).await
+                    {
+                        // Unanswered: the peer keeps the messages held and asks again.
+                        warn!(peer = %peer, error = %e, "cannot answer a peer's hand-over question");
+                    }
+                });
+            }
+            Some(Command::new(
+                CommandStatus::EsmeRok,
+                seq,
+                Pdu::DataSmResp(rusmpp::pdus::DataSmResp::builder().build()),
             ))
         }
         CommandId::EnquireLink => Some(Command::new(
@@ -374,7 +419,7 @@ async fn fail(link: &Link, item: &Item, reason: &str) {
     {
         warn!(error = %e, "cannot record a failed message");
     }
-    link.placement.forget(item.recipient);
+    link.placement.finished(item.recipient);
     link.forwarder.done(item.recipient);
 }
 

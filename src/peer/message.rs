@@ -19,6 +19,12 @@
 //! whose text has the format of SMPP 3.4 Appendix B (`id:… sub:… dlvrd:… submit date:… done
 //! date:… stat:DELIVRD err:… text:…`), and the optional parameters `receipted_message_id` and
 //! `message_state` (§5.3.2.12, §5.3.2.35), which is what clients read in practice.
+//!
+//! **A hand-over message** ([`HandOverPdu`], see `peer::handover`) is a `data_sm` with no text
+//! and no addresses whose vendor-specific optional parameters list origin ids, one per line:
+//! [`TAG_ASK`] (the receiving site asks whether these are its to send), [`TAG_YOURS`] and
+//! [`TAG_NOT_YOURS`] (the origin's answers, or its unasked confirmation). `data_sm` is the one
+//! SMPP 3.4 operation either end of a bind may send (§4.7) and that carries no short message.
 
 use rusmpp::pdus::{DataSm, DeliverSm, SubmitSm};
 
@@ -35,6 +41,19 @@ use rusmpp::values::{
 /// Optional parameter tag (SMPP 3.4 §5.3.2, vendor-specific range): the origin site's id for a
 /// forwarded message, `<request id>/<recipient index>`, as octets (no NUL).
 pub const TAG_ORIGIN_ID: u16 = 0x1F10;
+
+/// Optional parameter tag: origin ids of messages the receiving site holds and asks about.
+pub const TAG_ASK: u16 = 0x1F11;
+/// Optional parameter tag: origin ids of messages that are the receiving site's to send.
+pub const TAG_YOURS: u16 = 0x1F12;
+/// Optional parameter tag: origin ids of messages that are not the receiving site's.
+pub const TAG_NOT_YOURS: u16 = 0x1F13;
+
+/// At most this many ids in one list: 400 ids of 40 octets are 16 KB, well inside a PDU.
+pub const MAX_IDS: usize = 400;
+
+/// An origin id longer than this is no id this gateway made (`<request id>/<index>`).
+const MAX_ID_LEN: usize = 100;
 
 /// A message forwarded from another site, or submitted by a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,9 +326,143 @@ pub fn parse_workload(d: &DataSm) -> Option<WorkloadReport> {
     WorkloadReport::decode(&raw).ok().flatten()
 }
 
+/// The lists of a hand-over `data_sm`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandOverPdu {
+    pub ask: Vec<String>,
+    pub yours: Vec<String>,
+    pub not_yours: Vec<String>,
+}
+
+impl HandOverPdu {
+    pub fn is_empty(&self) -> bool {
+        self.ask.is_empty() && self.yours.is_empty() && self.not_yours.is_empty()
+    }
+}
+
+/// The `data_sm` carrying `h`; lists longer than [`MAX_IDS`], and ids that are not short
+/// printable ASCII, are refused (the caller splits lists; ids come from this gateway).
+pub fn handover(h: &HandOverPdu) -> Result<DataSm, MessageError> {
+    let mut b = DataSm::builder();
+    for (tag, ids) in [
+        (TAG_ASK, &h.ask),
+        (TAG_YOURS, &h.yours),
+        (TAG_NOT_YOURS, &h.not_yours),
+    ] {
+        if ids.is_empty() {
+            continue;
+        }
+        if ids.len() > MAX_IDS || !ids.iter().all(|i| valid_id(i)) {
+            return Err(MessageError::TooLong);
+        }
+        b = b.push_tlv(MessageSubmissionRequestTlvValue::Other {
+            tag: TlvTag::Other(tag),
+            value: AnyOctetString::from_vec(ids.join("\n").into_bytes()),
+        });
+    }
+    Ok(b.build())
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Reads a hand-over `data_sm`; `None` when it carries none of the three lists (a workload
+/// report). Ids that cannot be one this gateway made are left out, and a list is cut at
+/// [`MAX_IDS`]: a peer cannot make this site look up more than that per PDU.
+pub fn parse_handover(d: &DataSm) -> Option<HandOverPdu> {
+    let mut h = HandOverPdu::default();
+    let mut any = false;
+    for tlv in d.tlvs() {
+        let Some(TlvValue::Other { tag, value }) = tlv.value() else {
+            continue;
+        };
+        let list = match u16::from(*tag) {
+            TAG_ASK => &mut h.ask,
+            TAG_YOURS => &mut h.yours,
+            TAG_NOT_YOURS => &mut h.not_yours,
+            _ => continue,
+        };
+        any = true;
+        let bytes: &[u8] = value.as_ref();
+        list.extend(
+            bytes
+                .split(|b| *b == b'\n')
+                .filter_map(|i| std::str::from_utf8(i).ok())
+                .filter(|i| valid_id(i))
+                .take(MAX_IDS)
+                .map(str::to_string),
+        );
+        list.truncate(MAX_IDS);
+    }
+    any.then_some(h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hand_over_lists_read_back_and_bad_ids_are_left_out() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // (ask, yours, not yours)
+        let cases: &[(&[&str], &[&str], &[&str])] = &[
+            (&["01J9ZK3Q4M7V/0"], &[], &[]),
+            (&[], &["a/0", "b/1", "c/2"], &["d/0"]),
+            (&[], &[], &["only/0"]),
+        ];
+        for (ask, yours, not_yours) in cases {
+            let h = HandOverPdu {
+                ask: ids(ask),
+                yours: ids(yours),
+                not_yours: ids(not_yours),
+            };
+            assert_eq!(parse_handover(&handover(&h).unwrap()), Some(h.clone()));
+        }
+        // A workload report is not a hand-over message.
+        let w = workload(&crate::route::workload::WorkloadReport::new(1, 1.0));
+        assert_eq!(parse_handover(&w), None);
+        // Ids this gateway cannot have made are refused when writing...
+        for bad in ["", "with space/0", "new\nline/0", &"x".repeat(101)] {
+            let h = HandOverPdu {
+                yours: ids(&[bad]),
+                ..Default::default()
+            };
+            assert_eq!(handover(&h), Err(MessageError::TooLong), "{bad:?}");
+        }
+        let too_many = HandOverPdu {
+            ask: (0..=MAX_IDS).map(|i| format!("r/{i}")).collect(),
+            ..Default::default()
+        };
+        assert_eq!(handover(&too_many), Err(MessageError::TooLong));
+        // ...and left out when read (a peer's bytes are input like any other).
+        let raw = DataSm::builder()
+            .push_tlv(MessageSubmissionRequestTlvValue::Other {
+                tag: TlvTag::Other(TAG_NOT_YOURS),
+                value: AnyOctetString::from_slice(b"ok/1\n\nbad id\n\xff\xfe/0\nok/2"),
+            })
+            .build();
+        assert_eq!(
+            parse_handover(&raw),
+            Some(HandOverPdu {
+                not_yours: ids(&["ok/1", "ok/2"]),
+                ..Default::default()
+            })
+        );
+        let flood = DataSm::builder()
+            .push_tlv(MessageSubmissionRequestTlvValue::Other {
+                tag: TlvTag::Other(TAG_ASK),
+                value: AnyOctetString::from_vec(
+                    (0..MAX_IDS * 2)
+                        .map(|i| format!("r/{i}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                        .into_bytes(),
+                ),
+            })
+            .build();
+        assert_eq!(parse_handover(&flood).map(|h| h.ask.len()), Some(MAX_IDS));
+    }
 
     #[test]
     fn a_forwarded_message_reads_back_with_its_origin_id() {

@@ -13,6 +13,7 @@
 //! - [`passive`]: when a passive configuration (a peer's mailbox picked up here) is active.
 //! - [`placement`]: which site sends each message; the hook the modem pool consults.
 //! - [`forward`]: the lists of messages for each link, and this site's workload.
+//! - [`handover`]: how a forwarded message passes to the peer without ever being sent by both.
 //! - [`provider`]: external SMPP providers, channels of this site bound with the same client.
 //! - [`receipt`]: delivery receipts from providers, in their real-world shapes (sans-IO).
 //! - [`tls`]: TLS under the SMPP links, both ends.
@@ -21,10 +22,13 @@
 //! **Architecture invariant: a message is sent by one site.** Before its `submit_sm_resp` a
 //! forwarded message is still this site's, placed on the link and on no other sender; after
 //! it, it is the peer's (`sent` through `peer:<name>` on disk, and `Taken` in memory from the
-//! moment the response is read). The peer stores it once however often it arrives.
+//! moment the response is read). The peer stores it once however often it arrives, and holds
+//! it unsent until this site confirms it is the peer's; a message this site took back is never
+//! confirmed ([`handover`], whose table lists every crash and partition order).
 
 pub mod config;
 pub mod forward;
+pub mod handover;
 pub mod link;
 pub mod message;
 pub mod passive;
@@ -96,13 +100,21 @@ pub async fn start(
             None => None,
         },
     });
+    let names: Vec<String> = cfg.peer_links.iter().map(|l| l.name.clone()).collect();
+    // Before the server listens: a peer's confirmations may come with its first bind.
+    let inbound = Arc::new(handover::Inbound::load(store).await?);
+    if !names.is_empty() {
+        inbound.install();
+        let binds = Arc::new(shared.receipts.clone());
+        tokio::spawn(handover::ask_loop(store.clone(), binds, shutdown.clone()));
+    }
     let listening = server::listen(shared, &smpp.listen, shutdown.clone()).await?;
 
-    let names: Vec<String> = cfg.peer_links.iter().map(|l| l.name.clone()).collect();
     let placement = Arc::new(
-        placement::Placement::new(router.clone(), names.clone())
+        placement::Placement::new(router.clone(), names.clone(), inbound)
             .with_providers(cfg.provider_links.iter().map(|l| l.name.clone()).collect()),
     );
+    placement.load_taken_back(handover::load_taken_back(store).await?);
     provider::start(
         cfg,
         store,
@@ -152,8 +164,10 @@ fn start_providers(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Option<Arc<placement::Placement>>> {
     let names: Vec<String> = cfg.provider_links.iter().map(|l| l.name.clone()).collect();
-    let placement =
-        Arc::new(placement::Placement::new(router.clone(), peers).with_providers(names.clone()));
+    let placement = Arc::new(
+        placement::Placement::new(router.clone(), peers, Arc::new(handover::Inbound::open()))
+            .with_providers(names.clone()),
+    );
     provider::start(cfg, store, placement.clone(), router.state(), shutdown);
     if names.is_empty() {
         return Ok(None);

@@ -19,9 +19,16 @@
 //!
 //! The entries live in memory only: after a restart the pool's list is empty too, and the
 //! messages the peers acknowledged are `sent` on disk, so deciding afresh is safe.
+//!
+//! Two more rules come from the hand-over ([`super::handover`]): a message taken back from a
+//! peer is never placed on that peer again, nor taken by it ([`Placement::take_back`], loaded
+//! from disk at start), and a message a peer forwarded here is sent only once its origin
+//! released it ([`super::handover::Inbound`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::handover::Inbound;
 
 use crate::queue::Work;
 use crate::route::Router;
@@ -60,7 +67,16 @@ pub struct Placement {
     linked: Vec<String>,
     /// This site's providers with a bind: the only `smpp` channels a message can be given to.
     providers: Vec<String>,
-    map: Mutex<HashMap<i64, Place>>,
+    map: Mutex<Places>,
+    /// The forwarded messages this site may send.
+    inbound: Arc<Inbound>,
+}
+
+#[derive(Default)]
+struct Places {
+    place: HashMap<i64, Place>,
+    /// The peers each message was taken back from.
+    taken_back: HashMap<i64, Vec<String>>,
 }
 
 impl std::fmt::Debug for Placement {
@@ -72,12 +88,13 @@ impl std::fmt::Debug for Placement {
 }
 
 impl Placement {
-    pub fn new(router: Arc<Router>, linked: Vec<String>) -> Self {
+    pub fn new(router: Arc<Router>, linked: Vec<String>, inbound: Arc<Inbound>) -> Self {
         Placement {
             router,
             linked,
             providers: Vec::new(),
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(Places::default()),
+            inbound,
         }
     }
 
@@ -87,15 +104,23 @@ impl Placement {
         self
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<i64, Place>> {
+    /// Messages taken back from peers before a restart (`handover::load_taken_back`).
+    pub fn load_taken_back(&self, list: Vec<(i64, String)>) {
+        let mut m = self.lock();
+        for (r, p) in list {
+            m.taken_back.entry(r).or_default().push(p);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Places> {
         // Every change is one insert or remove: a panic elsewhere cannot leave it half-done.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The place of a message: the one decided before, or a new decision.
     pub fn decide(&self, f: Facts<'_>) -> Place {
-        let mut map = self.lock();
-        if let Some(p) = map.get(&f.recipient) {
+        let mut m = self.lock();
+        if let Some(p) = m.place.get(&f.recipient) {
             return p.clone();
         }
         let place = if f.started_here {
@@ -103,19 +128,25 @@ impl Placement {
         } else if f.from_peer {
             self.route_forwarded(f.number, f.parts)
         } else {
-            self.route(f.number, f.parts)
+            let not = m.taken_back.get(&f.recipient).cloned().unwrap_or_default();
+            self.route(f.number, f.parts, &not)
         };
-        map.insert(f.recipient, place.clone());
+        m.place.insert(f.recipient, place.clone());
         place
     }
 
-    fn route(&self, number: &str, parts: u32) -> Place {
+    fn route(&self, number: &str, parts: u32, taken_back_from: &[String]) -> Place {
         // No usable route at all (or a number the router cannot read) stays here, where the
         // modem stage fails or retries it with its reason, as it did before sites had peers.
         let Ok(ranking) = self.router.rank(number, parts.max(1)) else {
             return Place::Here;
         };
-        match ranking.best() {
+        // The best usable candidate that is not a peer this message was taken back from.
+        let best = ranking
+            .candidates()
+            .take_while(|c| c.choice.is_included())
+            .find(|c| c.local || !taken_back_from.iter().any(|p| p == c.site));
+        match best {
             Some(c) if !c.local && self.linked.iter().any(|l| l == c.site) => {
                 Place::Peer(c.site.to_string())
             }
@@ -147,47 +178,89 @@ impl Placement {
     /// The bind to provider `name` is lost: the messages placed on it that it has not started
     /// are decided again. Returns how many.
     pub fn release_provider(&self, name: &str) -> usize {
-        let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, p| !matches!(p, Place::Provider(n) if n == name));
-        before - map.len()
+        let mut m = self.lock();
+        let before = m.place.len();
+        m.place
+            .retain(|_, p| !matches!(p, Place::Provider(n) if n == name));
+        before - m.place.len()
     }
 
-    /// The peer acknowledged the message: nobody else may take it from now on.
-    pub fn taken(&self, recipient: i64, peer: &str) {
-        self.lock()
-            .insert(recipient, Place::Taken(peer.to_string()));
+    /// The peer acknowledged the message. True: it is the peer's, nobody else may take it
+    /// from now on. False: it was taken back from that peer first, and the acknowledgement is
+    /// refused (the peer drops its copy when it asks).
+    pub fn taken(&self, recipient: i64, peer: &str) -> bool {
+        let mut m = self.lock();
+        if m.taken_back
+            .get(&recipient)
+            .is_some_and(|v| v.iter().any(|p| p == peer))
+        {
+            return false;
+        }
+        m.place.insert(recipient, Place::Taken(peer.to_string()));
+        true
     }
 
-    /// The message is recorded on disk as the peer's (or failed): its entry is not needed.
+    /// Takes the message back from `peer`: it will never be placed on it nor taken by it. False
+    /// when the peer's acknowledgement was read already (it is the peer's, being recorded).
+    pub fn take_back(&self, recipient: i64, peer: &str) -> bool {
+        let mut m = self.lock();
+        if matches!(m.place.get(&recipient), Some(Place::Taken(p)) if p == peer) {
+            return false;
+        }
+        if matches!(m.place.get(&recipient), Some(Place::Peer(p)) if p == peer) {
+            m.place.remove(&recipient);
+        }
+        let list = m.taken_back.entry(recipient).or_default();
+        if !list.iter().any(|p| p == peer) {
+            list.push(peer.to_string());
+        }
+        true
+    }
+
+    /// The message is to be decided again (a peer refused it for now). The peers it was taken
+    /// back from stay excluded.
     pub fn forget(&self, recipient: i64) {
-        self.lock().remove(&recipient);
+        self.lock().place.remove(&recipient);
+    }
+
+    /// The message is recorded on disk as a peer's, or failed: nothing about it is needed.
+    pub fn finished(&self, recipient: i64) {
+        let mut m = self.lock();
+        m.place.remove(&recipient);
+        m.taken_back.remove(&recipient);
     }
 
     /// The link to `peer` is lost: the messages placed on it that are still here (not
     /// acknowledged) are decided again. Returns how many.
     pub fn release_peer(&self, peer: &str) -> usize {
-        let mut map = self.lock();
-        let before = map.len();
-        map.retain(|_, p| !matches!(p, Place::Peer(n) if n == peer));
-        before - map.len()
+        let mut m = self.lock();
+        let before = m.place.len();
+        m.place
+            .retain(|_, p| !matches!(p, Place::Peer(n) if n == peer));
+        before - m.place.len()
     }
 
     /// A message placed here that has a part handed to a modem no longer needs its entry: the
     /// "started here" rule keeps it here. Keeps the map to the messages in flight.
     fn prune(&self, recipient: i64) {
-        let mut map = self.lock();
-        if map.get(&recipient) == Some(&Place::Here) {
-            map.remove(&recipient);
+        let mut m = self.lock();
+        if m.place.get(&recipient) == Some(&Place::Here) {
+            m.place.remove(&recipient);
+            m.taken_back.remove(&recipient);
         }
     }
 
+    /// Whether a message a peer forwarded was released by its origin (`handover`).
+    pub fn may_send_forwarded(&self, recipient: i64) -> bool {
+        self.inbound.may_send(recipient)
+    }
+
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().place.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().place.is_empty()
     }
 }
 
@@ -207,7 +280,12 @@ impl crate::queue::dispatch::Placement for Placement {
             });
         if started {
             self.prune(work.recipient_id);
+            self.inbound.started(work.recipient_id);
             return true;
+        }
+        // A message a peer forwarded waits for its origin's word (`handover`).
+        if source == "peer" && !self.inbound.may_send(work.recipient_id) {
+            return false;
         }
         self.decide(Facts {
             recipient: work.recipient_id,
@@ -216,5 +294,151 @@ impl crate::queue::dispatch::Placement for Placement {
             from_peer: source == "peer",
             started_here: false,
         }) == Place::Here
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::RouterState;
+
+    /// uk is this site; a French number is cheapest at fr, then de, then uk's own modems.
+    const ORG: &str = r#"
+[site]
+name = "uk"
+default_country = "GB"
+sms_domains = ["sms"]
+[store]
+path = "q.db"
+[[peer]]
+name = "fr"
+forwarding_cost = 0.002
+[[peer]]
+name = "de"
+forwarding_cost = 0.003
+[[channel]]
+name = "uk-modems"
+kind = "modems"
+site = "uk"
+tariff = { "33" = 0.11 }
+[[channel]]
+name = "fr-modems"
+kind = "modems"
+site = "fr"
+tariff = { "33" = 0.02 }
+[[channel]]
+name = "de-modems"
+kind = "modems"
+site = "de"
+tariff = { "33" = 0.04 }
+"#;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        /// Decide; the place expected ("here", or a peer's name).
+        Decide(&'static str),
+        /// The peer's acknowledgement; whether it is accepted.
+        Taken(&'static str, bool),
+        /// Taking back from the peer; whether it could be (the hand-over's gate).
+        TakeBack(&'static str, bool),
+        Forget,
+        Finished,
+        ReleasePeer(&'static str),
+        /// Taken back before a restart, as loaded from disk.
+        Loaded(&'static str),
+    }
+
+    fn placement() -> Placement {
+        let cfg = crate::config::parse(std::path::Path::new("gw.toml"), ORG)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let state = RouterState::new();
+        state.set_site_up("fr", true);
+        state.set_site_up("de", true);
+        let router = Arc::new(Router::new(&cfg.routing, state).unwrap());
+        Placement::new(
+            router,
+            vec!["fr".into(), "de".into()],
+            Arc::new(Inbound::holding()),
+        )
+    }
+
+    #[test]
+    fn acknowledgement_and_taking_back_exclude_each_other() {
+        use Op::*;
+        let cases: &[(&str, &[Op])] = &[
+            (
+                "ordinary forward",
+                &[Decide("fr"), Taken("fr", true), TakeBack("fr", false)],
+            ),
+            (
+                "taken back first: the late acknowledgement is refused, and fr is avoided",
+                &[
+                    Decide("fr"),
+                    TakeBack("fr", true),
+                    Taken("fr", false),
+                    Decide("de"),
+                ],
+            ),
+            (
+                "taken back from both peers: sent here",
+                &[TakeBack("fr", true), TakeBack("de", true), Decide("here")],
+            ),
+            (
+                "a temporary refusal decides again without forgetting what was taken back",
+                &[TakeBack("fr", true), Decide("de"), Forget, Decide("de")],
+            ),
+            (
+                "finished: nothing kept",
+                &[TakeBack("fr", true), Finished, Decide("fr")],
+            ),
+            (
+                "a lost link decides again; a message the peer took stays the peer's",
+                &[
+                    Decide("fr"),
+                    ReleasePeer("fr"),
+                    Decide("fr"),
+                    Taken("fr", true),
+                    ReleasePeer("fr"),
+                    TakeBack("fr", false),
+                ],
+            ),
+            (
+                "loaded from disk",
+                &[Loaded("fr"), Decide("de"), Taken("fr", false)],
+            ),
+        ];
+        for (name, ops) in cases {
+            let p = placement();
+            let rid = 7;
+            for op in *ops {
+                match *op {
+                    Decide(want) => {
+                        let got = p.decide(Facts {
+                            recipient: rid,
+                            number: "+33612345678",
+                            parts: 1,
+                            from_peer: false,
+                            started_here: false,
+                        });
+                        let want = if want == "here" {
+                            Place::Here
+                        } else {
+                            Place::Peer(want.into())
+                        };
+                        assert_eq!(got, want, "{name}: {op:?}");
+                    }
+                    Taken(peer, ok) => assert_eq!(p.taken(rid, peer), ok, "{name}: {op:?}"),
+                    TakeBack(peer, ok) => {
+                        assert_eq!(p.take_back(rid, peer), ok, "{name}: {op:?}")
+                    }
+                    Forget => p.forget(rid),
+                    Finished => p.finished(rid),
+                    ReleasePeer(peer) => {
+                        p.release_peer(peer);
+                    }
+                    Loaded(peer) => p.load_taken_back(vec![(rid, peer.into())]),
+                }
+            }
+        }
     }
 }

@@ -334,6 +334,10 @@ fn owner(r: &Due, placement: &Placement, providers: &[String]) -> Option<String>
     if r.tried_elsewhere {
         return None;
     }
+    // A message a peer forwarded waits for its origin's word (`peer::handover`).
+    if r.from_peer && !placement.may_send_forwarded(r.job.recipient) {
+        return None;
+    }
     match placement.decide(Facts {
         recipient: r.job.recipient,
         number: &r.job.number,

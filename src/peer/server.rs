@@ -126,6 +126,19 @@ struct Bind {
     pending: Arc<Mutex<HashMap<u32, i64>>>,
 }
 
+/// The hand-over's questions to an origin go on its bind here, like its receipts.
+impl super::handover::Binds for Receipts {
+    fn send_data_sm(&self, peer: &str, d: rusmpp::pdus::DataSm) -> bool {
+        let Some(bind) = lock(&self.binds).get(peer).cloned() else {
+            return false;
+        };
+        let seq = bind.seq.fetch_add(1, Ordering::Relaxed) % 0x7FFF_FFFF + 1;
+        bind.out
+            .try_send(Command::new(CommandStatus::EsmeRok, seq, Pdu::DataSm(d)))
+            .is_ok()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -259,6 +272,12 @@ async fn connection(
                     });
                 }
                 Action::Workload(d) => {
+                    // Or a hand-over answer from the origin of messages held here.
+                    if let Some(Principal::Peer(site)) = session.principal()
+                        && super::handover::on_data_sm(&shared.store, &shared.queued, site, &d)
+                    {
+                        continue;
+                    }
                     if let (Some(Principal::Peer(site)), Some(w)) =
                         (session.principal(), message::parse_workload(&d))
                     {
@@ -362,6 +381,9 @@ async fn store_submit(
     };
     match shared.store.accept(req).await {
         Ok(a) => {
+            if source == Source::Peer {
+                super::handover::fault_after_peer_commit();
+            }
             if matches!(a, Accepted::Queued { .. }) {
                 shared.queued.notify_one();
             }

@@ -281,6 +281,8 @@ impl ServerSession {
                 seq,
                 status: cmd.status(),
             }],
+            // The answer to a hand-over question sent on this bind (`peer::handover`).
+            Pdu::DataSmResp(_) => vec![],
             _ => vec![nack(CommandStatus::EsmeRinvcmdid)],
         }
     }

@@ -81,6 +81,8 @@ pub enum Change {
         delivered: bool,
         reason: String,
     },
+    /// A step of the hand-over of a forwarded message between sites (`peer::handover`).
+    HandOver(super::handover::HandOver),
     /// An external SMPP provider took the part (`submit_sm_resp` with its id): `sent`, as from
     /// a modem, with the provider's id kept for its delivery receipts (`queue::provider`).
     ProviderSent {
@@ -326,7 +328,8 @@ pub(super) async fn apply(
             | Change::ReceiptSent { .. }
             | Change::PeerReceipt { .. }
             | Change::ProviderSent { .. }
-            | Change::ProviderReceipt { .. } => query,
+            | Change::ProviderReceipt { .. }
+            | Change::HandOver(_) => query,
         };
     }
     for _ in 0..GAP_PADDING {
@@ -376,7 +379,8 @@ impl Change {
             | Change::ReceiptSent { .. }
             | Change::PeerReceipt { .. }
             | Change::ProviderSent { .. }
-            | Change::ProviderReceipt { .. } => Kind::Uncertain,
+            | Change::ProviderReceipt { .. }
+            | Change::HandOver(_) => Kind::Uncertain,
         }
     }
 
@@ -390,6 +394,7 @@ impl Change {
                 | Change::PeerReceipt { .. }
                 | Change::ProviderSent { .. }
                 | Change::ProviderReceipt { .. }
+                | Change::HandOver(_)
         )
     }
 
@@ -406,7 +411,8 @@ impl Change {
             Change::Forwarded { .. }
             | Change::ReceiptSent { .. }
             | Change::PeerReceipt { .. }
-            | Change::ProviderReceipt { .. } => 0,
+            | Change::ProviderReceipt { .. }
+            | Change::HandOver(_) => 0,
         }
     }
 }
@@ -593,6 +599,7 @@ async fn apply_recipient(conn: &mut SqliteConnection, change: &Change) -> Result
             peer,
             remote_id,
         } => apply_forwarded(conn, *recipient, peer, remote_id).await,
+        Change::HandOver(h) => super::handover::apply(conn, h).await,
         Change::PeerReceipt {
             recipient,
             delivered,

@@ -10,6 +10,7 @@
 //! `list` are built from these rows.
 
 pub mod dispatch;
+pub mod handover;
 pub mod imap;
 pub mod policy;
 mod provider;
@@ -801,13 +802,20 @@ pub struct QueueEntry {
     pub text: String,
     pub dsn_notify: Option<String>,
     pub dsn_orcpt: Option<String>,
+    /// A message a peer forwarded, held until that site confirms it (`peer::handover`): the
+    /// site's name.
+    pub held_for: Option<String>,
 }
 
 /// Lists recipients, oldest first, optionally only those in one state.
 pub async fn list(pool: &SqlitePool, state: Option<State>) -> Result<Vec<QueueEntry>, QueueError> {
     let rows = sqlx::query(
         "SELECT q.id, q.received_at, q.source, q.mail_from, q.message_id, r.address, r.number,
-                r.name, r.state, q.encoding, q.part_count, q.text, r.dsn_notify, r.dsn_orcpt
+                r.name, r.state, q.encoding, q.part_count, q.text, r.dsn_notify, r.dsn_orcpt,
+                CASE WHEN q.source = 'peer' AND r.state IN ('accepted', 'routed')
+                      AND COALESCE((SELECT h.state FROM handovers_in h
+                                    WHERE h.recipient_id = r.id), 'held') = 'held'
+                     THEN q.client END
          FROM recipients r JOIN requests q ON q.id = r.request_id
          WHERE ?1 IS NULL OR r.state = ?1
          ORDER BY q.received_at, q.id, r.idx",
@@ -832,6 +840,7 @@ pub async fn list(pool: &SqlitePool, state: Option<State>) -> Result<Vec<QueueEn
             text: row.get(11),
             dsn_notify: row.get(12),
             dsn_orcpt: row.get(13),
+            held_for: row.get(14),
         })
         .collect())
 }

@@ -219,6 +219,7 @@ pub fn hash_password(password: &str) -> String {
 
 pub mod sim;
 pub mod sink;
+pub mod sites;
 
 /// Every request in the gateway's queue, read through the queue's own reading API.
 pub fn requests(g: &Gateway) -> Vec<mail2sms::queue::RequestStatus> {

@@ -1,0 +1,182 @@
+//! The hand-over of forwarded messages with real processes (`peer::handover`): a peer that dies
+//! between committing a forwarded message and answering for it never sends it, and the origin
+//! sends it once; an ordinary forward is held, confirmed and sent by the peer once. The
+//! simulators' record files are the ground truth.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sim::wait_until;
+use common::sites::{Node, counts, hashes, numbers};
+
+/// Case 3 of the hand-over table. The French site commits the UK's message and kills itself
+/// (SIGKILL, by the fault-injection setting) before its `submit_sm_resp` leaves. The UK site
+/// takes the message back and sends it through its own modem; the French site, restarted,
+/// holds its copy, asks, is told "not yours" and drops it. Then an ordinary forward goes
+/// through the French site: held, confirmed, sent there. Each number gets one SMS.
+#[test]
+fn a_peer_killed_between_its_commit_and_its_response_never_sends_the_message() {
+    let mut uk = Node::new("uk");
+    let mut fr = Node::new("fr");
+    let h = hashes(&["uk", "fr"]);
+    uk.configure(&[&uk, &fr], &h);
+    fr.configure(&[&uk, &fr], &h);
+    fr.env = vec![(
+        "MAIL2SMS_FAULT_INJECTION".into(),
+        "kill-after-peer-commit".into(),
+    )];
+    fr.start();
+    uk.start();
+    wait_until("uk binds to fr", Duration::from_secs(20), || {
+        uk.binds_to("fr") >= 1
+    });
+    wait_until("fr binds to uk", Duration::from_secs(20), || {
+        fr.binds_to("uk") >= 1
+    });
+
+    let first = numbers("336", 0, 1);
+    uk.mail(&first, "forwarded, then the peer dies");
+    wait_until(
+        "the French site kills itself after its commit",
+        Duration::from_secs(20),
+        || fr.exited(),
+    );
+    assert!(
+        fr.log().contains("fault injection: killing this process"),
+        "{}",
+        fr.log()
+    );
+    wait_until(
+        "the UK site sends the message taken back",
+        Duration::from_secs(20),
+        || uk.sent_to(&first) == 1,
+    );
+    assert!(
+        uk.log()
+            .contains("unacknowledged forwarded messages taken back"),
+        "{}",
+        uk.log()
+    );
+    // The French site committed its copy: it is in its queue, not sent.
+    let number = first[0].clone();
+    let fr_copy = |fr: &Node| {
+        fr.queue()
+            .into_iter()
+            .find(|e| e["number"] == number.as_str())
+    };
+    let copy = fr_copy(&fr).unwrap_or_else(|| panic!("no copy at fr: {}", fr.log()));
+    assert_eq!(copy["source"], "peer", "{copy}");
+    // Held for the UK's word, and `queue` says so.
+    assert_eq!(copy["held_for"], "uk", "{copy}");
+
+    // Restarted without the fault: it holds the copy, asks the UK, and drops it.
+    fr.env.clear();
+    fr.start();
+    wait_until(
+        "the French site drops the copy it was told is not its own",
+        Duration::from_secs(20),
+        || fr_copy(&fr).is_some_and(|e| e["state"] == "failed"),
+    );
+    let id = copy["request"].as_str().unwrap_or_default().to_string();
+    let status = fr.status(&id);
+    assert!(status.contains("held: site uk forwarded it"), "{status}");
+    assert!(
+        status.contains("dropped: site uk took the message back"),
+        "{status}"
+    );
+    // At the UK, the record says why it went out here.
+    let uk_entry = uk
+        .queue()
+        .into_iter()
+        .find(|e| e["number"] == first[0].as_str())
+        .unwrap();
+    let uk_status = uk.status(uk_entry["request"].as_str().unwrap_or_default());
+    assert!(uk_status.contains("taken back from site fr"), "{uk_status}");
+
+    // An ordinary forward: held at France until the UK confirms, then sent there.
+    wait_until("uk binds to fr again", Duration::from_secs(20), || {
+        uk.binds_to("fr") >= 2
+    });
+    let second = numbers("336", 100, 3);
+    uk.mail(&second, "an ordinary forward");
+    wait_until(
+        "the French modem sends the confirmed messages",
+        Duration::from_secs(20),
+        || fr.sent_to(&second) == second.len(),
+    );
+    // A moment for any stray second copy, then count.
+    std::thread::sleep(Duration::from_secs(3));
+    let c = counts(&[&uk, &fr]);
+    for n in first.iter().chain(&second) {
+        assert_eq!(
+            c.get(n.trim_start_matches('+')).copied().unwrap_or(0),
+            1,
+            "{n}: {c:?}\nUK log:\n{}\nFR log:\n{}",
+            uk.log(),
+            fr.log()
+        );
+    }
+    assert_eq!(fr.sent_to(&first), 0);
+    assert_eq!(uk.sent_to(&second), 0);
+    // The ordinary path never needed a question.
+    assert!(
+        !fr.log()
+            .lines()
+            .skip_while(|l| !l.contains("dropped"))
+            .any(|l| l.contains("asking the origin site")),
+        "{}",
+        fr.log()
+    );
+}
+
+/// Case 7 of the hand-over table. The French site stores the UK's message and answers; the UK
+/// records it as forwarded and confirms; the French site dies (SIGKILL, by the fault-injection
+/// setting) when the confirmation arrives, before recording it. The UK does not take the
+/// message back: it is France's. France, restarted, holds it, asks, is told "yours" and sends
+/// it. One SMS, at the French modem.
+#[test]
+fn a_confirmation_lost_with_the_peer_is_asked_for_again() {
+    let mut uk = Node::new("uk");
+    let mut fr = Node::new("fr");
+    let h = hashes(&["uk", "fr"]);
+    uk.configure(&[&uk, &fr], &h);
+    fr.configure(&[&uk, &fr], &h);
+    fr.env = vec![(
+        "MAIL2SMS_FAULT_INJECTION".into(),
+        "kill-before-release".into(),
+    )];
+    fr.start();
+    uk.start();
+    wait_until("uk binds to fr", Duration::from_secs(20), || {
+        uk.binds_to("fr") >= 1
+    });
+    let n = numbers("336", 500, 1);
+    uk.mail(&n, "confirmed, then the peer dies");
+    wait_until(
+        "the French site dies as the confirmation arrives",
+        Duration::from_secs(20),
+        || fr.exited(),
+    );
+    // The UK recorded it as France's: `sent` through the peer, never taken back.
+    let entry = uk
+        .queue()
+        .into_iter()
+        .find(|e| e["number"] == n[0].as_str())
+        .unwrap();
+    assert_eq!(entry["state"], "sent", "{entry}\n{}", uk.log());
+    fr.env.clear();
+    fr.start();
+    wait_until(
+        "the French modem sends it after asking",
+        Duration::from_secs(20),
+        || fr.sent_to(&n) == 1,
+    );
+    assert!(fr.log().contains("asking the origin site"), "{}", fr.log());
+    std::thread::sleep(Duration::from_secs(2));
+    let c = counts(&[&uk, &fr]);
+    assert_eq!(c.get(n[0].trim_start_matches('+')), Some(&1), "{c:?}");
+    assert_eq!(uk.sent_to(&n), 0, "{}", uk.log());
+    let uk_status = uk.status(entry["request"].as_str().unwrap_or_default());
+    assert!(!uk_status.contains("taken back"), "{uk_status}");
+}
