@@ -82,6 +82,8 @@ pub enum MessageError {
     BadUcs2,
     #[error("the message is empty")]
     Empty,
+    #[error("esm_class says the message starts with a user data header, but it is cut short")]
+    BadUdh,
     #[error("the text is too long to forward in one message_payload")]
     TooLong,
 }
@@ -143,6 +145,7 @@ pub fn incoming(s: &SubmitSm) -> Result<Incoming, MessageError> {
     }
     // §5.3.2.32: message_payload, when present, is the text and short_message is empty.
     let bytes = payload.unwrap_or_else(|| s.short_message().as_ref());
+    let bytes = skip_udh(u8::from(s.esm_class), bytes)?;
     let text = decode_text(u8::from(s.data_coding), bytes)?;
     if text.is_empty() {
         return Err(MessageError::Empty);
@@ -154,6 +157,20 @@ pub fn incoming(s: &SubmitSm) -> Result<Incoming, MessageError> {
             != MCDeliveryReceipt::NoMcDeliveryReceiptRequested,
         text,
     })
+}
+
+/// The message's octets after its user data header, when esm_class sets UDHI (SMPP 3.4
+/// §5.2.12, bit 6; the header is UDHL and UDHL octets, 3GPP TS 23.040 §9.2.3.24). A client
+/// that splits a long text itself sends each part with a concatenation header: the header is
+/// not text. Each such part is then a message of its own here, sent as its own SMS (this site
+/// cuts a text into parts itself; a client keeps a long text whole with message_payload).
+fn skip_udh(esm_class: u8, bytes: &[u8]) -> Result<&[u8], MessageError> {
+    const UDHI: u8 = 0x40;
+    if esm_class & UDHI == 0 {
+        return Ok(bytes);
+    }
+    let udhl = usize::from(*bytes.first().ok_or(MessageError::BadUdh)?);
+    bytes.get(1 + udhl..).ok_or(MessageError::BadUdh)
 }
 
 /// Octets in a `data_coding` (SMPP 3.4 §5.2.19) to text.
@@ -598,6 +615,43 @@ mod tests {
             let got = incoming(&s).map(|m| (m.number, m.text));
             let want = want.clone().map(|(n, t)| (n.to_string(), t.to_string()));
             assert_eq!(got, want, "dc {dc} {addr} {octets:?}");
+        }
+    }
+
+    #[test]
+    fn a_user_data_header_is_not_text() {
+        // (esm_class, data_coding, octets, result): concatenation headers as SMPP clients
+        // send them (8-bit and 16-bit references), a header in UCS-2, and headers cut short.
+        type Case<'a> = (u8, u8, &'a [u8], Result<&'a str, MessageError>);
+        let cases: &[Case] = &[
+            (0x40, 0, b"\x05\x00\x03\x2a\x02\x01Hello", Ok("Hello")),
+            (0x43, 0, b"\x06\x08\x04\x01\x2a\x02\x02 world", Ok(" world")),
+            (0x40, 8, b"\x05\x00\x03\x01\x02\x01\x00H\x00i", Ok("Hi")),
+            // Without UDHI the same octets are text (a client's business).
+            (0x00, 0, b"Hello", Ok("Hello")),
+            (
+                0x40,
+                0,
+                b"\x05\x00\x03\x2a\x02\x01",
+                Err(MessageError::Empty),
+            ),
+            (0x40, 0, b"\x09\x00\x03", Err(MessageError::BadUdh)),
+            (0x40, 0, b"", Err(MessageError::BadUdh)),
+        ];
+        for (esm, dc, octets, want) in cases {
+            let s = SubmitSm::builder()
+                .dest_addr_ton(Ton::International)
+                .destination_addr(COctetString::from_string("33612345678".to_string()).unwrap())
+                .esm_class(EsmClass::from(*esm))
+                .data_coding(DataCoding::from(*dc))
+                .short_message(OctetString::from_slice(octets).unwrap())
+                .build();
+            let got = incoming(&s).map(|m| m.text);
+            assert_eq!(
+                got,
+                want.clone().map(str::to_string),
+                "esm {esm:#04x} {octets:?}"
+            );
         }
     }
 

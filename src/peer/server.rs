@@ -337,6 +337,7 @@ async fn store_submit(
                     CommandStatus::EsmeRinvmsglen
                 }
                 MessageError::TooLong => CommandStatus::EsmeRinvmsglen,
+                MessageError::BadUdh => CommandStatus::EsmeRinvesmclass,
             };
             return (status, String::new());
         }
