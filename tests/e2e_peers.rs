@@ -6,296 +6,15 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::sim::wait_until;
 use common::sink::Sink;
+use common::sites::{Node, counts, hashes, numbers};
 use common::{BIN, free_port, hash_password};
-use mail2sms::modem::sim::SentSms;
 use serde_json::Value;
-
-/// One site: its folder, ports and process.
-struct Node {
-    name: &'static str,
-    dir: tempfile::TempDir,
-    smtp: u16,
-    smpp: u16,
-    child: Option<Child>,
-    /// How its simulated network sends status reports ("none", "cds", ...).
-    report: &'static str,
-    /// The TP-ST of those reports.
-    report_status: u8,
-    /// More configuration, appended to the file.
-    extra: String,
-}
-
-/// Tariffs per site's modems: (site, [(prefix, cost)]).
-const TARIFFS: &[(&str, &[(&str, f64)])] = &[
-    ("uk", &[("44", 0.02), ("33", 0.09), ("49", 0.09)]),
-    ("fr", &[("44", 0.09), ("33", 0.02), ("49", 0.05)]),
-    ("de", &[("44", 0.09), ("33", 0.09), ("49", 0.01)]),
-];
-
-/// The password site `a` sends when it binds to site `b` (SMPP allows 8 octets).
-fn password(a: &str, b: &str) -> String {
-    format!("pw-{a}{b}")
-}
-
-impl Node {
-    fn new(name: &'static str) -> Node {
-        Node {
-            name,
-            dir: tempfile::tempdir().unwrap(),
-            smtp: free_port(),
-            smpp: free_port(),
-            child: None,
-            report: "none",
-            report_status: 0,
-            extra: String::new(),
-        }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
-    }
-
-    /// Writes this site's configuration, describing `sites` (itself included).
-    fn configure(&self, sites: &[&Node], hashes: &HashMap<(String, String), String>) {
-        let me = self.name;
-        let mut t = format!(
-            r#"
-[site]
-name = "{me}"
-default_country = "GB"
-sms_domains = ["sms"]
-
-[store]
-path = "queue.db"
-
-[smtp]
-listen = ["127.0.0.1:{smtp}"]
-trusted_networks = ["127.0.0.0/8"]
-
-[smpp]
-listen = ["127.0.0.1:{smpp}"]
-enquire_link_ms = 1000
-missed_keepalives = 3
-reconnect_max_ms = 500
-
-[quotas]
-sender_parts_per_hour = 0
-sender_parts_per_day = 0
-domain_parts_per_hour = 0
-domain_parts_per_day = 0
-
-[guard]
-enabled = false
-
-[[modem]]
-name = "{me}-sim"
-[modem.simulate]
-latency_ms = 1
-cmgs_latency_ms = 20
-report = "{report}"
-report_delay_ms = 300
-report_status = {status}
-record = "sent.jsonl"
-
-[routing]
-workload_weight = 0
-"#,
-            smtp = self.smtp,
-            smpp = self.smpp,
-            report = self.report,
-            status = self.report_status,
-        );
-        for other in sites.iter().filter(|o| o.name != me) {
-            t.push_str(&format!(
-                "\n[[peer]]\nname = \"{o}\"\nforwarding_cost = 0.002\n[peer.smpp]\naddress = \"127.0.0.1:{port}\"\npassword = \"{pw}\"\npassword_hash = \"{hash}\"\n",
-                o = other.name,
-                port = other.smpp,
-                pw = password(me, other.name),
-                hash = hashes[&(other.name.to_string(), me.to_string())],
-            ));
-        }
-        for site in sites {
-            let (_, tariff) = TARIFFS.iter().find(|(s, _)| *s == site.name).unwrap();
-            let entries: Vec<String> = tariff
-                .iter()
-                .map(|(p, c)| format!("\"{p}\" = {c}"))
-                .collect();
-            t.push_str(&format!(
-                "\n[[channel]]\nname = \"{s}-modems\"\nkind = \"modems\"\nsite = \"{s}\"\ntariff = {{ {} }}\n",
-                entries.join(", "),
-                s = site.name
-            ));
-        }
-        t.push_str(&self.extra);
-        std::fs::write(self.path("mail2sms.toml"), t).unwrap();
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("gateway.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(self.path("mail2sms.toml"))
-            .arg("run")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start mail2sms");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.smtp)).is_err() {
-            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{} exited with {s}: {}", self.name, self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not start: {}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: the process gets no chance to say goodbye on its links.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// The log, without the terminal colour codes the logger may add.
-    fn log(&self) -> String {
-        let raw = std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default();
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // ESC [ ... letter
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
-    /// Log lines saying this site bound to `peer`.
-    fn binds_to(&self, peer: &str) -> usize {
-        self.log()
-            .lines()
-            .filter(|l| l.contains("bound to peer site") && l.contains(&format!("peer={peer}")))
-            .count()
-    }
-
-    fn downs_of(&self, peer: &str) -> usize {
-        self.log()
-            .lines()
-            .filter(|l| l.contains("peer site down") && l.contains(&format!("peer={peer}")))
-            .count()
-    }
-
-    /// What its simulated modem sent.
-    fn sent(&self) -> Vec<SentSms> {
-        std::fs::read_to_string(self.path("sent.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a record line"))
-            .collect()
-    }
-
-    /// Sends one mail to `numbers` into this site over SMTP.
-    fn mail(&self, numbers: &[String], body: &str) {
-        let rcpts: Vec<String> = numbers.iter().map(|n| format!("{n}@sms")).collect();
-        let out = common::python(
-            "smtp_client.py",
-            &[
-                "send",
-                "127.0.0.1",
-                &self.smtp.to_string(),
-                "alice@example.org",
-                &rcpts.join(","),
-                "test",
-                body,
-            ],
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "smtp_client.py: {e}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        assert_eq!(v["data"][0], 250, "{v}");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The password hashes: (binding site, bound site) → hash of what the first sends.
-fn hashes(names: &[&str]) -> HashMap<(String, String), String> {
-    let mut h = HashMap::new();
-    for a in names {
-        for b in names {
-            if a != b {
-                h.insert(
-                    (a.to_string(), b.to_string()),
-                    hash_password(&password(a, b)),
-                );
-            }
-        }
-    }
-    h
-}
-
-/// How many SMS each number got, over all the sites' modems.
-fn counts(nodes: &[&Node]) -> HashMap<String, usize> {
-    let mut c = HashMap::new();
-    for n in nodes {
-        for s in n.sent() {
-            *c.entry(s.dest.trim_start_matches('+').to_string())
-                .or_default() += 1;
-        }
-    }
-    c
-}
-
-fn numbers(prefix: &str, from: usize, count: usize) -> Vec<String> {
-    (from..from + count)
-        .map(|i| format!("+{prefix}{:08}", 61_000_000 + i))
-        .collect()
-}
-
-fn sent_to(node: &Node, nums: &[String]) -> usize {
-    let sent = node.sent();
-    nums.iter()
-        .filter(|n| {
-            sent.iter()
-                .any(|s| s.dest.trim_start_matches('+') == n.trim_start_matches('+'))
-        })
-        .count()
-}
 
 #[test]
 fn two_sites_forward_fail_over_and_come_back() {
@@ -320,7 +39,7 @@ fn two_sites_forward_fail_over_and_come_back() {
     wait_until(
         "the French modem sends the first batch",
         Duration::from_secs(20),
-        || sent_to(&fr, &first) == first.len(),
+        || fr.sent_to(&first) == first.len(),
     );
     // A UK number stays at the UK.
     let local = numbers("4477", 0, 2);
@@ -328,10 +47,10 @@ fn two_sites_forward_fail_over_and_come_back() {
     wait_until(
         "the UK modem sends UK numbers",
         Duration::from_secs(20),
-        || sent_to(&uk, &local) == local.len(),
+        || uk.sent_to(&local) == local.len(),
     );
     assert_eq!(
-        sent_to(&uk, &first),
+        uk.sent_to(&first),
         0,
         "UK sent French numbers while France was up"
     );
@@ -368,7 +87,7 @@ fn two_sites_forward_fail_over_and_come_back() {
     wait_until(
         "the UK modem sends the second batch",
         Duration::from_secs(20),
-        || sent_to(&uk, &second) == second.len(),
+        || uk.sent_to(&second) == second.len(),
     );
 
     // 3. France back: traffic returns to it.
@@ -381,7 +100,7 @@ fn two_sites_forward_fail_over_and_come_back() {
     wait_until(
         "the French modem sends the third batch",
         Duration::from_secs(20),
-        || sent_to(&fr, &third) == third.len(),
+        || fr.sent_to(&third) == third.len(),
     );
 
     // Nothing twice, nothing lost: wait a moment for any stray second copy, then count.
@@ -396,8 +115,8 @@ fn two_sites_forward_fail_over_and_come_back() {
             fr.log()
         );
     }
-    assert_eq!(sent_to(&uk, &third), 0);
-    assert_eq!(sent_to(&fr, &second), 0);
+    assert_eq!(uk.sent_to(&third), 0);
+    assert_eq!(fr.sent_to(&second), 0);
 }
 
 #[test]
@@ -421,7 +140,7 @@ fn three_sites_route_to_the_cheapest_live_one() {
     let a = numbers("4917", 0, 4);
     uk.mail(&a, "to Germany");
     wait_until("the German modem sends", Duration::from_secs(20), || {
-        sent_to(&de, &a) == a.len()
+        de.sent_to(&a) == a.len()
     });
     let downs = uk.downs_of("de");
     de.kill();
@@ -435,7 +154,7 @@ fn three_sites_route_to_the_cheapest_live_one() {
     wait_until(
         "the French modem sends for Germany",
         Duration::from_secs(20),
-        || sent_to(&fr, &b) == b.len(),
+        || fr.sent_to(&b) == b.len(),
     );
     let fr_downs = uk.downs_of("fr");
     fr.kill();
@@ -449,7 +168,7 @@ fn three_sites_route_to_the_cheapest_live_one() {
     wait_until(
         "the UK modem sends for Germany",
         Duration::from_secs(20),
-        || sent_to(&uk, &c) == c.len(),
+        || uk.sent_to(&c) == c.len(),
     );
     std::thread::sleep(Duration::from_secs(1));
     let counted = counts(&[&uk, &fr, &de]);
@@ -655,8 +374,8 @@ fn reply_through_the_peer(status: u8, notify: &str, number: &str) -> (Value, Nod
     );
     assert_eq!(sink.replies().len(), 1, "{:?}", sink.replies());
     // It went out at the French modem only.
-    assert_eq!(sent_to(&fr, &[number.to_string()]), 1);
-    assert_eq!(sent_to(&uk, &[number.to_string()]), 0);
+    assert_eq!(fr.sent_to(&[number.to_string()]), 1);
+    assert_eq!(uk.sent_to(&[number.to_string()]), 0);
     let reply = about.into_iter().next().unwrap_or_default();
     (reply, uk, fr)
 }

@@ -437,40 +437,37 @@ async fn commit_batch(
         }
     };
     for job in batch {
-        // A state change is one query with its savepoint inside (see `dispatch::apply`): the
-        // hot path of sending, spared two round trips to the driver's thread.
-        if let Job::Change(changes, _) = job {
-            match dispatch::apply(&mut tx, changes).await {
-                Ok(()) => results.push(Ok(Outcome::Changed)),
-                // Part of the job may be written: nothing of this batch may be committed.
-                Err(QueueError::Broken(msg)) => {
-                    let _ = tx.rollback().await;
-                    return batch
-                        .iter()
-                        .map(|_| Err(QueueError::Broken(msg.clone())))
-                        .collect();
-                }
-                Err(e) => results.push(Err(e)),
+        // The hot paths run without a savepoint (two more trips to the store's thread, and a
+        // sub-journal copy of every page they touch). A state change is one query with its
+        // own savepoint inside where it needs one (see `dispatch::apply`); an accepted mail is
+        // checked (duplicates, quotas, guard) before its one write. Either fails alone when
+        // refused, and fails the whole batch when its write fails half-way (`Broken`).
+        let unsaved = match job {
+            Job::Change(changes, _) => Some(
+                dispatch::apply(&mut tx, changes)
+                    .await
+                    .map(|()| Outcome::Changed),
+            ),
+            Job::Accept(req, _) => Some(
+                insert_request(&mut tx, req, limits)
+                    .await
+                    .map(Outcome::Accepted),
+            ),
+            _ => None,
+        };
+        match unsaved {
+            Some(Err(QueueError::Broken(msg))) => {
+                let _ = tx.rollback().await;
+                return batch
+                    .iter()
+                    .map(|_| Err(QueueError::Broken(msg.clone())))
+                    .collect();
             }
-            continue;
-        }
-        // An accepted mail is checked (duplicates, quotas, guard) before its one write, so it
-        // needs no savepoint either (two more trips to the store's thread, and a sub-journal
-        // copy of every page it touches): it fails alone when refused, and fails the batch
-        // when the write itself fails half-way.
-        if let Job::Accept(req, _) = job {
-            match insert_request(&mut tx, req, limits).await {
-                Ok(a) => results.push(Ok(Outcome::Accepted(a))),
-                Err(QueueError::Broken(msg)) => {
-                    let _ = tx.rollback().await;
-                    return batch
-                        .iter()
-                        .map(|_| Err(QueueError::Broken(msg.clone())))
-                        .collect();
-                }
-                Err(e) => results.push(Err(e)),
+            Some(r) => {
+                results.push(r);
+                continue;
             }
-            continue;
+            None => {}
         }
         let r = async {
             let mut sp = Connection::begin(&mut *tx).await?;

@@ -51,6 +51,12 @@ pub struct Node {
     pub child: Option<Child>,
     /// Environment for the next start (fault injection).
     pub env: Vec<(String, String)>,
+    /// How its simulated network sends status reports ("none", "cds", ...).
+    pub report: &'static str,
+    /// The TP-ST of those reports.
+    pub report_status: u8,
+    /// More configuration, appended to the file.
+    pub extra: String,
 }
 
 impl Node {
@@ -62,6 +68,9 @@ impl Node {
             smpp: free_port(),
             child: None,
             env: Vec::new(),
+            report: "none",
+            report_status: 0,
+            extra: String::new(),
         }
     }
 
@@ -106,7 +115,9 @@ name = "{me}-sim"
 [modem.simulate]
 latency_ms = 1
 cmgs_latency_ms = 20
-report = "none"
+report = "{report}"
+report_delay_ms = 300
+report_status = {status}
 record = "sent.jsonl"
 
 [routing]
@@ -114,6 +125,8 @@ workload_weight = 0
 "#,
             smtp = self.smtp,
             smpp = self.smpp,
+            report = self.report,
+            status = self.report_status,
         );
         for other in sites.iter().filter(|o| o.name != me) {
             t.push_str(&format!(
@@ -136,6 +149,7 @@ workload_weight = 0
                 s = site.name
             ));
         }
+        t.push_str(&self.extra);
         std::fs::write(self.path("mail2sms.toml"), t).unwrap();
     }
 
