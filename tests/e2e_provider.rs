@@ -16,42 +16,31 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::sim::wait_until;
 use common::sink::Sink;
-use common::{BIN, free_port, hash_password, run};
-use mail2sms::modem::sim::SentSms;
+use common::sites::Node;
+use common::{BIN, hash_password, run};
 use serde_json::Value;
 
-/// One `mail2sms run` process with its folder and ports.
-struct Node {
-    name: &'static str,
-    dir: tempfile::TempDir,
-    smtp: u16,
-    smpp: u16,
-    child: Option<Child>,
+/// What these tests ask of a site beyond the shared harness: a configuration of their own
+/// (a provider node, scripted peers), and questions about one number.
+trait ProviderNode {
+    fn configure_as(&self, report: &str, rest: &str);
+    fn log_has(&self, words: &[&str]) -> bool;
+    fn sent_to_number(&self, number: &str) -> usize;
+    fn cli(&self, args: &[&str]) -> Value;
+    fn entry(&self, number: &str) -> Option<Value>;
+    fn events(&self, number: &str) -> String;
+    fn mail_one(&self, number: &str, body: &str);
 }
 
-impl Node {
-    fn new(name: &'static str) -> Node {
-        Node {
-            name,
-            dir: tempfile::tempdir().unwrap(),
-            smtp: free_port(),
-            smpp: free_port(),
-            child: None,
-        }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
-    }
-
+impl ProviderNode for Node {
     /// The common part of a configuration: the site, SMTP, store, no quotas, one simulated
     /// modem recording to `sent.jsonl` (with status reports `report`), and `rest`.
-    fn configure(&self, report: &str, rest: &str) {
+    fn configure_as(&self, report: &str, rest: &str) {
         let text = format!(
             r#"
 [site]
@@ -93,68 +82,13 @@ record = "sent.jsonl"
         std::fs::write(self.path("mail2sms.toml"), text).unwrap();
     }
 
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("gateway.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .arg("--config")
-            .arg(self.path("mail2sms.toml"))
-            .arg("run")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start mail2sms");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.smtp)).is_err() {
-            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{} exited with {s}: {}", self.name, self.log());
-            }
-            assert!(Instant::now() < deadline, "{} did not start", self.name);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The log, without terminal colour codes.
-    fn log(&self) -> String {
-        let raw = std::fs::read_to_string(self.path("gateway.log")).unwrap_or_default();
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
     fn log_has(&self, words: &[&str]) -> bool {
         self.log()
             .lines()
             .any(|l| words.iter().all(|w| l.contains(w)))
     }
 
-    fn sent(&self) -> Vec<SentSms> {
-        std::fs::read_to_string(self.path("sent.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a record line"))
-            .collect()
-    }
-
-    fn sent_to(&self, number: &str) -> usize {
+    fn sent_to_number(&self, number: &str) -> usize {
         self.sent()
             .iter()
             .filter(|s| s.dest.trim_start_matches('+') == number.trim_start_matches('+'))
@@ -195,7 +129,7 @@ record = "sent.jsonl"
         self.cli(&["status", &id, "--json"]).to_string()
     }
 
-    fn mail(&self, number: &str, body: &str) {
+    fn mail_one(&self, number: &str, body: &str) {
         let out = common::python(
             "smtp_client.py",
             &[
@@ -219,15 +153,6 @@ record = "sent.jsonl"
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// `[[channel]]` of this site's modems, dearer than any provider here.
 fn modems_channel(site: &str) -> String {
     format!(
@@ -246,7 +171,7 @@ fn a_provider_channel_sends_and_its_receipt_becomes_the_senders_status_reply() {
     let sink = Sink::start(replies.path());
     let mut prov = Node::new("acme");
     let mut uk = Node::new("uk");
-    prov.configure(
+    prov.configure_as(
         "cds",
         &format!(
             "[smpp]\nlisten = [\"127.0.0.1:{}\"]\n[[smpp.users]]\nsystem_id = \"uk-gw\"\npassword_hash = \"{}\"\n\n{}",
@@ -256,7 +181,7 @@ fn a_provider_channel_sends_and_its_receipt_becomes_the_senders_status_reply() {
         ),
     );
     let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
-    uk.configure(
+    uk.configure_as(
         "none",
         &format!(
             r#"
@@ -344,8 +269,8 @@ source_addr = "Example"
         "{r}"
     );
     // It left at the provider's modem, once, with the configured sender; not at the UK's.
-    assert_eq!(prov.sent_to(number), 1);
-    assert_eq!(uk.sent_to(number), 0);
+    assert_eq!(prov.sent_to_number(number), 1);
+    assert_eq!(uk.sent_to_number(number), 0);
     let e = uk.entry(number).unwrap();
     assert_eq!(e["state"], "delivered", "{e}");
     let events = uk.events(number);
@@ -359,11 +284,11 @@ source_addr = "Example"
     assert_eq!(pe["source"], "smpp", "{pe}");
 
     // A UK number stays on the UK's own modem.
-    uk.mail("+447761000001", "local");
+    uk.mail_one("+447761000001", "local");
     wait_until("the UK modem sends", Duration::from_secs(20), || {
-        uk.sent_to("+447761000001") == 1
+        uk.sent_to_number("+447761000001") == 1
     });
-    assert_eq!(prov.sent_to("+447761000001"), 0);
+    assert_eq!(prov.sent_to_number("+447761000001"), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -608,7 +533,7 @@ fn provider_statuses_retry_or_fail_as_classified_and_a_dead_provider_drops_out()
     script.insert(invalid.into(), vec![0x0B]);
     let mut smsc = smsc::Smsc::start(script);
     let mut uk = Node::new("uk");
-    uk.configure(
+    uk.configure_as(
         "none",
         &format!(
             r#"
@@ -640,10 +565,10 @@ reconnect_max_ms = 500
     wait_until("the node binds", Duration::from_secs(20), || {
         uk.log_has(&["bound to SMPP provider", "provider=cheap"])
     });
-    uk.mail(&format!("+{throttled}"), "throttled first");
-    uk.mail(&format!("+{invalid}"), "to a bad address");
+    uk.mail_one(&format!("+{throttled}"), "throttled first");
+    uk.mail_one(&format!("+{invalid}"), "to a bad address");
     let text = "A message long enough for two parts: ".to_string() + &"0123456789".repeat(15);
-    uk.mail(&format!("+{long}"), &text);
+    uk.mail_one(&format!("+{long}"), &text);
 
     wait_until(
         "every message has its outcome",
@@ -712,11 +637,11 @@ reconnect_max_ms = 500
     wait_until("the provider is down", Duration::from_secs(5), || {
         uk.log_has(&["SMPP provider down", "provider=cheap"])
     });
-    uk.mail("+33600000009", "provider gone");
+    uk.mail_one("+33600000009", "provider gone");
     wait_until(
         "the UK modem takes the French number",
         Duration::from_secs(20),
-        || uk.sent_to("+33600000009") == 1,
+        || uk.sent_to_number("+33600000009") == 1,
     );
     assert!(uk.log_has(&["SMPP provider bind failed", "provider=cheap"]));
 }
@@ -825,7 +750,7 @@ fn two_sites_linked_over_tls_forward_and_a_wrong_ca_is_refused() {
             })
             .collect::<String>()
     };
-    uk.configure(
+    uk.configure_as(
         "none",
         &format!(
             "[smpp]\nlisten = [\"127.0.0.1:{}\"]\n{tls_server}\n{}\n{}",
@@ -834,7 +759,7 @@ fn two_sites_linked_over_tls_forward_and_a_wrong_ca_is_refused() {
             channels(&["uk", "fr"])
         ),
     );
-    fr.configure(
+    fr.configure_as(
         "none",
         &format!(
             "[smpp]\nlisten = [\"127.0.0.1:{}\"]\n{tls_server}\n{}\n{}",
@@ -852,11 +777,11 @@ fn two_sites_linked_over_tls_forward_and_a_wrong_ca_is_refused() {
         fr.log_has(&["bound to peer site", "peer=uk"])
     });
     let number = "+33612345001";
-    uk.mail(number, "over TLS");
+    uk.mail_one(number, "over TLS");
     wait_until("the French modem sends", Duration::from_secs(20), || {
-        fr.sent_to(number) == 1
+        fr.sent_to_number(number) == 1
     });
-    assert_eq!(uk.sent_to(number), 0);
+    assert_eq!(uk.sent_to_number(number), 0);
 
     // A plain (non-TLS) client gets nowhere: the server speaks TLS only. smpplib binds in
     // clear and must fail.
@@ -872,7 +797,7 @@ fn two_sites_linked_over_tls_forward_and_a_wrong_ca_is_refused() {
 
     // A site that trusts another CA: its link to France fails the handshake, and says why.
     let mut de = Node::new("de");
-    de.configure(
+    de.configure_as(
         "none",
         &format!(
             "[smpp]\nlisten = [\"127.0.0.1:{}\"]\n{}\n{}",

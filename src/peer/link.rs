@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 use super::config::{PeerLink, SmppConfig};
 use super::forward::{Forwarder, Item};
 use super::placement::Placement;
-use super::session::{Keepalive, Sequence, Tick, Window};
+use super::session::{Keepalive, Reconnect, Sequence, Tick, Window};
 use super::tls::Stream;
 use super::{handover, message};
 use crate::queue::{Change, Store};
@@ -76,11 +76,10 @@ pub async fn run(link: Arc<Link>, shutdown: CancellationToken) {
     let name = link.peer.name.clone();
     // Down until a bind proves otherwise: nothing is placed on a peer not yet heard from.
     link.state.set_site_up(&name, false);
-    let mut backoff = Duration::from_millis(100);
-    let mut last_error: Option<String> = None;
+    let mut reconnect = Reconnect::new(link.timing.reconnect_max);
     loop {
         let mut window: Window<Item> = Window::new(link.timing.window);
-        let result = session(&link, &mut window, &mut backoff, &shutdown).await;
+        let result = session(&link, &mut window, &mut reconnect, &shutdown).await;
         // Whatever ended the session, the peer is down until it binds again.
         if link.state.set_site_up(&name, false) {
             warn!(peer = %name, reason = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), "peer site down: routing around it");
@@ -101,25 +100,23 @@ pub async fn run(link: Arc<Link>, shutdown: CancellationToken) {
             // Said once per kind of failure, so a wrong certificate or password is in the log
             // without a line per reconnection attempt.
             let text = e.to_string();
-            if last_error.as_deref() != Some(text.as_str()) {
+            if reconnect.failed(text.clone()) {
                 warn!(peer = %name, error = %text, "peer link failed");
             } else {
                 debug!(peer = %name, error = %text, "peer link lost");
             }
-            last_error = Some(text);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(reconnect.next_wait()) => {}
         }
-        backoff = (backoff * 2).min(link.timing.reconnect_max);
     }
 }
 
 async fn session(
     link: &Link,
     window: &mut Window<Item>,
-    backoff: &mut Duration,
+    reconnect: &mut Reconnect,
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let name = &link.peer.name;
@@ -159,7 +156,7 @@ async fn session(
     }
     link.state.set_site_up(name, true);
     info!(peer = %name, address = %link.peer.address, "bound to peer site: it is up");
-    *backoff = Duration::from_millis(100);
+    reconnect.bound();
 
     let mut keepalive = Keepalive::new(link.timing.missed_keepalives);
     let mut tick = tokio::time::interval(link.timing.enquire_link);

@@ -56,7 +56,7 @@ use tracing::{debug, info, warn};
 
 use super::config::ProviderLink;
 use super::placement::{Facts, Place, Placement};
-use super::session::{Keepalive, Sequence, Tick, Window};
+use super::session::{Keepalive, Reconnect, Sequence, Tick, Window};
 use super::tls::Stream;
 use crate::modem::pool::PoolConfig;
 use crate::queue::{Change, QueueError, Store, now_ms};
@@ -500,8 +500,7 @@ pub async fn run(p: Arc<Provider>, shutdown: CancellationToken) {
     let name = p.link.name.clone();
     // Down until a bind proves otherwise.
     p.state.set_channel_up(&name, false);
-    let mut backoff = Duration::from_millis(100);
-    let mut last_error: Option<String> = None;
+    let mut reconnect = Reconnect::new(p.link.reconnect_max);
     loop {
         let mut window: Window<InFlight> = Window::new(p.link.window);
         // Parts of messages taken from the list and not yet submitted.
@@ -513,7 +512,7 @@ pub async fn run(p: Arc<Provider>, shutdown: CancellationToken) {
             &mut window,
             &mut staged,
             &mut open,
-            &mut backoff,
+            &mut reconnect,
             &shutdown,
         )
         .await;
@@ -553,18 +552,16 @@ pub async fn run(p: Arc<Provider>, shutdown: CancellationToken) {
         }
         if let Err(e) = &result {
             let text = e.to_string();
-            if last_error.as_deref() != Some(text.as_str()) {
+            if reconnect.failed(text.clone()) {
                 warn!(provider = %name, error = %text, "SMPP provider bind failed");
             } else {
                 debug!(provider = %name, error = %text, "SMPP provider bind failed again");
             }
-            last_error = Some(text);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(reconnect.next_wait()) => {}
         }
-        backoff = (backoff * 2).min(p.link.reconnect_max);
     }
 }
 
@@ -584,7 +581,7 @@ async fn session(
     window: &mut Window<InFlight>,
     staged: &mut VecDeque<PartJob>,
     open: &mut HashMap<i64, usize>,
-    backoff: &mut Duration,
+    reconnect: &mut Reconnect,
     shutdown: &CancellationToken,
 ) -> Result<(), BindError> {
     let link = &p.link;
@@ -625,7 +622,7 @@ async fn session(
     }
     p.state.set_channel_up(name, true);
     info!(provider = %name, address = %link.address, tls = link.tls.is_some(), "bound to SMPP provider: it is up");
-    *backoff = Duration::from_millis(100);
+    reconnect.bound();
 
     let source = Source {
         addr: link.source_addr.clone(),

@@ -12,6 +12,7 @@
 //!   the error status the specification names for it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use rusmpp::pdus::{BindTransceiverResp, DataSm, DeliverSmResp, SubmitSm};
 use rusmpp::types::COctetString;
@@ -20,6 +21,47 @@ use rusmpp::{Command, CommandStatus, Pdu};
 
 /// The highest sequence number (SMPP 3.4 §3.2: 0x00000001 to 0x7FFFFFFF).
 const MAX_SEQUENCE: u32 = 0x7FFF_FFFF;
+
+/// Reconnection of a bind (to a peer or a provider): a backoff that doubles from 100 ms up to
+/// a cap and starts over at each successful bind, and the last failure, so that each kind of
+/// failure (a wrong certificate, a refused password) is said once rather than once per attempt.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    backoff: Duration,
+    max: Duration,
+    last_error: Option<String>,
+}
+
+impl Reconnect {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    pub fn new(max: Duration) -> Self {
+        Reconnect {
+            backoff: Self::FIRST,
+            max,
+            last_error: None,
+        }
+    }
+
+    /// The bind succeeded: the next loss waits the shortest time again.
+    pub fn bound(&mut self) {
+        self.backoff = Self::FIRST;
+    }
+
+    /// Records a failure; true when it differs from the one before (worth a warning).
+    pub fn failed(&mut self, error: String) -> bool {
+        let new = self.last_error.as_deref() != Some(error.as_str());
+        self.last_error = Some(error);
+        new
+    }
+
+    /// How long to wait before the next attempt; the wait after it is twice as long.
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(self.max);
+        wait
+    }
+}
 
 /// Sequence numbers for the requests one side sends.
 #[derive(Debug, Clone, Default)]
@@ -337,6 +379,25 @@ pub fn deliver_sm_resp() -> DeliverSmResp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_doubles_to_its_cap_starts_over_when_bound_and_says_each_failure_once() {
+        let mut r = Reconnect::new(Duration::from_millis(500));
+        let waits: Vec<u64> = (0..5).map(|_| r.next_wait().as_millis() as u64).collect();
+        assert_eq!(waits, [100, 200, 400, 500, 500]);
+        r.bound();
+        assert_eq!(r.next_wait(), Duration::from_millis(100));
+        // (failure, worth a warning)
+        let cases = [
+            ("refused", true),
+            ("refused", false),
+            ("tls", true),
+            ("refused", true),
+        ];
+        for (error, new) in cases {
+            assert_eq!(r.failed(error.to_string()), new, "{error}");
+        }
+    }
     use rusmpp::pdus::{BindTransceiver, BindTransmitter};
 
     #[test]
