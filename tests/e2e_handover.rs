@@ -10,22 +10,15 @@ use std::time::Duration;
 use common::sim::wait_until;
 use common::sites::{Node, counts, hashes, numbers};
 
-/// Case 3 of the hand-over table. The French site commits the UK's message and kills itself
-/// (SIGKILL, by the fault-injection setting) before its `submit_sm_resp` leaves. The UK site
-/// takes the message back and sends it through its own modem; the French site, restarted,
-/// holds its copy, asks, is told "not yours" and drops it. Then an ordinary forward goes
-/// through the French site: held, confirmed, sent there. Each number gets one SMS.
-#[test]
-fn a_peer_killed_between_its_commit_and_its_response_never_sends_the_message() {
+/// The UK and French sites, linked both ways, the French one with the fault-injection setting
+/// `fault`; both started and bound to each other.
+fn uk_and_fr(fault: &str) -> (Node, Node) {
     let mut uk = Node::new("uk");
     let mut fr = Node::new("fr");
     let h = hashes(&["uk", "fr"]);
     uk.configure(&[&uk, &fr], &h);
     fr.configure(&[&uk, &fr], &h);
-    fr.env = vec![(
-        "MAIL2SMS_FAULT_INJECTION".into(),
-        "kill-after-peer-commit".into(),
-    )];
+    fr.env = vec![("MAIL2SMS_FAULT_INJECTION".into(), fault.into())];
     fr.start();
     uk.start();
     wait_until("uk binds to fr", Duration::from_secs(20), || {
@@ -34,6 +27,17 @@ fn a_peer_killed_between_its_commit_and_its_response_never_sends_the_message() {
     wait_until("fr binds to uk", Duration::from_secs(20), || {
         fr.binds_to("uk") >= 1
     });
+    (uk, fr)
+}
+
+/// Case 3 of the hand-over table. The French site commits the UK's message and kills itself
+/// (SIGKILL, by the fault-injection setting) before its `submit_sm_resp` leaves. The UK site
+/// takes the message back and sends it through its own modem; the French site, restarted,
+/// holds its copy, asks, is told "not yours" and drops it. Then an ordinary forward goes
+/// through the French site: held, confirmed, sent there. Each number gets one SMS.
+#[test]
+fn a_peer_killed_between_its_commit_and_its_response_never_sends_the_message() {
+    let (uk, mut fr) = uk_and_fr("kill-after-peer-commit");
 
     let first = numbers("336", 0, 1);
     uk.mail(&first, "forwarded, then the peer dies");
@@ -137,20 +141,7 @@ fn a_peer_killed_between_its_commit_and_its_response_never_sends_the_message() {
 /// it. One SMS, at the French modem.
 #[test]
 fn a_confirmation_lost_with_the_peer_is_asked_for_again() {
-    let mut uk = Node::new("uk");
-    let mut fr = Node::new("fr");
-    let h = hashes(&["uk", "fr"]);
-    uk.configure(&[&uk, &fr], &h);
-    fr.configure(&[&uk, &fr], &h);
-    fr.env = vec![(
-        "MAIL2SMS_FAULT_INJECTION".into(),
-        "kill-before-release".into(),
-    )];
-    fr.start();
-    uk.start();
-    wait_until("uk binds to fr", Duration::from_secs(20), || {
-        uk.binds_to("fr") >= 1
-    });
+    let (uk, mut fr) = uk_and_fr("kill-before-release");
     let n = numbers("336", 500, 1);
     uk.mail(&n, "confirmed, then the peer dies");
     wait_until(
