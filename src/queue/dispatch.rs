@@ -256,26 +256,74 @@ pub(super) async fn apply(
         sqlx::query("RELEASE peer_job").execute(&mut *conn).await?;
         return Ok(());
     }
-    let sql: &'static str = match changes {
-        [] => return Ok(()),
-        [c] => SINGLE[c.kind() as usize].as_str(),
-        [Change::Sent { .. }, Change::Sending { .. }] => SENT_THEN_SENDING.as_str(),
-        // Rare (a retried part and the rest of its message): a query per change, in a
-        // savepoint of their own.
-        _ => {
-            sqlx::query("SAVEPOINT job").execute(&mut *conn).await?;
-            for change in changes {
-                if let Err(e) = Box::pin(apply(conn, std::slice::from_ref(change))).await {
-                    sqlx::query("ROLLBACK TO job; RELEASE job")
-                        .execute(&mut *conn)
-                        .await?;
-                    return Err(e);
-                }
-            }
-            sqlx::query("RELEASE job").execute(&mut *conn).await?;
+    let Some(sql) = static_sql(changes, Wrap::None) else {
+        if changes.is_empty() {
             return Ok(());
         }
+        // Rare (a retried part and the rest of its message): a query per change, in a
+        // savepoint of their own.
+        sqlx::query("SAVEPOINT job").execute(&mut *conn).await?;
+        for change in changes {
+            if let Err(e) = Box::pin(apply(conn, std::slice::from_ref(change))).await {
+                sqlx::query("ROLLBACK TO job; RELEASE job")
+                    .execute(&mut *conn)
+                    .await?;
+                return Err(e);
+            }
+        }
+        sqlx::query("RELEASE job").execute(&mut *conn).await?;
+        return Ok(());
     };
+    run_static(conn, sql, changes).await
+}
+
+/// What a job's query does around its own statements: it may open the writer's transaction
+/// (`BEGIN IMMEDIATE`) and close it (`COMMIT`), so that a batch of one modem's job, the usual
+/// batch of a draining pool, is one trip to the store's thread instead of three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wrap {
+    None = 0,
+    Begin = 1,
+    Commit = 2,
+    Both = 3,
+}
+
+impl Wrap {
+    pub(super) fn new(begin: bool, commit: bool) -> Wrap {
+        match (begin, commit) {
+            (false, false) => Wrap::None,
+            (true, false) => Wrap::Begin,
+            (false, true) => Wrap::Commit,
+            (true, true) => Wrap::Both,
+        }
+    }
+}
+
+/// The prepared query of a job whose changes have one (a single part-level change, or a
+/// modem's `sent` with its next `sending`), wrapped as asked; `None` for any other job.
+pub(super) fn static_sql(changes: &[Change], wrap: Wrap) -> Option<&'static str> {
+    match changes {
+        [c] if !c.is_recipient_level() => SINGLE
+            .get(c.kind() as usize)
+            .and_then(|v| v.get(wrap as usize))
+            .map(String::as_str),
+        [Change::Sent { .. }, Change::Sending { .. }] => {
+            SENT_THEN_SENDING.get(wrap as usize).map(String::as_str)
+        }
+        _ => None,
+    }
+}
+
+/// Runs a job's prepared query ([`static_sql`]) with the changes' parameters.
+///
+/// On failure, tells apart a job that wrote nothing (its first statement found no such part:
+/// `NoSuchPart`) from one that may have written part of itself (`Broken`, which fails the whole
+/// batch). A wrapped query that fails may leave the transaction open: the caller ends it.
+pub(super) async fn run_static(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    changes: &[Change],
+) -> Result<(), QueueError> {
     let now = now_ms();
     let mut query = sqlx::query(sql);
     for change in changes {
@@ -534,7 +582,18 @@ fn job_sql(kinds: &[Kind]) -> String {
 /// statements leave unused (at most 6 per statement of a two-change job).
 const GAP_PADDING: usize = 48;
 
-static SINGLE: LazyLock<[String; 5]> = LazyLock::new(|| {
+/// `sql` in each [`Wrap`], in the order of its values.
+fn wrapped(sql: String) -> [String; 4] {
+    let sql = sql.trim_end().trim_end_matches(';').to_string();
+    [
+        sql.clone(),
+        format!("BEGIN IMMEDIATE;\n{sql}"),
+        format!("{sql};\nCOMMIT"),
+        format!("BEGIN IMMEDIATE;\n{sql};\nCOMMIT"),
+    ]
+}
+
+static SINGLE: LazyLock<[[String; 4]; 5]> = LazyLock::new(|| {
     [
         Kind::Sending,
         Kind::Sent,
@@ -542,12 +601,12 @@ static SINGLE: LazyLock<[String; 5]> = LazyLock::new(|| {
         Kind::Fail,
         Kind::Uncertain,
     ]
-    .map(|k| job_sql(&[k]))
+    .map(|k| wrapped(job_sql(&[k])))
 });
 
 /// A modem's usual job: the part it just sent is `sent`, the next one it takes `sending`.
-static SENT_THEN_SENDING: LazyLock<String> =
-    LazyLock::new(|| job_sql(&[Kind::Sent, Kind::Sending]));
+static SENT_THEN_SENDING: LazyLock<[String; 4]> =
+    LazyLock::new(|| wrapped(job_sql(&[Kind::Sent, Kind::Sending])));
 
 /// Sets the state of the recipient of part ?1 (at ?2) to the summary of its parts' states, by
 /// the rule of [`summarise`], written in SQL from the same precedence list.

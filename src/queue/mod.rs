@@ -425,6 +425,9 @@ async fn commit_batch(
     batch: &[Job],
     limits: &QueuePolicy,
 ) -> Vec<Result<Outcome, QueueError>> {
+    if let Some(sqls) = fused_sqls(batch) {
+        return commit_fused(conn, batch, &sqls, limits).await;
+    }
     let mut results: Vec<Result<Outcome, QueueError>> = Vec::with_capacity(batch.len());
     let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
@@ -525,6 +528,80 @@ async fn commit_batch(
                 ))))
             })
             .collect();
+    }
+    results
+}
+
+/// The queries of a batch made only of state changes that each have a prepared query (the
+/// modems' jobs), the first opening the transaction and the last committing it; `None` for
+/// any other batch.
+fn fused_sqls(batch: &[Job]) -> Option<Vec<&'static str>> {
+    let last = batch.len().checked_sub(1)?;
+    batch
+        .iter()
+        .enumerate()
+        .map(|(i, job)| match job {
+            Job::Change(changes, _) => {
+                dispatch::static_sql(changes, dispatch::Wrap::new(i == 0, i == last))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Commits a batch of state changes whose `BEGIN IMMEDIATE` rides on the first job's query and
+/// whose `COMMIT` rides on the last's: a modem's job, which usually commits alone, is then one
+/// trip to the store's thread instead of three.
+///
+/// The rules are those of [`commit_batch`]: a job that found no such part wrote nothing and
+/// fails alone; a job that may have written part of itself (`Broken`), or a failed commit,
+/// fails the whole batch, rolled back.
+async fn commit_fused(
+    conn: &mut SqliteConnection,
+    batch: &[Job],
+    sqls: &[&'static str],
+    limits: &QueuePolicy,
+) -> Vec<Result<Outcome, QueueError>> {
+    let mut results: Vec<Result<Outcome, QueueError>> = Vec::with_capacity(batch.len());
+    let fail_all = |msg: String| -> Vec<Result<Outcome, QueueError>> {
+        batch
+            .iter()
+            .map(|_| Err(QueueError::Broken(msg.clone())))
+            .collect()
+    };
+    for (i, (job, sql)) in batch.iter().zip(sqls).enumerate() {
+        let Job::Change(changes, _) = job else {
+            // `fused_sqls` gives a query to state changes only.
+            return fail_all("a job that is not a state change reached the fused path".into());
+        };
+        match dispatch::run_static(conn, sql, changes).await {
+            Ok(()) => results.push(Ok(Outcome::Changed)),
+            Err(QueueError::Broken(msg)) => {
+                // Written in part, or the commit failed: nothing of the batch is kept.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return fail_all(msg);
+            }
+            Err(e) if i == 0 => {
+                // Whether the transaction was opened is unknown: end it, and give the rest of
+                // the batch to the usual path, which opens its own.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                results.push(Err(e));
+                if let Some(rest) = batch.get(1..).filter(|r| !r.is_empty()) {
+                    results.extend(Box::pin(commit_batch(conn, rest, limits)).await);
+                }
+                return results;
+            }
+            Err(e) => {
+                results.push(Err(e));
+                // The job that was to commit wrote nothing: commit the others' writes.
+                if i + 1 == batch.len()
+                    && let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await
+                {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    return fail_all(format!("commit failed: {e}"));
+                }
+            }
+        }
     }
     results
 }

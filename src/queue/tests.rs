@@ -780,6 +780,96 @@ async fn a_job_of_changes_is_all_or_none() {
     assert_eq!(st.recipients[0].state, "sending");
 }
 
+/// A batch of modem jobs carries its `BEGIN IMMEDIATE` and `COMMIT` in its first and last
+/// jobs' queries: wherever in the batch a job naming no part is, that job fails alone, the
+/// others are committed, and the writer's connection is left outside any transaction.
+#[tokio::test]
+async fn a_fused_batch_fails_a_job_alone_wherever_it_is() {
+    let (dir, store) = open().await;
+    let mut parts = Vec::new();
+    for i in 0..4 {
+        store
+            .accept(request(
+                "a@b.c",
+                Some(&format!("<{i}@x>")),
+                &["+33612345678"],
+            ))
+            .await
+            .unwrap();
+    }
+    for w in dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap()
+    {
+        parts.extend(w.pending.iter().map(|p| p.id));
+    }
+    assert_eq!(parts.len(), 8);
+    let mut conn = SqliteConnection::connect_with(&options(&dir.path().join("q.db")))
+        .await
+        .unwrap();
+    let policy = QueuePolicy {
+        quotas: Quotas::default(),
+        guard: Guard {
+            enabled: false,
+            ..Guard::default()
+        },
+        replies: OwedReplies::Never,
+    };
+    let sending = |part: i64| {
+        let (tx, _rx) = oneshot::channel();
+        Job::Change(
+            vec![Change::Sending {
+                part,
+                channel: "modem0".into(),
+            }],
+            tx,
+        )
+    };
+    let mut next = parts.into_iter();
+    // (batch size, where the bad job is)
+    for (size, bad) in [(1, 0), (3, 0), (3, 1), (3, 2), (2, 1)] {
+        let mut good = Vec::new();
+        let batch: Vec<Job> = (0..size)
+            .map(|i| {
+                if i == bad {
+                    sending(999_999)
+                } else {
+                    let p = next.next().unwrap();
+                    good.push(p);
+                    sending(p)
+                }
+            })
+            .collect();
+        assert!(fused_sqls(&batch).is_some());
+        let results = commit_batch(&mut conn, &batch, &policy).await;
+        for (i, r) in results.iter().enumerate() {
+            if i == bad {
+                assert!(
+                    matches!(r, Err(QueueError::NoSuchPart(999_999))),
+                    "{size}/{bad}: {:?}",
+                    r.as_ref().err()
+                );
+            } else {
+                assert!(r.is_ok(), "{size}/{bad}: {:?}", r.as_ref().err());
+            }
+        }
+        // Committed: another connection sees them.
+        for p in good {
+            let state: String = sqlx::query_scalar("SELECT state FROM parts WHERE id = ?1")
+                .bind(p)
+                .fetch_one(store.reader())
+                .await
+                .unwrap();
+            assert_eq!(state, "sending", "{size}/{bad}");
+        }
+        // No transaction left open.
+        sqlx::query("BEGIN IMMEDIATE; COMMIT")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
 /// The recipient's state the writer computes in SQL is `summarise` of its parts, for every
 /// combination of up to three part states.
 #[tokio::test]
