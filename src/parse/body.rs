@@ -749,22 +749,30 @@ fn has_multibyte_utf8(bytes: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// Splits on every line end mail text uses: CRLF, bare LF, bare CR, NEL, LS and PS.
+///
+/// Scans bytes: in UTF-8, CR and LF never occur inside a multibyte character, and NEL
+/// (C2 85), LS (E2 80 A8) and PS (E2 80 A9) start with a lead byte, so every match is a whole
+/// character and every split falls on a character boundary.
 fn split_lines(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
     let mut lines = Vec::new();
     let mut start = 0;
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}') {
-            lines.push(text.get(start..i).unwrap_or_default());
-            let mut end = i + c.len_utf8();
-            if c == '\r'
-                && let Some(&(j, '\n')) = chars.peek()
-            {
-                chars.next();
-                end = j + 1;
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        let separator_len = match byte {
+            b'\n' => 1,
+            b'\r' if bytes.get(i + 1) == Some(&b'\n') => 2,
+            b'\r' => 1,
+            0xC2 if bytes.get(i + 1) == Some(&0x85) => 2,
+            0xE2 if matches!(bytes.get(i + 1..i + 3), Some([0x80, 0xA8 | 0xA9])) => 3,
+            _ => {
+                i += 1;
+                continue;
             }
-            start = end;
-        }
+        };
+        lines.push(text.get(start..i).unwrap_or_default());
+        i += separator_len;
+        start = i;
     }
     lines.push(text.get(start..).unwrap_or_default());
     lines
@@ -809,17 +817,18 @@ fn unflow(lines: &[&str], delsp: bool) -> Vec<String> {
 }
 
 /// One line of body text. `text` is normalized (blanks collapsed, trimmed, invisible characters
-/// removed); `raw` is kept for what normalization would hide, such as the space of `-- `.
+/// removed); `raw` is kept for what normalization would hide, such as the space of `-- `. Both
+/// borrow from the body when they can: most lines need no normalization.
 #[derive(Clone, Debug)]
-struct Line {
-    raw: String,
-    text: String,
+struct Line<'a> {
+    raw: &'a str,
+    text: Cow<'a, str>,
 }
 
-impl Line {
-    fn new(raw: &str) -> Line {
+impl<'a> Line<'a> {
+    fn new(raw: &'a str) -> Line<'a> {
         Line {
-            raw: raw.to_owned(),
+            raw,
             text: normalize_line(raw),
         }
     }
@@ -836,14 +845,14 @@ impl Line {
     }
 
     /// The line with one level of quoting removed.
-    fn unquoted(&self) -> Line {
+    fn unquoted(&self) -> Line<'a> {
         let raw = self.raw.trim_start();
         let raw = raw.strip_prefix('>').unwrap_or(raw);
         Line::new(raw.strip_prefix(' ').unwrap_or(raw))
     }
 }
 
-fn make_lines(text: &str) -> Vec<Line> {
+fn make_lines(text: &str) -> Vec<Line<'_>> {
     split_lines(text).into_iter().map(Line::new).collect()
 }
 
@@ -855,13 +864,21 @@ fn is_removed(c: char) -> bool {
     ) || (c.is_control() && c != '\t')
 }
 
+/// Characters that [`normalize_line`] collapses into one space.
+fn is_blank(c: char) -> bool {
+    c == '\t' || (c.is_whitespace() && !is_removed(c))
+}
+
 /// Collapses blanks (tabs, no-break and typographic spaces) to single spaces, trims, and
-/// removes the characters [`is_removed`] names.
-fn normalize_line(line: &str) -> String {
+/// removes the characters [`is_removed`] names. Borrows when there is nothing to change.
+fn normalize_line(line: &str) -> Cow<'_, str> {
+    if is_normalized(line) {
+        return Cow::Borrowed(line);
+    }
     let mut out = String::with_capacity(line.len());
     let mut blank = false;
     for c in line.chars() {
-        if c == '\t' || (c.is_whitespace() && !is_removed(c)) {
+        if is_blank(c) {
             blank = true;
         } else if !is_removed(c) {
             if blank && !out.is_empty() {
@@ -871,12 +888,34 @@ fn normalize_line(line: &str) -> String {
             out.push(c);
         }
     }
-    out
+    Cow::Owned(out)
+}
+
+/// Whether [`normalize_line`] would give `line` back unchanged: it has nothing to remove, no
+/// blank but single spaces, and those only between other characters. Each kept character is
+/// then copied and each space is written back before the character that follows it.
+fn is_normalized(line: &str) -> bool {
+    // Set at the start so that a leading space fails like a second space in a row.
+    let mut after_space = true;
+    let mut plain = |is_space: bool, is_kept: bool| {
+        let ok = if is_space { !after_space } else { is_kept };
+        after_space = is_space;
+        ok
+    };
+    let inner = if line.is_ascii() {
+        // In ASCII the blanks are space and tab and the removed characters are the other
+        // control characters, so the kept ones other than space are exactly the graphic ones.
+        line.bytes().all(|b| plain(b == b' ', b.is_ascii_graphic()))
+    } else {
+        line.chars()
+            .all(|c| plain(c == ' ', !is_blank(c) && !is_removed(c)))
+    };
+    inner && !line.ends_with(' ')
 }
 
 /// [`normalize_line`] for text that must stay on one line (a subject).
 fn normalize_inline(text: &str) -> String {
-    normalize_line(&split_lines(text).join(" "))
+    normalize_line(&split_lines(text).join(" ")).into_owned()
 }
 
 /// Turns decoded body text into SMS text: history, signatures and blank lines removed.
@@ -890,7 +929,7 @@ fn clean_body(text: &str, opts: &BodyOptions, is_forward: bool) -> String {
         lines
     };
     kept.iter()
-        .map(|l| l.text.as_str())
+        .map(|l| l.text.as_ref())
         .filter(|t| !t.is_empty() && !is_image_placeholder(t))
         .collect::<Vec<_>>()
         .join("\n")
@@ -917,14 +956,14 @@ enum Cut {
 
 /// Finds where quoted history starts and returns what the sender wrote above it, or, for a
 /// forward with nothing written above, the forwarded content (whose own history is cut too).
-fn strip_history(lines: Vec<Line>, strip_signatures: bool, is_forward: bool) -> Vec<Line> {
+fn strip_history(lines: Vec<Line<'_>>, strip_signatures: bool, is_forward: bool) -> Vec<Line<'_>> {
     let mut region = lines;
     // Each pass unwraps one forward; deeper chains than this are not mail people write, and the
     // bound keeps a mail made of forward markers from costing a copy of itself per marker.
     for _ in 0..MAX_NESTED_FORWARDS {
         let cut = find_cut(&region);
         let end = cut.map_or(region.len(), |(at, _)| at);
-        let mut above: Vec<Line> = region
+        let mut above: Vec<Line<'_>> = region
             .get(..end)
             .unwrap_or_default()
             .iter()
@@ -951,7 +990,7 @@ fn strip_history(lines: Vec<Line>, strip_signatures: bool, is_forward: bool) -> 
     Vec::new()
 }
 
-fn find_cut(lines: &[Line]) -> Option<(usize, Cut)> {
+fn find_cut(lines: &[Line<'_>]) -> Option<(usize, Cut)> {
     lines.iter().enumerate().find_map(|(i, line)| {
         if line.is_quoted() || line.text.is_empty() {
             return None;
@@ -970,7 +1009,7 @@ fn find_cut(lines: &[Line]) -> Option<(usize, Cut)> {
     })
 }
 
-fn next_non_blank(lines: &[Line], from: usize) -> Option<usize> {
+fn next_non_blank(lines: &[Line<'_>], from: usize) -> Option<usize> {
     (from..lines.len()).find(|&i| lines.get(i).is_some_and(|l| !l.text.is_empty()))
 }
 
@@ -981,12 +1020,12 @@ fn is_underscore_rule(text: &str) -> bool {
 
 /// The content below a forward marker or header block: the header block of the forwarded mail
 /// skipped, and one level of quoting removed when all of it is quoted (Apple Mail's plain text).
-fn forwarded_content(lines: &[Line], at: usize, kind: Cut) -> Vec<Line> {
+fn forwarded_content<'a>(lines: &[Line<'a>], at: usize, kind: Cut) -> Vec<Line<'a>> {
     let start = match kind {
         Cut::HeaderBlock if lines.get(at).is_some_and(|l| !is_underscore_rule(&l.text)) => at,
         _ => at + 1,
     };
-    let mut rest: Vec<Line> = lines.get(start..).unwrap_or_default().to_vec();
+    let mut rest: Vec<Line<'a>> = lines.get(start..).unwrap_or_default().to_vec();
     if rest
         .iter()
         .filter(|l| !l.text.is_empty())
@@ -1005,6 +1044,12 @@ fn forwarded_content(lines: &[Line], at: usize, kind: Cut) -> Vec<Line> {
 
 /// Separator lines clients put above quoted or forwarded mail.
 fn marker(text: &str) -> Option<Cut> {
+    // Every form ends with ':' or starts with "--". Lowercasing maps ':' and '-' to themselves
+    // and no other character to either, and removing the space of " :" neither adds nor removes
+    // a final ':' or a leading "--": a text with neither cannot match.
+    if !text.ends_with(':') && !text.starts_with("--") {
+        return None;
+    }
     let lower = text.to_lowercase().replace(" :", ":");
     const FORWARD_LINES: &[&str] = &[
         "begin forwarded message:",
@@ -1050,7 +1095,7 @@ fn marker(text: &str) -> Option<Cut> {
 }
 
 /// Whether a reply attribution starts at line `i`, on that line or wrapped onto the next.
-fn is_attribution_at(lines: &[Line], i: usize) -> bool {
+fn is_attribution_at(lines: &[Line<'_>], i: usize) -> bool {
     let Some(first) = lines.get(i) else {
         return false;
     };
@@ -1058,7 +1103,8 @@ fn is_attribution_at(lines: &[Line], i: usize) -> bool {
         return true;
     }
     match lines.get(i + 1) {
-        Some(next) if !next.text.is_empty() && !next.is_quoted() => {
+        // The joined text ends as `next` does: without a final ':' it cannot be one either.
+        Some(next) if !next.text.is_empty() && !next.is_quoted() && next.text.ends_with(':') => {
             is_attribution(&format!("{} {}", first.text, next.text))
         }
         _ => false,
@@ -1068,7 +1114,9 @@ fn is_attribution_at(lines: &[Line], i: usize) -> bool {
 /// "On … wrote:" and its translations, or Notes' "… wrote on …:". A date is always part of
 /// them, so a line without a digit is not one ("Le client a écrit :" stays).
 fn is_attribution(text: &str) -> bool {
-    if text.len() > 400 || !text.chars().any(|c| c.is_ascii_digit()) {
+    // Every form ends with ':', and the lowercased text ends with ':' exactly when the text
+    // does (see `marker`).
+    if !text.ends_with(':') || text.len() > 400 || !text.bytes().any(|b| b.is_ascii_digit()) {
         return false;
     }
     let lower = text.to_lowercase().replace(" :", ":");
@@ -1105,7 +1153,7 @@ fn field_label(text: &str) -> Option<String> {
 
 /// A quoted-mail header block starting at `i`: a "From:" line followed within five lines by a
 /// date line and a recipient or subject line, in the languages Outlook and Notes write.
-fn is_header_block(lines: &[Line], i: usize) -> bool {
+fn is_header_block(lines: &[Line<'_>], i: usize) -> bool {
     const FROM: &[&str] = &["from", "de", "von", "van", "da", "från", "fra", "od", "от"];
     const DATE: &[&str] = &[
         "sent",
@@ -1148,14 +1196,14 @@ fn is_header_block(lines: &[Line], i: usize) -> bool {
         "temat",
         "тема",
     ];
-    let is = |line: Option<&Line>, set: &[&str]| {
+    let is = |line: Option<&Line<'_>>, set: &[&str]| {
         line.and_then(|l| field_label(&l.text))
             .is_some_and(|label| set.contains(&label.as_str()))
     };
     if !is(lines.get(i), FROM) {
         return false;
     }
-    let following: Vec<&Line> = lines
+    let following: Vec<&Line<'_>> = lines
         .iter()
         .skip(i + 1)
         .take(5)
@@ -1166,7 +1214,7 @@ fn is_header_block(lines: &[Line], i: usize) -> bool {
 
 /// Cuts the signature: at the first `-- ` separator, at a bare `--` followed by no more than
 /// eight lines, or at a sign-off line a mobile or webmail client appended.
-fn strip_signature(mut lines: Vec<Line>) -> Vec<Line> {
+fn strip_signature(mut lines: Vec<Line<'_>>) -> Vec<Line<'_>> {
     let hard = lines.iter().position(Line::is_signature_separator);
     let signoff = lines.iter().position(|l| is_signoff(&l.text));
     // The earliest bare `--` with at most eight non-empty lines after it.
@@ -1194,7 +1242,6 @@ fn is_signoff(text: &str) -> bool {
     if text.chars().count() > 100 {
         return false;
     }
-    let lower = text.to_lowercase();
     const PREFIXES: &[&str] = &[
         "sent from my ",
         "sent from outlook",
@@ -1220,8 +1267,22 @@ fn is_signoff(text: &str) -> bool {
         "skickat från min ",
         "sendt fra min ",
     ];
-    PREFIXES.iter().any(|p| lower.starts_with(p))
-        || (lower.starts_with("von meinem ") && lower.ends_with("gesendet"))
+    PREFIXES.iter().any(|p| lowercase_starts_with(text, p))
+        || (lowercase_starts_with(text, "von meinem ") && lowercase_ends_with(text, "gesendet"))
+}
+
+/// `text.to_lowercase().starts_with(prefix)` without lowercasing the whole text. The string
+/// lowercases character by character except for 'Σ', which becomes 'σ' or 'ς' depending on
+/// what follows; no pattern here holds either, so that choice cannot change the answer.
+fn lowercase_starts_with(text: &str, prefix: &str) -> bool {
+    let mut lower = text.chars().flat_map(char::to_lowercase);
+    prefix.chars().all(|p| lower.next() == Some(p))
+}
+
+/// `text.to_lowercase().ends_with(suffix)`, read from the end; see [`lowercase_starts_with`].
+fn lowercase_ends_with(text: &str, suffix: &str) -> bool {
+    let mut lower = text.chars().rev().flat_map(|c| c.to_lowercase().rev());
+    suffix.chars().rev().all(|s| lower.next() == Some(s))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2086,6 +2147,7 @@ fn until_question_mark(text: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn opts() -> BodyOptions {
         BodyOptions::default()
@@ -3018,6 +3080,526 @@ mod tests {
                 extract(&raw, &opts()).map(|i| i.text),
                 Ok(expected.to_owned())
             );
+        }
+    }
+
+    /// Lines of pieces that reach the interesting cases of the line rules: quote marks,
+    /// colons, dashes, digits, every line end, blanks and invisible characters, letters whose
+    /// lowercase is longer or context-dependent, and the words of markers and attributions.
+    fn tricky_text() -> impl Strategy<Value = String> {
+        const PIECES: &[&str] = &[
+            ">",
+            "> ",
+            ":",
+            " :",
+            " ",
+            "  ",
+            "-",
+            "--",
+            "-- ",
+            "-----",
+            "_",
+            "__________",
+            "1",
+            "2026",
+            "\t",
+            "\r",
+            "\n",
+            "\r\n",
+            "\u{85}",
+            "\u{2028}",
+            "\u{2029}",
+            "\u{a0}",
+            "\u{3000}",
+            "\u{200b}",
+            "\u{feff}",
+            "\u{1}",
+            "\u{7f}",
+            "É",
+            "é",
+            "İ",
+            "ẞ",
+            "Σ",
+            "K",
+            "x",
+            "X",
+            "wrote",
+            "On ",
+            "on ",
+            "Le ",
+            "a écrit",
+            "Am ",
+            " schrieb ",
+            "Den ",
+            " skrev ",
+            " wrote on ",
+            "From",
+            "De",
+            "Sent",
+            "Date",
+            "Envoyé",
+            "To",
+            "À",
+            "Subject",
+            "Begin forwarded message",
+            "Forwarded message",
+            "Original Message",
+            "Sent from my ",
+            "Von meinem ",
+            "gesendet",
+            "[image: x]",
+            "On 3 Mar 2026, Jean",
+            "Le 3 mars 2026, Jean",
+            "wrote:",
+            "wrote :",
+            "a écrit :",
+            "Begin forwarded message:",
+            "-----Original Message-----",
+            "---------- Forwarded message ---------",
+            "From: a",
+            "Sent: 1",
+            "To: b",
+            "Sent from my iPhone",
+            "Begin forwarded message :",
+            "-- Message d'origine --",
+        ];
+        // Short lines of a few pieces, so that whole markers and attributions are frequent.
+        let line =
+            prop::collection::vec(prop::sample::select(PIECES), 0..4).prop_map(|p| p.concat());
+        prop::collection::vec(line, 0..16).prop_map(|lines| lines.join("\n"))
+    }
+
+    fn any_text() -> impl Strategy<Value = String> {
+        prop::collection::vec(any::<char>(), 0..120).prop_map(String::from_iter)
+    }
+
+    fn any_or_tricky_text() -> impl Strategy<Value = String> {
+        prop_oneof![any_text(), tricky_text()]
+    }
+
+    proptest! {
+        #[test]
+        fn split_lines_is_unchanged(text in any_or_tricky_text()) {
+            prop_assert_eq!(split_lines(&text), old::split_lines(&text));
+        }
+
+        #[test]
+        fn normalize_line_is_unchanged(text in any_or_tricky_text()) {
+            prop_assert_eq!(normalize_line(&text), old::normalize_line(&text));
+            prop_assert_eq!(normalize_inline(&text), old::normalize_line(&old::split_lines(&text).join(" ")));
+        }
+
+        #[test]
+        fn line_rules_are_unchanged(text in any_or_tricky_text()) {
+            prop_assert_eq!(marker(&text), old::marker(&text));
+            prop_assert_eq!(is_attribution(&text), old::is_attribution(&text));
+            prop_assert_eq!(is_signoff(&text), old::is_signoff(&text));
+            prop_assert_eq!(find_cut(&make_lines(&text)), old::find_cut(&old::make_lines(&text)));
+        }
+
+        #[test]
+        fn clean_body_is_unchanged(
+            text in any_or_tricky_text(),
+            strip_quoted in any::<bool>(),
+            strip_signature in any::<bool>(),
+            is_forward in any::<bool>(),
+        ) {
+            let opts = BodyOptions { strip_quoted, strip_signature, ..BodyOptions::default() };
+            prop_assert_eq!(
+                clean_body(&text, &opts, is_forward),
+                old::clean_body(&text, &opts, is_forward)
+            );
+        }
+    }
+
+    /// `marker` and `is_attribution` reject a text by its last and first characters before
+    /// lowercasing it: lowercasing must give ':' and '-' only from themselves.
+    #[test]
+    fn lowercasing_makes_no_colon_or_dash() {
+        for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+            if c != ':' && c != '-' {
+                assert!(!c.to_lowercase().any(|l| l == ':' || l == '-'), "{c:?}");
+            }
+        }
+    }
+
+    /// The line handling as it was before its fast paths, kept to check that they change no
+    /// output.
+    mod old {
+        use super::super::{
+            BodyOptions, Cut, MAX_NESTED_FORWARDS, field_label, is_image_placeholder, is_removed,
+            is_underscore_rule,
+        };
+
+        pub(super) fn split_lines(text: &str) -> Vec<&str> {
+            let mut lines = Vec::new();
+            let mut start = 0;
+            let mut chars = text.char_indices().peekable();
+            while let Some((i, c)) = chars.next() {
+                if matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}') {
+                    lines.push(text.get(start..i).unwrap_or_default());
+                    let mut end = i + c.len_utf8();
+                    if c == '\r'
+                        && let Some(&(j, '\n')) = chars.peek()
+                    {
+                        chars.next();
+                        end = j + 1;
+                    }
+                    start = end;
+                }
+            }
+            lines.push(text.get(start..).unwrap_or_default());
+            lines
+        }
+
+        #[derive(Clone, Debug)]
+        pub(super) struct Line {
+            raw: String,
+            text: String,
+        }
+
+        impl Line {
+            fn new(raw: &str) -> Line {
+                Line {
+                    raw: raw.to_owned(),
+                    text: normalize_line(raw),
+                }
+            }
+
+            fn is_signature_separator(&self) -> bool {
+                self.raw
+                    .strip_prefix("-- ")
+                    .is_some_and(|rest| rest.chars().all(char::is_whitespace))
+            }
+
+            fn is_quoted(&self) -> bool {
+                self.text.starts_with('>')
+            }
+
+            fn unquoted(&self) -> Line {
+                let raw = self.raw.trim_start();
+                let raw = raw.strip_prefix('>').unwrap_or(raw);
+                Line::new(raw.strip_prefix(' ').unwrap_or(raw))
+            }
+        }
+
+        pub(super) fn make_lines(text: &str) -> Vec<Line> {
+            split_lines(text).into_iter().map(Line::new).collect()
+        }
+
+        pub(super) fn normalize_line(line: &str) -> String {
+            let mut out = String::with_capacity(line.len());
+            let mut blank = false;
+            for c in line.chars() {
+                if c == '\t' || (c.is_whitespace() && !is_removed(c)) {
+                    blank = true;
+                } else if !is_removed(c) {
+                    if blank && !out.is_empty() {
+                        out.push(' ');
+                    }
+                    blank = false;
+                    out.push(c);
+                }
+            }
+            out
+        }
+
+        pub(super) fn clean_body(text: &str, opts: &BodyOptions, is_forward: bool) -> String {
+            let lines = make_lines(text);
+            let kept = if opts.strip_quoted {
+                strip_history(lines, opts.strip_signature, is_forward)
+            } else if opts.strip_signature {
+                strip_signature(lines)
+            } else {
+                lines
+            };
+            kept.iter()
+                .map(|l| l.text.as_str())
+                .filter(|t| !t.is_empty() && !is_image_placeholder(t))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+
+        fn strip_history(lines: Vec<Line>, strip_signatures: bool, is_forward: bool) -> Vec<Line> {
+            let mut region = lines;
+            // Each pass unwraps one forward; deeper chains than this are not mail people write, and the
+            // bound keeps a mail made of forward markers from costing a copy of itself per marker.
+            for _ in 0..MAX_NESTED_FORWARDS {
+                let cut = find_cut(&region);
+                let end = cut.map_or(region.len(), |(at, _)| at);
+                let mut above: Vec<Line> = region
+                    .get(..end)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|l| !l.is_quoted())
+                    .cloned()
+                    .collect();
+                if strip_signatures {
+                    above = strip_signature(above);
+                }
+                let wrote_nothing = above.iter().all(|l| l.text.is_empty());
+                let Some((at, kind)) = cut else {
+                    return above;
+                };
+                let follow = match kind {
+                    Cut::Forward => true,
+                    Cut::Original | Cut::HeaderBlock => is_forward,
+                    Cut::Attribution => false,
+                };
+                if !wrote_nothing || !follow {
+                    return above;
+                }
+                region = forwarded_content(&region, at, kind);
+            }
+            Vec::new()
+        }
+
+        pub(super) fn find_cut(lines: &[Line]) -> Option<(usize, Cut)> {
+            lines.iter().enumerate().find_map(|(i, line)| {
+                if line.is_quoted() || line.text.is_empty() {
+                    return None;
+                }
+                if let Some(kind) = marker(&line.text) {
+                    return Some((i, kind));
+                }
+                if is_underscore_rule(&line.text) {
+                    let next = next_non_blank(lines, i + 1)?;
+                    return is_header_block(lines, next).then_some((i, Cut::HeaderBlock));
+                }
+                if is_attribution_at(lines, i) {
+                    return Some((i, Cut::Attribution));
+                }
+                is_header_block(lines, i).then_some((i, Cut::HeaderBlock))
+            })
+        }
+
+        fn next_non_blank(lines: &[Line], from: usize) -> Option<usize> {
+            (from..lines.len()).find(|&i| lines.get(i).is_some_and(|l| !l.text.is_empty()))
+        }
+
+        fn forwarded_content(lines: &[Line], at: usize, kind: Cut) -> Vec<Line> {
+            let start = match kind {
+                Cut::HeaderBlock if lines.get(at).is_some_and(|l| !is_underscore_rule(&l.text)) => {
+                    at
+                }
+                _ => at + 1,
+            };
+            let mut rest: Vec<Line> = lines.get(start..).unwrap_or_default().to_vec();
+            if rest
+                .iter()
+                .filter(|l| !l.text.is_empty())
+                .all(Line::is_quoted)
+            {
+                rest = rest.iter().map(Line::unquoted).collect();
+            }
+            let mut i = next_non_blank(&rest, 0).unwrap_or(rest.len());
+            if rest.get(i).is_some_and(|l| field_label(&l.text).is_some()) {
+                while rest.get(i).is_some_and(|l| !l.text.is_empty()) {
+                    i += 1;
+                }
+            }
+            rest.split_off(i.min(rest.len()))
+        }
+
+        pub(super) fn marker(text: &str) -> Option<Cut> {
+            let lower = text.to_lowercase().replace(" :", ":");
+            const FORWARD_LINES: &[&str] = &[
+                "begin forwarded message:",
+                "début du message réexpédié:",
+                "début du message transféré:",
+                "anfang der weitergeleiteten nachricht:",
+                "inicio del mensaje reenviado:",
+                "inizio messaggio inoltrato:",
+                "begin doorgestuurd bericht:",
+            ];
+            if FORWARD_LINES.contains(&lower.as_str()) {
+                return Some(Cut::Forward);
+            }
+            if !lower.starts_with("--") {
+                return None;
+            }
+            let core = lower.trim_matches(|c: char| c == '-' || c == ' ');
+            const FORWARD_TITLES: &[&str] = &[
+                "forwarded message",
+                "message transféré",
+                "weitergeleitete nachricht",
+                "mensaje reenviado",
+                "messaggio inoltrato",
+                "doorgestuurd bericht",
+                "mensagem encaminhada",
+            ];
+            const ORIGINAL_TITLES: &[&str] = &[
+                "original message",
+                "message d'origine",
+                "ursprüngliche nachricht",
+                "mensaje original",
+                "messaggio originale",
+                "oorspronkelijk bericht",
+                "mensagem original",
+            ];
+            if FORWARD_TITLES.contains(&core) {
+                Some(Cut::Forward)
+            } else if ORIGINAL_TITLES.contains(&core) {
+                Some(Cut::Original)
+            } else {
+                None
+            }
+        }
+
+        fn is_attribution_at(lines: &[Line], i: usize) -> bool {
+            let Some(first) = lines.get(i) else {
+                return false;
+            };
+            if is_attribution(&first.text) {
+                return true;
+            }
+            match lines.get(i + 1) {
+                Some(next) if !next.text.is_empty() && !next.is_quoted() => {
+                    is_attribution(&format!("{} {}", first.text, next.text))
+                }
+                _ => false,
+            }
+        }
+
+        pub(super) fn is_attribution(text: &str) -> bool {
+            if text.len() > 400 || !text.chars().any(|c| c.is_ascii_digit()) {
+                return false;
+            }
+            let lower = text.to_lowercase().replace(" :", ":");
+            // (starts with, contains, ends with)
+            const FORMS: &[(&str, &str, &str)] = &[
+                ("on ", "", "wrote:"),
+                ("le ", "", "a écrit:"),
+                ("am ", " schrieb ", ":"),
+                ("el ", "", "escribió:"),
+                ("il ", "", "ha scritto:"),
+                ("op ", " schreef ", ":"),
+                ("em ", "", "escreveu:"),
+                ("den ", " skrev ", ":"),
+                ("", " wrote on ", ":"),
+                ("", " a écrit sur ", ":"),
+                ("", " schrieb am ", ":"),
+            ];
+            FORMS.iter().any(|(start, middle, end)| {
+                lower.starts_with(start) && lower.contains(middle) && lower.ends_with(end)
+            })
+        }
+
+        fn is_header_block(lines: &[Line], i: usize) -> bool {
+            const FROM: &[&str] = &["from", "de", "von", "van", "da", "från", "fra", "od", "от"];
+            const DATE: &[&str] = &[
+                "sent",
+                "date",
+                "envoyé",
+                "gesendet",
+                "datum",
+                "enviado",
+                "fecha",
+                "inviato",
+                "data",
+                "verzonden",
+                "skickat",
+                "sendt",
+                "wysłano",
+                "отправлено",
+            ];
+            const OTHER: &[&str] = &[
+                "to",
+                "à",
+                "a",
+                "an",
+                "aan",
+                "para",
+                "per",
+                "till",
+                "til",
+                "do",
+                "кому",
+                "cc",
+                "subject",
+                "objet",
+                "betreff",
+                "onderwerp",
+                "asunto",
+                "oggetto",
+                "assunto",
+                "ämne",
+                "emne",
+                "temat",
+                "тема",
+            ];
+            let is = |line: Option<&Line>, set: &[&str]| {
+                line.and_then(|l| field_label(&l.text))
+                    .is_some_and(|label| set.contains(&label.as_str()))
+            };
+            if !is(lines.get(i), FROM) {
+                return false;
+            }
+            let following: Vec<&Line> = lines
+                .iter()
+                .skip(i + 1)
+                .take(5)
+                .take_while(|l| !l.text.is_empty())
+                .collect();
+            following.iter().any(|l| is(Some(l), DATE))
+                && following.iter().any(|l| is(Some(l), OTHER))
+        }
+
+        fn strip_signature(mut lines: Vec<Line>) -> Vec<Line> {
+            let hard = lines.iter().position(Line::is_signature_separator);
+            let signoff = lines.iter().position(|l| is_signoff(&l.text));
+            // The earliest bare `--` with at most eight non-empty lines after it.
+            let mut soft = None;
+            let mut after = 0usize;
+            for (at, line) in lines.iter().enumerate().rev() {
+                if after > 8 {
+                    break;
+                }
+                if line.text == "--" {
+                    soft = Some(at);
+                }
+                if !line.text.is_empty() {
+                    after += 1;
+                }
+            }
+            if let Some(at) = [hard, signoff, soft].into_iter().flatten().min() {
+                lines.truncate(at);
+            }
+            lines
+        }
+
+        pub(super) fn is_signoff(text: &str) -> bool {
+            if text.chars().count() > 100 {
+                return false;
+            }
+            let lower = text.to_lowercase();
+            const PREFIXES: &[&str] = &[
+                "sent from my ",
+                "sent from outlook",
+                "sent from mail for windows",
+                "sent from yahoo mail",
+                "get outlook for ",
+                "envoyé de mon ",
+                "envoyé depuis mon ",
+                "envoyé à partir de outlook",
+                "envoyé à partir d'outlook",
+                "envoyé à partir d’outlook",
+                "obtenir outlook pour ",
+                "télécharger outlook pour ",
+                "gesendet von meinem ",
+                "gesendet von mail für windows",
+                "enviado desde mi ",
+                "enviado desde outlook",
+                "enviado do meu ",
+                "inviato da ",
+                "inviato dal mio ",
+                "verzonden vanaf mijn ",
+                "verstuurd vanaf mijn ",
+                "skickat från min ",
+                "sendt fra min ",
+            ];
+            PREFIXES.iter().any(|p| lower.starts_with(p))
+                || (lower.starts_with("von meinem ") && lower.ends_with("gesendet"))
         }
     }
 }

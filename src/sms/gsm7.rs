@@ -43,20 +43,27 @@ const EXTENSION: [(u8, char); 10] = [
     (0x65, '€'),
 ];
 
-/// Marks an ASCII character with no default-alphabet septet in [`ASCII_TO_DEFAULT`].
-const NONE: u8 = 0xFF;
-
-/// Reverse of [`DEFAULT`] for ASCII, built at compile time so the common case is one lookup.
-const ASCII_TO_DEFAULT: [u8; 128] = {
-    let mut table = [NONE; 128];
+/// How each ASCII character is written, built at compile time from [`DEFAULT`] and
+/// [`EXTENSION`] so the common case is one lookup.
+const ASCII_SEPTETS: [Option<Septet>; 128] = {
+    let mut table = [None; 128];
     let mut septet = 0;
     while septet < 128 {
         let c = DEFAULT[septet] as u32;
         // 0x1B is the escape code: a space must encode as 0x20, never as an escape.
         if c < 128 && septet != ESC as usize {
-            table[c as usize] = septet as u8;
+            table[c as usize] = Some(Septet::Default(septet as u8));
         }
         septet += 1;
+    }
+    // The default alphabet comes first: an escape sequence only for what it lacks.
+    let mut entry = 0;
+    while entry < EXTENSION.len() {
+        let (septet, c) = EXTENSION[entry];
+        if (c as u32) < 128 && table[c as usize].is_none() {
+            table[c as usize] = Some(Septet::Extension(septet));
+        }
+        entry += 1;
     }
     table
 };
@@ -93,14 +100,10 @@ impl Septet {
 
 /// The septet(s) for `c`, or `None` when the character is in neither table.
 pub fn encode_char(c: char) -> Option<Septet> {
-    let code = u32::from(c);
-    if code < 128 {
-        if let Some(&s) = ASCII_TO_DEFAULT.get(code as usize)
-            && s != NONE
-        {
-            return Some(Septet::Default(s));
-        }
-    } else if let Some(pos) = DEFAULT.iter().position(|&d| d == c) {
+    if c.is_ascii() {
+        return ASCII_SEPTETS.get(usize::from(c as u8)).copied().flatten();
+    }
+    if let Some(pos) = DEFAULT.iter().position(|&d| d == c) {
         // Every non-ASCII entry sits below index 128, so the position always fits a septet.
         return u8::try_from(pos).ok().map(Septet::Default);
     }
@@ -394,6 +397,44 @@ mod tests {
             assert_eq!(fill_bits(octets), fill, "{octets} octets");
             assert_eq!(header_septets(octets), septets, "{octets} octets");
             assert_eq!((octets * 8 + usize::from(fill)) % 7, 0);
+        }
+    }
+
+    /// `encode_char` as it was before the table held the extension characters.
+    fn old_encode_char(c: char) -> Option<Septet> {
+        const NONE: u8 = 0xFF;
+        const ASCII_TO_DEFAULT: [u8; 128] = {
+            let mut table = [NONE; 128];
+            let mut septet = 0;
+            while septet < 128 {
+                let c = DEFAULT[septet] as u32;
+                if c < 128 && septet != ESC as usize {
+                    table[c as usize] = septet as u8;
+                }
+                septet += 1;
+            }
+            table
+        };
+        let code = u32::from(c);
+        if code < 128 {
+            if let Some(&s) = ASCII_TO_DEFAULT.get(code as usize)
+                && s != NONE
+            {
+                return Some(Septet::Default(s));
+            }
+        } else if let Some(pos) = DEFAULT.iter().position(|&d| d == c) {
+            return u8::try_from(pos).ok().map(Septet::Default);
+        }
+        EXTENSION
+            .iter()
+            .find(|&&(_, e)| e == c)
+            .map(|&(s, _)| Septet::Extension(s))
+    }
+
+    #[test]
+    fn encode_char_is_unchanged_for_every_char() {
+        for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+            assert_eq!(encode_char(c), old_encode_char(c), "{c:?}");
         }
     }
 }

@@ -150,6 +150,16 @@ fn look_alike(c: char) -> Option<&'static str> {
 /// When the text would need UCS-2 anyway (an emoji, Cyrillic, …) it is returned unchanged:
 /// UCS-2 carries the original characters, so replacing them would lose something for nothing.
 pub fn transliterate(text: &str) -> String {
+    // Without a look-alike the loop below copies the text as it is, and both of its outcomes
+    // are that copy. In ASCII only the backquote and the tab have a replacement.
+    let unchanged = if text.is_ascii() {
+        !text.bytes().any(|b| b == b'`' || b == b'\t')
+    } else {
+        text.chars().all(|c| look_alike(c).is_none())
+    };
+    if unchanged {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match look_alike(c) {
@@ -222,7 +232,13 @@ fn layout(
     // Unencodable characters count one unit while measuring, so the layout can tell whether
     // they would be kept at all; the flag reports them.
     let cost = |c: char| encoding.char_units(c).unwrap_or(1);
-    let total: usize = text.chars().map(cost).sum();
+    // One pass for both the total and whether the whole text is encodable.
+    let (total, encodable) = text.chars().fold((0, true), |(total, encodable), c| {
+        match encoding.char_units(c) {
+            Some(units) => (total + units, encodable),
+            None => (total + 1, false),
+        }
+    });
     let single = encoding.single_limit();
 
     if total <= single {
@@ -231,7 +247,7 @@ fn layout(
             parts: vec![text.to_owned()],
             truncated: false,
         };
-        return (seg, units(text, encoding).is_some());
+        return (seg, encodable);
     }
 
     // Greedy fill: a character that does not fit whole starts the next part, which is what
@@ -264,7 +280,7 @@ fn layout(
             parts,
             truncated: false,
         };
-        return (seg, units(text, encoding).is_some());
+        return (seg, encodable);
     }
 
     // Too long: keep max_parts − 1 full parts and end with a part that has room for the
@@ -292,7 +308,9 @@ fn layout(
     let kept = rest.get(..end).unwrap_or_default().trim_end();
     parts.push(format!("{kept}{TRUNCATION_MARKER}"));
 
-    let encodable = parts.iter().all(|p| units(p, encoding).is_some());
+    // The parts hold characters of the text and of the marker, which both encodings can write:
+    // only a text with an unencodable character needs its kept parts checked.
+    let encodable = encodable || parts.iter().all(|p| units(p, encoding).is_some());
     let seg = Segmentation {
         encoding,
         parts,
@@ -304,6 +322,7 @@ fn layout(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// Units of each part, checked against the limit that applies to it.
     fn assert_within_limits(seg: &Segmentation, concat_16bit: bool) {
@@ -518,6 +537,8 @@ mod tests {
             assert_eq!(seg.parts, expected, "{max} parts");
             assert_within_limits(&seg, false);
         }
+        // `layout` counts on the marker being writable in both encodings.
+        assert!(gsm7::is_encodable(TRUNCATION_MARKER));
         // Fits exactly: no truncation.
         let seg = segment(&"x".repeat(306), Some(2));
         assert!(!seg.truncated);
@@ -571,6 +592,193 @@ mod tests {
             assert_eq!((140 - udh) / 2, ucs2);
             assert_eq!(Encoding::Gsm7.concat_limit(c16), gsm);
             assert_eq!(Encoding::Ucs2.concat_limit(c16), ucs2);
+        }
+    }
+
+    /// Characters that reach every branch: ASCII with and without a look-alike or an escape
+    /// sequence, look-alikes, GSM 7-bit letters, and characters that need UCS-2, one of them
+    /// outside the Basic Multilingual Plane.
+    fn tricky_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            4 => prop::sample::select(vec!['x', ' ', '.', '\n']),
+            2 => prop::sample::select(vec!['`', '\t', '’', '“', '–', '…', '\u{a0}', '\u{200b}', 'Α', 'Ω']),
+            2 => prop::sample::select(vec!['€', '[', '|', 'é', 'Ä', 'Δ']),
+            1 => prop::sample::select(vec!['ç', 'ж', '😀']),
+            1 => any::<char>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn transliterate_is_unchanged(
+            chars in prop::collection::vec(tricky_char(), 0..400),
+            ascii in any::<bool>(),
+        ) {
+            let mut text: String = chars.into_iter().collect();
+            if ascii {
+                text.retain(|c| c.is_ascii());
+            }
+            prop_assert_eq!(transliterate(&text), old::transliterate(&text));
+        }
+
+        #[test]
+        fn transliterate_of_any_text_is_unchanged(text in any::<String>()) {
+            prop_assert_eq!(transliterate(&text), old::transliterate(&text));
+        }
+
+        #[test]
+        fn segmentation_is_unchanged(
+            chars in prop::collection::vec(tricky_char(), 0..700),
+            ascii in any::<bool>(),
+            max_parts in prop::option::of(1usize..5),
+            c16 in any::<bool>(),
+        ) {
+            let mut text: String = chars.into_iter().collect();
+            if ascii {
+                text.retain(|c| c.is_ascii());
+            }
+            prop_assert_eq!(
+                segment_with(&text, max_parts, c16),
+                old::segment_with(&text, max_parts, c16)
+            );
+            for encoding in [Encoding::Gsm7, Encoding::Ucs2] {
+                let max_parts = max_parts.unwrap_or(MAX_PARTS).max(1);
+                prop_assert_eq!(
+                    layout(&text, encoding, max_parts, c16),
+                    old::layout(&text, encoding, max_parts, c16)
+                );
+            }
+        }
+    }
+
+    /// The functions as they were before their fast paths, kept to check that they change no
+    /// output.
+    mod old {
+        use super::super::{
+            Encoding, MAX_PARTS, Segmentation, TRUNCATION_MARKER, choose_encoding, gsm7,
+            look_alike, units,
+        };
+
+        pub(super) fn transliterate(text: &str) -> String {
+            let mut out = String::with_capacity(text.len());
+            for c in text.chars() {
+                match look_alike(c) {
+                    Some(replacement) => out.push_str(replacement),
+                    None => out.push(c),
+                }
+            }
+            if gsm7::is_encodable(&out) {
+                out
+            } else {
+                text.to_owned()
+            }
+        }
+
+        pub(super) fn segment_with(
+            text: &str,
+            max_parts: Option<usize>,
+            concat_16bit: bool,
+        ) -> Segmentation {
+            let max_parts = max_parts.unwrap_or(MAX_PARTS).clamp(1, MAX_PARTS);
+            let encoding = choose_encoding(text);
+            if encoding == Encoding::Ucs2 {
+                // When the characters that need UCS-2 fall in the part that is cut off, the kept
+                // prefix fits GSM 7-bit, which holds more of the text than UCS-2 would.
+                let (gsm, encodable) = layout(text, Encoding::Gsm7, max_parts, concat_16bit);
+                if encodable && gsm.truncated {
+                    return gsm;
+                }
+            }
+            layout(text, encoding, max_parts, concat_16bit).0
+        }
+
+        pub(super) fn layout(
+            text: &str,
+            encoding: Encoding,
+            max_parts: usize,
+            concat_16bit: bool,
+        ) -> (Segmentation, bool) {
+            // Unencodable characters count one unit while measuring, so the layout can tell whether
+            // they would be kept at all; the flag reports them.
+            let cost = |c: char| encoding.char_units(c).unwrap_or(1);
+            let total: usize = text.chars().map(cost).sum();
+            let single = encoding.single_limit();
+
+            if total <= single {
+                let seg = Segmentation {
+                    encoding,
+                    parts: vec![text.to_owned()],
+                    truncated: false,
+                };
+                return (seg, units(text, encoding).is_some());
+            }
+
+            // Greedy fill: a character that does not fit whole starts the next part, which is what
+            // keeps escape sequences and surrogate pairs in one piece.
+            let limit = encoding.concat_limit(concat_16bit);
+            let mut bounds: Vec<usize> = Vec::new();
+            let mut used = 0;
+            for (i, c) in text.char_indices() {
+                let units = cost(c);
+                if used + units > limit {
+                    bounds.push(i);
+                    if bounds.len() == max_parts {
+                        break; // already too long: the rest will be cut
+                    }
+                    used = 0;
+                }
+                used += units;
+            }
+
+            if bounds.len() < max_parts {
+                let mut parts = Vec::with_capacity(bounds.len() + 1);
+                let mut start = 0;
+                for &end in &bounds {
+                    parts.push(text.get(start..end).unwrap_or_default().to_owned());
+                    start = end;
+                }
+                parts.push(text.get(start..).unwrap_or_default().to_owned());
+                let seg = Segmentation {
+                    encoding,
+                    parts,
+                    truncated: false,
+                };
+                return (seg, units(text, encoding).is_some());
+            }
+
+            // Too long: keep max_parts − 1 full parts and end with a part that has room for the
+            // marker. A single remaining part has no concatenation header and the single-message room.
+            let mut parts = Vec::with_capacity(max_parts);
+            let mut start = 0;
+            for &end in bounds.iter().take(max_parts - 1) {
+                parts.push(text.get(start..end).unwrap_or_default().to_owned());
+                start = end;
+            }
+            let last_limit = if max_parts == 1 { single } else { limit };
+            let marker_units =
+                units(TRUNCATION_MARKER, encoding).unwrap_or(TRUNCATION_MARKER.len());
+            let budget = last_limit.saturating_sub(marker_units);
+            let rest = text.get(start..).unwrap_or_default();
+            let mut end = 0;
+            let mut used = 0;
+            for (i, c) in rest.char_indices() {
+                let units = cost(c);
+                if used + units > budget {
+                    break;
+                }
+                used += units;
+                end = i + c.len_utf8();
+            }
+            let kept = rest.get(..end).unwrap_or_default().trim_end();
+            parts.push(format!("{kept}{TRUNCATION_MARKER}"));
+
+            let encodable = parts.iter().all(|p| units(p, encoding).is_some());
+            let seg = Segmentation {
+                encoding,
+                parts,
+                truncated: true,
+            };
+            (seg, encodable)
         }
     }
 }
