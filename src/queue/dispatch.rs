@@ -235,11 +235,14 @@ pub(super) async fn apply(
     conn: &mut SqliteConnection,
     changes: &[Change],
 ) -> Result<(), QueueError> {
-    // Changes of a whole recipient (the peer links'): statements of their own.
-    if changes.iter().any(Change::is_recipient_level) {
-        sqlx::query("SAVEPOINT peer_job")
-            .execute(&mut *conn)
-            .await?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    // Changes of a whole recipient (the peer links') have statements of their own, and a rare
+    // combination (a retried part and the rest of its message) has no prepared query: a query
+    // per change, all in a savepoint of their own.
+    let Some(sql) = static_sql(changes, Wrap::None) else {
+        sqlx::query("SAVEPOINT job").execute(&mut *conn).await?;
         for change in changes {
             let r = if change.is_recipient_level() {
                 apply_recipient(conn, change).await
@@ -247,24 +250,6 @@ pub(super) async fn apply(
                 Box::pin(apply(conn, std::slice::from_ref(change))).await
             };
             if let Err(e) = r {
-                sqlx::query("ROLLBACK TO peer_job; RELEASE peer_job")
-                    .execute(&mut *conn)
-                    .await?;
-                return Err(e);
-            }
-        }
-        sqlx::query("RELEASE peer_job").execute(&mut *conn).await?;
-        return Ok(());
-    }
-    let Some(sql) = static_sql(changes, Wrap::None) else {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        // Rare (a retried part and the rest of its message): a query per change, in a
-        // savepoint of their own.
-        sqlx::query("SAVEPOINT job").execute(&mut *conn).await?;
-        for change in changes {
-            if let Err(e) = Box::pin(apply(conn, std::slice::from_ref(change))).await {
                 sqlx::query("ROLLBACK TO job; RELEASE job")
                     .execute(&mut *conn)
                     .await?;
