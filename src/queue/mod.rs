@@ -211,15 +211,7 @@ impl Store {
     /// Opens (creating and migrating if needed) the store with no quotas and no pumping guard;
     /// every status reply is owed, and decided on when it would be sent.
     pub async fn open(path: &Path) -> Result<Store, QueueError> {
-        let policy = QueuePolicy {
-            quotas: Quotas::default(),
-            guard: Guard {
-                enabled: false,
-                ..Guard::default()
-            },
-            replies: OwedReplies::All,
-        };
-        Store::open_with(path, policy).await
+        Store::open_with(path, QueuePolicy::unlimited(OwedReplies::All)).await
     }
 
     /// Opens (creating and migrating if needed) the store and starts its writer task, which
@@ -698,14 +690,7 @@ async fn insert_request(
     // there; counting it again here would hold or refuse what was already promised.
     let unlimited;
     let limits = if req.source == Source::Peer {
-        unlimited = QueuePolicy {
-            quotas: Quotas::default(),
-            guard: Guard {
-                enabled: false,
-                ..Guard::default()
-            },
-            replies: OwedReplies::Never,
-        };
+        unlimited = QueuePolicy::unlimited(OwedReplies::Never);
         &unlimited
     } else {
         limits

@@ -64,6 +64,20 @@ pub struct QueuePolicy {
     pub replies: OwedReplies,
 }
 
+impl QueuePolicy {
+    /// No quotas and no pumping guard, with the given owed replies.
+    pub fn unlimited(replies: OwedReplies) -> QueuePolicy {
+        QueuePolicy {
+            quotas: Quotas::default(),
+            guard: Guard {
+                enabled: false,
+                ..Guard::default()
+            },
+            replies,
+        }
+    }
+}
+
 /// Which status replies a new recipient can be owed, decided when its mail is accepted (the
 /// queue then writes owed replies only for those; `notify::replies::decide` still decides at
 /// sending time, with the rate limit).

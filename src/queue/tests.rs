@@ -807,14 +807,7 @@ async fn a_fused_batch_fails_a_job_alone_wherever_it_is() {
     let mut conn = SqliteConnection::connect_with(&options(&dir.path().join("q.db")))
         .await
         .unwrap();
-    let policy = QueuePolicy {
-        quotas: Quotas::default(),
-        guard: Guard {
-            enabled: false,
-            ..Guard::default()
-        },
-        replies: OwedReplies::Never,
-    };
+    let policy = QueuePolicy::unlimited(OwedReplies::Never);
     let sending = |part: i64| {
         let (tx, _rx) = oneshot::channel();
         Job::Change(
