@@ -262,7 +262,9 @@ async fn candidates(store: &Store, limit: i64) -> Result<Vec<Candidate>, QueueEr
 async fn workload(store: &Store) -> Result<(u64, f64), QueueError> {
     let since = now_ms() - 60_000;
     let (waiting, sent): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM parts WHERE state IN ('accepted', 'routed', 'sending')),
+        // Queued and in-flight parts counted apart, each through its partial index.
+        "SELECT (SELECT COUNT(*) FROM parts WHERE state IN ('accepted', 'routed'))
+                + (SELECT COUNT(*) FROM parts WHERE state = 'sending'),
                 (SELECT COUNT(*) FROM parts WHERE state IN ('sent', 'delivered') AND updated_at >= ?1
                    AND (channel IS NULL OR channel NOT LIKE 'peer:%'))",
     )
