@@ -473,24 +473,30 @@ fn check_config_names_file_line_and_key() {
 #[test]
 fn connections_over_the_limit_get_421() {
     let g = Gateway::start("max_connections = 2", "");
-    let _a = connect(&g);
-    let _b = connect(&g);
+    // The harness's readiness probe may still hold a slot until the listener sees it closed.
+    let _a = connect_when_free(&g);
+    let _b = connect_when_free(&g);
     let mut c = TcpStream::connect(g.addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reply = String::new();
     let _ = c.read_to_string(&mut reply);
     assert!(reply.starts_with("421 Too many connections"), "{reply:?}");
-    // A slot freed is a slot for the next client, once the listener has seen the close: on a
-    // busy machine that takes a moment, so try until a deadline rather than after a fixed sleep.
+    // A slot freed is a slot for the next client, once the listener has seen the close.
     drop(_a);
+    let _d = connect_when_free(&g);
+}
+
+/// A session, once the listener has a free slot: a client turned away with `421` tries again
+/// until a deadline (on a busy machine the listener takes a moment to see a close).
+fn connect_when_free(g: &Gateway) -> TcpStream {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let mut d = TcpStream::connect(g.addr).unwrap();
-        d.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = TcpStream::connect(g.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut greeting = [0u8; 512];
-        let n = d.read(&mut greeting).unwrap_or(0);
+        let n = s.read(&mut greeting).unwrap_or(0);
         if greeting[..n].starts_with(b"220 ") {
-            break;
+            return s;
         }
         assert!(
             greeting[..n].starts_with(b"421 ") && std::time::Instant::now() < deadline,
