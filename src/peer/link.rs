@@ -25,21 +25,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use rusmpp::pdus::BindTransceiver;
-use rusmpp::tokio_codec::CommandCodec;
-use rusmpp::types::COctetString;
 use rusmpp::values::InterfaceVersion;
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::client::{self, BindFailure, Client, cstr};
 use super::config::{PeerLink, SmppConfig};
 use super::forward::{Forwarder, Item};
 use super::placement::Placement;
-use super::session::{Keepalive, Reconnect, Sequence, Tick, Window};
-use super::tls::Stream;
+use super::session::{Keepalive, Reconnect, Tick, Window};
 use super::{handover, message};
 use crate::queue::{Change, Store};
 use crate::route::RouterState;
@@ -69,6 +66,19 @@ enum LinkError {
     Io(String),
     #[error("stopping")]
     Shutdown,
+}
+
+impl From<BindFailure> for LinkError {
+    fn from(f: BindFailure) -> Self {
+        match f {
+            BindFailure::Connect(e) => LinkError::Connect(e),
+            BindFailure::Refused(status) => LinkError::Refused(status),
+            BindFailure::Closed => LinkError::Closed,
+            BindFailure::Silent(n) => LinkError::Silent(n),
+            BindFailure::Io(e) => LinkError::Io(e),
+            BindFailure::Shutdown => LinkError::Shutdown,
+        }
+    }
 }
 
 /// Runs the link until shutdown.
@@ -120,40 +130,22 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<(), LinkError> {
     let name = &link.peer.name;
-    let stream = tokio::select! {
-        _ = shutdown.cancelled() => return Err(LinkError::Shutdown),
-        r = super::tls::connect(&link.peer.address, link.peer.tls.as_ref(), Duration::from_secs(5)) => r.map_err(LinkError::Connect)?,
-    };
-    let mut framed = Framed::new(
-        stream,
-        CommandCodec::new().with_max_length(super::server::MAX_PDU),
-    );
-    let mut seq = Sequence::default();
     let bind = BindTransceiver::builder()
         .system_id(cstr(&link.site))
         .password(cstr(&link.peer.password))
         .interface_version(InterfaceVersion::Smpp3_4)
         .build();
-    let bind_seq = seq.advance();
-    send(
-        &mut framed,
-        Command::new(CommandStatus::EsmeRok, bind_seq, Pdu::BindTransceiver(bind)),
-    )
-    .await?;
     // The bind must be answered within the keepalive's patience.
     let patience = link.timing.enquire_link * link.timing.missed_keepalives;
-    let resp = tokio::select! {
-        _ = shutdown.cancelled() => return Err(LinkError::Shutdown),
-        r = tokio::time::timeout(patience, framed.next()) => match r {
-            Err(_) => return Err(LinkError::Silent(link.timing.missed_keepalives)),
-            Ok(None) => return Err(LinkError::Closed),
-            Ok(Some(Err(e))) => return Err(LinkError::Io(e.to_string())),
-            Ok(Some(Ok(c))) => c,
-        },
-    };
-    if resp.id() != CommandId::BindTransceiverResp || resp.status() != CommandStatus::EsmeRok {
-        return Err(LinkError::Refused(resp.status()));
-    }
+    let (mut framed, mut seq) = client::bind(
+        &link.peer.address,
+        link.peer.tls.as_ref(),
+        bind,
+        patience,
+        link.timing.missed_keepalives,
+        shutdown,
+    )
+    .await?;
     link.state.set_site_up(name, true);
     info!(peer = %name, address = %link.peer.address, "bound to peer site: it is up");
     reconnect.bound();
@@ -420,13 +412,6 @@ async fn fail(link: &Link, item: &Item, reason: &str) {
     link.forwarder.done(item.recipient);
 }
 
-async fn send(framed: &mut Framed<Stream, CommandCodec>, cmd: Command) -> Result<(), LinkError> {
-    framed
-        .send(cmd)
-        .await
-        .map_err(|e| LinkError::Io(e.to_string()))
-}
-
-fn cstr<const MIN: usize, const MAX: usize>(s: &str) -> COctetString<MIN, MAX> {
-    COctetString::from_string(s.to_string()).unwrap_or_else(|_| COctetString::empty())
+async fn send(framed: &mut Client, cmd: Command) -> Result<(), LinkError> {
+    client::send(framed, cmd).await.map_err(LinkError::Io)
 }

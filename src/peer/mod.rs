@@ -16,6 +16,7 @@
 //! - [`handover`]: how a forwarded message passes to the peer without ever being sent by both.
 //! - [`provider`]: external SMPP providers, channels of this site bound with the same client.
 //! - [`receipt`]: delivery receipts from providers, in their real-world shapes (sans-IO).
+//! - [`client`]: what the links and the providers share as SMPP clients: connect, bind, send.
 //! - [`tls`]: TLS under the SMPP links, both ends.
 //! - [`config`]: `[smpp]`, `[peer.smpp]` and `[channel.smpp]`.
 //!
@@ -26,6 +27,7 @@
 //! it unsent until this site confirms it is the peer's; a message this site took back is never
 //! confirmed ([`handover`], whose table lists every crash and partition order).
 
+pub mod client;
 pub mod config;
 pub mod forward;
 pub mod handover;

@@ -42,22 +42,20 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use rusmpp::pdus::{BindTransceiver, SubmitSm};
-use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::types::{COctetString, OctetString};
 use rusmpp::values::{DataCoding, EsmClass, InterfaceVersion, Npi, RegisteredDelivery, Ton};
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use sqlx::Row;
 use tokio::sync::Notify;
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::client::{self, BindFailure, Client, cstr};
 use super::config::ProviderLink;
 use super::placement::{Facts, Place, Placement};
-use super::session::{Keepalive, Reconnect, Sequence, Tick, Window};
-use super::tls::Stream;
+use super::session::{Keepalive, Reconnect, Tick, Window};
 use crate::modem::pool::PoolConfig;
 use crate::queue::{Change, QueueError, Store, now_ms};
 use crate::route::RouterState;
@@ -489,6 +487,19 @@ enum BindError {
     Shutdown,
 }
 
+impl From<BindFailure> for BindError {
+    fn from(f: BindFailure) -> Self {
+        match f {
+            BindFailure::Connect(e) => BindError::Connect(e),
+            BindFailure::Refused(status) => BindError::Refused(status),
+            BindFailure::Closed => BindError::Closed,
+            BindFailure::Silent(n) => BindError::Silent(n),
+            BindFailure::Io(e) => BindError::Io(e),
+            BindFailure::Shutdown => BindError::Shutdown,
+        }
+    }
+}
+
 /// A part in flight: submitted, not answered.
 #[derive(Debug, Clone)]
 struct InFlight {
@@ -565,15 +576,8 @@ pub async fn run(p: Arc<Provider>, shutdown: CancellationToken) {
     }
 }
 
-fn cstr<const MIN: usize, const MAX: usize>(s: &str) -> COctetString<MIN, MAX> {
-    COctetString::from_string(s.to_string()).unwrap_or_else(|_| COctetString::empty())
-}
-
-async fn send(framed: &mut Framed<Stream, CommandCodec>, cmd: Command) -> Result<(), BindError> {
-    framed
-        .send(cmd)
-        .await
-        .map_err(|e| BindError::Io(e.to_string()))
+async fn send(framed: &mut Client, cmd: Command) -> Result<(), BindError> {
+    client::send(framed, cmd).await.map_err(BindError::Io)
 }
 
 async fn session(
@@ -586,40 +590,22 @@ async fn session(
 ) -> Result<(), BindError> {
     let link = &p.link;
     let name = &link.name;
-    let stream = tokio::select! {
-        _ = shutdown.cancelled() => return Err(BindError::Shutdown),
-        r = super::tls::connect(&link.address, link.tls.as_ref(), Duration::from_secs(5)) => r.map_err(BindError::Connect)?,
-    };
-    let mut framed = Framed::new(
-        stream,
-        CommandCodec::new().with_max_length(super::server::MAX_PDU),
-    );
-    let mut seq = Sequence::default();
     let bind = BindTransceiver::builder()
         .system_id(cstr(&link.system_id))
         .password(cstr(&link.password))
         .system_type(cstr(&link.system_type))
         .interface_version(InterfaceVersion::Smpp3_4)
         .build();
-    let s = seq.advance();
-    send(
-        &mut framed,
-        Command::new(CommandStatus::EsmeRok, s, Pdu::BindTransceiver(bind)),
+    let patience = link.enquire_link * link.missed_keepalives;
+    let (mut framed, mut seq) = client::bind(
+        &link.address,
+        link.tls.as_ref(),
+        bind,
+        patience.max(Duration::from_secs(5)),
+        link.missed_keepalives,
+        shutdown,
     )
     .await?;
-    let patience = link.enquire_link * link.missed_keepalives;
-    let resp = tokio::select! {
-        _ = shutdown.cancelled() => return Err(BindError::Shutdown),
-        r = tokio::time::timeout(patience.max(Duration::from_secs(5)), framed.next()) => match r {
-            Err(_) => return Err(BindError::Silent(link.missed_keepalives)),
-            Ok(None) => return Err(BindError::Closed),
-            Ok(Some(Err(e))) => return Err(BindError::Io(e.to_string())),
-            Ok(Some(Ok(c))) => c,
-        },
-    };
-    if resp.id() != CommandId::BindTransceiverResp || resp.status() != CommandStatus::EsmeRok {
-        return Err(BindError::Refused(resp.status()));
-    }
     p.state.set_channel_up(name, true);
     info!(provider = %name, address = %link.address, tls = link.tls.is_some(), "bound to SMPP provider: it is up");
     reconnect.bound();
