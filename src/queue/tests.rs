@@ -1089,3 +1089,125 @@ async fn only_the_replies_a_sender_asked_for_are_owed() {
         )]
     );
 }
+
+/// A modem's usual job (`sent` for the part it sent, `sending` for the next) runs as one query
+/// of its own: it must leave the store exactly as the two changes committed one after the
+/// other do, whether both parts are one recipient's or two recipients', and write the reply
+/// the sent recipient is owed.
+#[tokio::test]
+async fn sent_then_sending_in_one_job_writes_what_two_jobs_write() {
+    /// Every row the changes touch, without the times the stores were written at.
+    async fn snapshot(store: &Store) -> Vec<String> {
+        let pool = store.reader();
+        let mut out: Vec<String> = sqlx::query(
+            "SELECT id, recipient_id, seq, state, attempts, next_attempt_at, channel,
+                    message_ref, sim, sent_at FROM parts ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "part {} r{} #{} {} attempts {} next {:?} on {:?} mr {:?} sim {:?} at {:?}",
+                r.get::<i64, _>(0),
+                r.get::<i64, _>(1),
+                r.get::<i64, _>(2),
+                r.get::<String, _>(3),
+                r.get::<i64, _>(4),
+                r.get::<Option<i64>, _>(5),
+                r.get::<Option<String>, _>(6),
+                r.get::<Option<i64>, _>(7),
+                r.get::<Option<String>, _>(8),
+                r.get::<Option<i64>, _>(9),
+            )
+        })
+        .collect();
+        for (id, state) in
+            sqlx::query_as::<_, (i64, String)>("SELECT id, state FROM recipients ORDER BY id")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+        {
+            out.push(format!("recipient {id} {state}"));
+        }
+        for (part, state, reason) in sqlx::query_as::<_, (Option<i64>, String, String)>(
+            "SELECT part_id, state, reason FROM events ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        {
+            out.push(format!("event {part:?} {state} {reason}"));
+        }
+        for (rid, action, diagnostic) in sqlx::query_as::<_, (i64, String, String)>(
+            "SELECT recipient_id, action, diagnostic FROM status_replies ORDER BY id",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        {
+            out.push(format!("reply r{rid} {action}: {diagnostic}"));
+        }
+        out
+    }
+    let sent = |part: i64| Change::Sent {
+        part,
+        message_ref: Some(part + 40),
+        sim: Some("208011234567890".into()),
+        sent_at: 1_000 + part,
+        reason: format!("sent via modem0, TP-MR {}", part + 40),
+    };
+    let sending = |part: i64| Change::Sending {
+        part,
+        channel: "modem0".into(),
+    };
+    let mut snapshots = Vec::new();
+    for together in [true, false] {
+        let (_dir, store) = open().await;
+        // Two recipients of two parts each: parts 1 and 2, then 3 and 4.
+        store
+            .accept(request("a@b.c", None, &["+33612345678", "+33612345679"]))
+            .await
+            .unwrap();
+        store.change(sending(1)).await.unwrap();
+        // The same recipient's next part, then the next recipient's first part.
+        for (done, next) in [(1, 2), (2, 3)] {
+            if together {
+                store
+                    .changes(vec![sent(done), sending(next)])
+                    .await
+                    .unwrap();
+            } else {
+                store.change(sent(done)).await.unwrap();
+                store.change(sending(next)).await.unwrap();
+            }
+        }
+        snapshots.push(snapshot(&store).await);
+    }
+    let [together, apart] = &snapshots[..] else {
+        unreachable!()
+    };
+    assert_eq!(together, apart);
+    // What both must show: the first recipient sent and owed its `relayed` reply, the second
+    // in flight on its first part (and still `accepted` as a whole: its second part is).
+    assert!(
+        together.contains(&"recipient 1 sent".to_string()),
+        "{together:#?}"
+    );
+    assert!(
+        together.contains(&"recipient 2 accepted".to_string()),
+        "{together:#?}"
+    );
+    assert!(
+        together.iter().any(|l| l.starts_with("reply r1 relayed")),
+        "{together:#?}"
+    );
+    assert!(
+        together.contains(
+            &"part 3 r2 #1 sending attempts 1 next None on Some(\"modem0\") mr None sim None at None"
+                .to_string()
+        ),
+        "{together:#?}"
+    );
+}
