@@ -146,10 +146,11 @@ enum Stream {
 }
 
 impl Stream {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    /// Reads into `buf`'s spare capacity, none of which needs zeroing first.
+    async fn read_buf(&mut self, buf: &mut Vec<u8>) -> std::io::Result<usize> {
         match self {
-            Stream::Plain(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
+            Stream::Plain(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
         }
     }
     async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
@@ -186,7 +187,9 @@ async fn connection(
         return Ok(());
     }
     stream.write_all(&session.greeting()).await?;
-    let mut buf = vec![0u8; 64 * 1024];
+    // Read into spare capacity (`read_buf`): zeroing a 64 KiB buffer for every connection was
+    // 2% of the intake's CPU samples in a profile, at one mail per connection.
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut pending: Vec<Output> = Vec::new();
     loop {
         // Answer everything the last read produced, resolving what needs I/O in order.
@@ -240,7 +243,10 @@ async fn connection(
                 stream.shutdown().await;
                 return Ok(());
             }
-            r = tokio::time::timeout(shared.idle_timeout, stream.read(&mut buf)) => r,
+            r = tokio::time::timeout(shared.idle_timeout, {
+                buf.clear();
+                stream.read_buf(&mut buf)
+            }) => r,
         };
         let n = match read {
             Err(_) => {
