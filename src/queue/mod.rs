@@ -18,10 +18,12 @@ pub mod replies;
 pub mod reports;
 pub mod state;
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -420,6 +422,12 @@ async fn commit_batch(
     if let Some(sqls) = fused_sqls(batch) {
         return commit_fused(conn, batch, &sqls, limits).await;
     }
+    if batch
+        .iter()
+        .all(|job| matches!(job, Job::Accept(req, _) if !reads_history(&policy_for(req, limits))))
+    {
+        return commit_accepts(conn, batch, limits).await;
+    }
     let mut results: Vec<Result<Outcome, QueueError>> = Vec::with_capacity(batch.len());
     let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
@@ -620,34 +628,372 @@ fn dedup_key(req: &NewRequest, number: &str) -> Option<String> {
     })
 }
 
-/// A request, its recipients, their parts and their `accepted` events, in one query: one trip
-/// to the store's thread per mail instead of one per row, the difference between a writer that
-/// keeps up with the listener and one it waits for. ?1–?19 the request's columns, ?20 the
-/// recipients as a JSON array, ?21 the parts' texts as a JSON array, ?22 and ?23 the event
-/// reason's words before and after the number.
-const INSERT_REQUEST_SQL: &str =
+/// Which requests already queued the given dedup keys (key → request id), in one query.
+const KNOWN_KEYS_SQL: &str = "SELECT dedup_key, request_id FROM recipients
+     WHERE dedup_key IN (SELECT value FROM json_each(?1))";
+
+/// Every dedup key of the batch's mails, as the JSON array [`KNOWN_KEYS_SQL`] reads.
+fn keys_json<'a>(reqs: impl IntoIterator<Item = &'a NewRequest>) -> String {
+    let keys: Vec<String> = reqs
+        .into_iter()
+        .flat_map(|req| {
+            req.recipients
+                .iter()
+                .filter_map(|r| dedup_key(req, &r.number))
+        })
+        .collect();
+    serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into())
+}
+
+fn known_keys(rows: &[sqlx::sqlite::SqliteRow]) -> HashMap<String, String> {
+    rows.iter()
+        .filter_map(|row| Some((row.try_get(0).ok()?, row.try_get(1).ok()?)))
+        .collect()
+}
+
+/// A recipient of a mail that no earlier copy queued: its index in the envelope, and its dedup
+/// key.
+type Fresh<'a> = (usize, &'a NewRecipient, Option<String>);
+
+/// The recipients of `req` to queue, and the first earlier request that already queued one of
+/// the others. `known` maps the dedup keys already queued to their request.
+fn fresh_recipients<'a>(
+    req: &'a NewRequest,
+    known: &HashMap<String, String>,
+) -> (Vec<Fresh<'a>>, Option<String>) {
+    let mut fresh: Vec<Fresh<'a>> = Vec::new();
+    let mut earlier: Option<String> = None;
+    for (i, r) in req.recipients.iter().enumerate() {
+        let key = dedup_key(req, &r.number);
+        if let Some(id) = key.as_ref().and_then(|k| known.get(k)) {
+            earlier.get_or_insert_with(|| id.clone());
+            continue;
+        }
+        // The same number twice in one envelope is one SMS.
+        if fresh.iter().any(|(_, f, _)| f.number == r.number) {
+            continue;
+        }
+        fresh.push((i, r, key));
+    }
+    (fresh, earlier)
+}
+
+/// The policy a request is held to: a message forwarded by a peer passed that site's quotas
+/// and guard when it was accepted there; counting it again here would hold or refuse what was
+/// already promised.
+fn policy_for<'a>(req: &NewRequest, limits: &'a QueuePolicy) -> Cow<'a, QueuePolicy> {
+    if req.source == Source::Peer {
+        Cow::Owned(QueuePolicy::unlimited(OwedReplies::Never))
+    } else {
+        Cow::Borrowed(limits)
+    }
+}
+
+/// One new request's rows, as [`INSERT_REQUESTS_SQL`] reads them from JSON.
+#[derive(Serialize)]
+struct RequestRow<'a> {
+    id: &'a str,
+    received_at: i64,
+    source: &'static str,
+    client: Option<&'a str>,
+    helo: Option<&'a str>,
+    auth_user: Option<&'a str>,
+    mail_from: &'a str,
+    message_id: Option<&'a str>,
+    subject: Option<&'a str>,
+    dsn_envid: Option<&'a str>,
+    dsn_ret: Option<&'a str>,
+    text: &'a str,
+    encoding: String,
+    part_count: usize,
+    truncated: bool,
+    size: usize,
+    /// The header block in hexadecimal: JSON carries text, and the column is a BLOB.
+    headers: String,
+    sender: &'a str,
+    sender_domain: &'a str,
+    recipients: Vec<RecipientRow<'a>>,
+    parts: &'a [String],
+    /// Each recipient's `accepted` event reads `<reason_head><number><reason_tail>`.
+    reason_head: String,
+    reason_tail: String,
+}
+
+#[derive(Serialize)]
+struct RecipientRow<'a> {
+    idx: usize,
+    address: &'a str,
+    number: &'a str,
+    name: Option<&'a str>,
+    notify: Option<&'a str>,
+    orcpt: Option<&'a str>,
+    key: Option<&'a str>,
+    country: Option<&'a str>,
+    replies: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+fn request_row<'a>(
+    req: &'a NewRequest,
+    fresh: &'a [Fresh<'a>],
+    id: &'a str,
+    now: i64,
+    limits: &QueuePolicy,
+) -> RequestRow<'a> {
+    let origin = match (&req.source, &req.client) {
+        (Source::Smtp, Some(c)) => format!("over SMTP from {c}"),
+        (Source::Smtp, None) => "over SMTP".to_string(),
+        (Source::Imap, _) => "from an IMAP mailbox".to_string(),
+        (Source::Smpp, c) => format!("over SMPP from {}", c.as_deref().unwrap_or("a client")),
+        (Source::Peer, c) => format!("forwarded by site {}", c.as_deref().unwrap_or("?")),
+    };
+    let sender = if req.mail_from.is_empty() {
+        "<>"
+    } else {
+        &req.mail_from
+    };
+    // Each recipient's event reads "accepted <origin> from <sender> for <number>: <parts>".
+    let reason_head = format!("accepted {origin} from {sender} for ");
+    let reason_tail = format!(
+        ": {} {} part{}{}",
+        req.parts.len(),
+        req.encoding,
+        if req.parts.len() == 1 { "" } else { "s" },
+        if req.truncated {
+            ", text truncated"
+        } else {
+            ""
+        },
+    );
+    let recipients = fresh
+        .iter()
+        .map(|(idx, r, key)| RecipientRow {
+            idx: *idx,
+            address: &r.address,
+            number: &r.number,
+            name: r.name.as_deref(),
+            notify: r.dsn_notify.as_deref(),
+            orcpt: r.dsn_orcpt.as_deref(),
+            key: key.as_deref(),
+            country: r.country.as_deref(),
+            // A message forwarded by a peer is the origin site's to report on.
+            replies: if req.source == Source::Peer {
+                String::new()
+            } else {
+                limits
+                    .replies
+                    .actions(&req.mail_from, r.dsn_notify.as_deref(), &req.headers)
+            },
+        })
+        .collect();
+    RequestRow {
+        id,
+        received_at: now,
+        source: req.source.as_str(),
+        client: req.client.as_deref(),
+        helo: req.helo.as_deref(),
+        auth_user: req.auth_user.as_deref(),
+        mail_from: &req.mail_from,
+        message_id: req.message_id.as_deref(),
+        subject: req.subject.as_deref(),
+        dsn_envid: req.dsn_envid.as_deref(),
+        dsn_ret: req.dsn_ret.as_deref(),
+        text: &req.text,
+        encoding: req.encoding.to_string(),
+        part_count: req.parts.len(),
+        truncated: req.truncated,
+        size: req.size,
+        headers: hex(&req.headers),
+        sender: &req.sender,
+        sender_domain: &req.sender_domain,
+        recipients,
+        parts: &req.parts,
+        reason_head,
+        reason_tail,
+    }
+}
+
+/// Requests, their recipients, their parts and the recipients' `accepted` events, from one JSON
+/// array of [`RequestRow`]s (?1): one trip to the store's thread for a whole batch of mails,
+/// with no more statements for more mails. Every statement reads ?1 only (see
+/// `dispatch::GAP_PADDING` for why a statement must not leave a parameter number unused).
+/// The joins on `recipients` go through its `(request_id, idx)` index, left to right
+/// (`CROSS JOIN`), so that they never scan the table.
+const INSERT_REQUESTS_SQL: &str =
     "INSERT INTO requests (id, received_at, source, client, helo, auth_user, mail_from,
         message_id, subject, dsn_envid, dsn_ret, text, encoding, part_count, truncated, size,
         headers, sender, sender_domain)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19);
+     SELECT j.value ->> 'id', j.value ->> 'received_at', j.value ->> 'source',
+            j.value ->> 'client', j.value ->> 'helo', j.value ->> 'auth_user',
+            j.value ->> 'mail_from', j.value ->> 'message_id', j.value ->> 'subject',
+            j.value ->> 'dsn_envid', j.value ->> 'dsn_ret', j.value ->> 'text',
+            j.value ->> 'encoding', j.value ->> 'part_count', j.value ->> 'truncated',
+            j.value ->> 'size', unhex(j.value ->> 'headers'), j.value ->> 'sender',
+            j.value ->> 'sender_domain'
+     FROM jsonb_each(?1) j ORDER BY j.key;
      INSERT INTO recipients (request_id, idx, address, number, name, dsn_notify, dsn_orcpt,
         state, updated_at, dedup_key, country, replies)
-     SELECT ?1, r.value ->> 'idx', r.value ->> 'address', r.value ->> 'number',
-            r.value ->> 'name', r.value ->> 'notify', r.value ->> 'orcpt', 'accepted', ?2,
-            r.value ->> 'key', r.value ->> 'country', r.value ->> 'replies'
-     FROM json_each(?20) r ORDER BY r.key;
+     SELECT j.value ->> 'id', r.value ->> 'idx', r.value ->> 'address', r.value ->> 'number',
+            r.value ->> 'name', r.value ->> 'notify', r.value ->> 'orcpt', 'accepted',
+            j.value ->> 'received_at', r.value ->> 'key', r.value ->> 'country',
+            r.value ->> 'replies'
+     FROM jsonb_each(?1) j CROSS JOIN jsonb_each(j.value, '$.recipients') r
+     ORDER BY j.key, r.key;
      INSERT INTO parts (recipient_id, seq, text, state, updated_at)
-     SELECT r.id, p.key + 1, p.value, 'accepted', ?2
-     FROM recipients r, json_each(?21) p WHERE r.request_id = ?1 ORDER BY r.idx, p.key;
+     SELECT rc.id, p.key + 1, p.value, 'accepted', j.value ->> 'received_at'
+     FROM jsonb_each(?1) j CROSS JOIN recipients rc ON rc.request_id = j.value ->> 'id'
+          CROSS JOIN jsonb_each(j.value, '$.parts') p
+     ORDER BY j.key, rc.idx, p.key;
      INSERT INTO events (at, request_id, recipient_id, state, reason)
-     SELECT ?2, ?1, r.id, 'accepted', ?22 || r.number || ?23
-     FROM recipients r WHERE r.request_id = ?1 ORDER BY r.idx";
+     SELECT j.value ->> 'received_at', j.value ->> 'id', rc.id, 'accepted',
+            (j.value ->> 'reason_head') || rc.number || (j.value ->> 'reason_tail')
+     FROM jsonb_each(?1) j CROSS JOIN recipients rc ON rc.request_id = j.value ->> 'id'
+     ORDER BY j.key, rc.idx";
 
-/// Spare arguments after [`INSERT_REQUEST_SQL`]'s 23: sqlx binds each parameter number a
-/// statement leaves unused (the later statements use ?1, ?2 and their own) to the next argument
-/// in order, counting across statements, and stops binding a statement that runs out of them
-/// (see `dispatch::GAP_PADDING`). The three later statements leave at most 19 each unused.
-const INSERT_GAP_PADDING: usize = 64;
+static BEGIN_KNOWN_KEYS_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("BEGIN IMMEDIATE;\n{KNOWN_KEYS_SQL}"));
+static INSERT_REQUESTS_COMMIT_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("{INSERT_REQUESTS_SQL};\nCOMMIT"));
+
+/// Writes new requests (see [`INSERT_REQUESTS_SQL`]), and commits after them if `commit`. A
+/// failure may leave part of them written: the transaction must not be committed (`Broken`).
+async fn write_requests(
+    conn: &mut SqliteConnection,
+    rows: &[RequestRow<'_>],
+    commit: bool,
+) -> Result<(), QueueError> {
+    let json = serde_json::to_string(rows).map_err(|e| QueueError::Broken(e.to_string()))?;
+    let sql = if commit {
+        INSERT_REQUESTS_COMMIT_SQL.as_str()
+    } else {
+        INSERT_REQUESTS_SQL
+    };
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(json)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| QueueError::Broken(e.to_string()))?;
+    Ok(())
+}
+
+/// Whether accepting mail under `limits` reads the sender's history (quotas, the pumping
+/// guard), so that each mail must see the ones before it in the same transaction.
+fn reads_history(limits: &QueuePolicy) -> bool {
+    let q = &limits.quotas;
+    limits.guard.enabled
+        || q.sender_per_hour.is_some()
+        || q.sender_per_day.is_some()
+        || q.domain_per_hour.is_some()
+        || q.domain_per_day.is_some()
+}
+
+/// Commits a batch made only of mails that no quota or guard has to look at (the listener's
+/// usual batch when quotas and guard are off, and mail forwarded by peers) in two trips to the
+/// store's thread, however many mails it holds: `BEGIN IMMEDIATE` with one lookup of every
+/// dedup key of the batch, then every new request and `COMMIT` in one query. Each mail is
+/// checked against the ones before it in the batch as well as the store, so two copies of a
+/// mail in one batch are queued once, as they would be one after the other.
+///
+/// Nothing here can fail one mail alone: a failure fails the batch, rolled back, and every
+/// client is told to try again.
+async fn commit_accepts(
+    conn: &mut SqliteConnection,
+    batch: &[Job],
+    limits: &QueuePolicy,
+) -> Vec<Result<Outcome, QueueError>> {
+    let fail_all = |msg: String| -> Vec<Result<Outcome, QueueError>> {
+        batch
+            .iter()
+            .map(|_| Err(QueueError::Broken(msg.clone())))
+            .collect()
+    };
+    let reqs: Vec<&NewRequest> = batch
+        .iter()
+        .filter_map(|job| match job {
+            Job::Accept(req, _) => Some(&**req),
+            _ => None,
+        })
+        .collect();
+    if reqs.len() != batch.len() {
+        // `commit_batch` sends only batches of mails here.
+        return fail_all("a job that is not a mail reached the batch insert".into());
+    }
+    let found = sqlx::query(sqlx::AssertSqlSafe(BEGIN_KNOWN_KEYS_SQL.as_str()))
+        .bind(keys_json(reqs.iter().copied()))
+        .fetch_all(&mut *conn)
+        .await;
+    let mut known = match found {
+        Ok(rows) => known_keys(&rows),
+        Err(e) => {
+            // Whether the transaction was opened is unknown: end it.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return fail_all(e.to_string());
+        }
+    };
+    let ids: Vec<String> = reqs.iter().map(|_| new_id()).collect();
+    let mut plans = Vec::with_capacity(reqs.len());
+    for (req, id) in reqs.iter().zip(&ids) {
+        let (fresh, earlier) = fresh_recipients(req, &known);
+        if fresh.is_empty()
+            && let Some(earlier) = earlier
+        {
+            plans.push(Err(earlier));
+            continue;
+        }
+        // Later copies in this batch find these recipients as queued by this request.
+        for key in fresh.iter().filter_map(|(_, _, k)| k.as_ref()) {
+            known.insert(key.clone(), id.clone());
+        }
+        plans.push(Ok(fresh));
+    }
+    let mut rows = Vec::with_capacity(reqs.len());
+    let mut results = Vec::with_capacity(reqs.len());
+    for ((req, id), plan) in reqs.iter().zip(&ids).zip(&plans) {
+        match plan {
+            Err(earlier) => results.push(Ok(Outcome::Accepted(Accepted::Duplicate {
+                id: earlier.clone(),
+            }))),
+            Ok(fresh) => {
+                rows.push(request_row(
+                    req,
+                    fresh,
+                    id,
+                    now_ms(),
+                    &policy_for(req, limits),
+                ));
+                results.push(Ok(Outcome::Accepted(Accepted::Queued {
+                    id: id.clone(),
+                    recipients: fresh.len(),
+                    duplicates: req.recipients.len() - fresh.len(),
+                    held: 0,
+                })));
+            }
+        }
+    }
+    let written = if rows.is_empty() {
+        sqlx::query("COMMIT")
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| QueueError::Broken(e.to_string()))
+    } else {
+        write_requests(conn, &rows, true).await
+    };
+    if let Err(e) = written {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        return fail_all(format!("commit failed: {e}"));
+    }
+    results
+}
 
 async fn insert_request(
     conn: &mut SqliteConnection,
@@ -656,45 +1002,18 @@ async fn insert_request(
 ) -> Result<Accepted, QueueError> {
     let now = now_ms();
     // Which recipients did an earlier copy of this mail already queue?
-    let mut fresh = Vec::new();
-    let mut earlier: Option<String> = None;
-    for (i, r) in req.recipients.iter().enumerate() {
-        let key = dedup_key(req, &r.number);
-        if let Some(k) = &key {
-            let found: Option<String> =
-                sqlx::query_scalar("SELECT request_id FROM recipients WHERE dedup_key = ?1")
-                    .bind(k)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            if let Some(id) = found {
-                earlier.get_or_insert(id);
-                continue;
-            }
-        }
-        // The same number twice in one envelope is one SMS.
-        if fresh
-            .iter()
-            .any(|(_, f, _): &(usize, &NewRecipient, _)| f.number == r.number)
-        {
-            continue;
-        }
-        fresh.push((i, r, key));
-    }
+    let found = sqlx::query(KNOWN_KEYS_SQL)
+        .bind(keys_json([req]))
+        .fetch_all(&mut *conn)
+        .await?;
+    let (fresh, earlier) = fresh_recipients(req, &known_keys(&found));
     if fresh.is_empty()
         && let Some(id) = earlier
     {
         return Ok(Accepted::Duplicate { id });
     }
     let new_parts = (req.parts.len() * fresh.len()) as u64;
-    // A message forwarded by a peer passed that site's quotas and guard when it was accepted
-    // there; counting it again here would hold or refuse what was already promised.
-    let unlimited;
-    let limits = if req.source == Source::Peer {
-        unlimited = QueuePolicy::unlimited(OwedReplies::Never);
-        &unlimited
-    } else {
-        limits
-    };
+    let limits = policy_for(req, limits);
     policy::check_quotas(
         conn,
         &limits.quotas,
@@ -721,83 +1040,10 @@ async fn insert_request(
     }
 
     let id = new_id();
-    let origin = match (&req.source, &req.client) {
-        (Source::Smtp, Some(c)) => format!("over SMTP from {c}"),
-        (Source::Smtp, None) => "over SMTP".to_string(),
-        (Source::Imap, _) => "from an IMAP mailbox".to_string(),
-        (Source::Smpp, c) => format!("over SMPP from {}", c.as_deref().unwrap_or("a client")),
-        (Source::Peer, c) => format!("forwarded by site {}", c.as_deref().unwrap_or("?")),
-    };
-    let sender = if req.mail_from.is_empty() {
-        "<>"
-    } else {
-        &req.mail_from
-    };
-    // Each recipient's event reads "accepted <origin> from <sender> for <number>: <parts>".
-    let reason_head = format!("accepted {origin} from {sender} for ");
-    let reason_tail = format!(
-        ": {} {} part{}{}",
-        req.parts.len(),
-        req.encoding,
-        if req.parts.len() == 1 { "" } else { "s" },
-        if req.truncated {
-            ", text truncated"
-        } else {
-            ""
-        },
-    );
-    let recipients: Vec<serde_json::Value> = fresh
-        .iter()
-        .map(|(idx, r, key)| {
-            serde_json::json!({
-                "idx": idx,
-                "address": r.address,
-                "number": r.number,
-                "name": r.name,
-                "notify": r.dsn_notify,
-                "orcpt": r.dsn_orcpt,
-                "key": key,
-                "country": r.country,
-                // A message forwarded by a peer is the origin site's to report on.
-                "replies": if req.source == Source::Peer {
-                    String::new()
-                } else {
-                    limits.replies.actions(&req.mail_from, r.dsn_notify.as_deref(), &req.headers)
-                },
-            })
-        })
-        .collect();
-    let mut query = sqlx::query(INSERT_REQUEST_SQL)
-        .bind(&id)
-        .bind(now)
-        .bind(req.source.as_str())
-        .bind(&req.client)
-        .bind(&req.helo)
-        .bind(&req.auth_user)
-        .bind(&req.mail_from)
-        .bind(&req.message_id)
-        .bind(&req.subject)
-        .bind(&req.dsn_envid)
-        .bind(&req.dsn_ret)
-        .bind(&req.text)
-        .bind(req.encoding.to_string())
-        .bind(req.parts.len() as i64)
-        .bind(req.truncated)
-        .bind(req.size as i64)
-        .bind(&req.headers)
-        .bind(&req.sender)
-        .bind(&req.sender_domain)
-        .bind(serde_json::Value::Array(recipients).to_string())
-        .bind(serde_json::to_string(&req.parts).unwrap_or_else(|_| "[]".into()))
-        .bind(reason_head)
-        .bind(reason_tail);
-    for _ in 0..INSERT_GAP_PADDING {
-        query = query.bind(None::<i64>);
-    }
+    write_requests(conn, &[request_row(req, &fresh, &id, now, &limits)], false).await?;
     // From here on a failure may leave part of the request written: the caller's transaction
     // must not be committed (`Broken`).
     let broken = |e: sqlx::Error| QueueError::Broken(e.to_string());
-    query.execute(&mut *conn).await.map_err(broken)?;
 
     let mut held = 0;
     for ((idx, r, _), suspicion) in fresh.iter().zip(suspicions) {

@@ -1211,3 +1211,251 @@ async fn sent_then_sending_in_one_job_writes_what_two_jobs_write() {
         "{together:#?}"
     );
 }
+
+fn accept_job(req: NewRequest) -> (Job, oneshot::Receiver<Result<Accepted, QueueError>>) {
+    let (tx, rx) = oneshot::channel();
+    (Job::Accept(Box::new(req), tx), rx)
+}
+
+/// A batch of mails is written in two trips, yet each mail is checked against the ones before
+/// it in the same batch as well as the store: copies of a mail are queued once, whether they
+/// share a batch or not.
+#[tokio::test]
+async fn a_batch_of_mails_is_checked_mail_by_mail() {
+    let (dir, store) = open().await;
+    let earlier = store
+        .accept(request(
+            "old@example.com",
+            Some("<old@x>"),
+            &["+33612345678"],
+        ))
+        .await
+        .unwrap();
+    let mut conn = SqliteConnection::connect_with(&options(&dir.path().join("q.db")))
+        .await
+        .unwrap();
+    let policy = QueuePolicy::unlimited(OwedReplies::All);
+    let reqs = [
+        request(
+            "a@example.com",
+            Some("<m1@x>"),
+            &["+33477858589", "+33612345678"],
+        ),
+        // The same mail again: nothing new.
+        request(
+            "A@example.com",
+            Some("<m1@x>"),
+            &["+33612345678", "+33477858589"],
+        ),
+        // Same Message-ID, one number new.
+        request(
+            "a@example.com",
+            Some("<m1@x>"),
+            &["+33477858589", "+33699999999"],
+        ),
+        // No Message-ID: never a duplicate, but the same number twice is one SMS.
+        request("a@example.com", None, &["+33477858589", "+33477858589"]),
+        // A copy of a mail committed in an earlier batch.
+        request("old@example.com", Some("<old@x>"), &["+33612345678"]),
+    ];
+    let (batch, _rx): (Vec<Job>, Vec<_>) = reqs.into_iter().map(accept_job).unzip();
+    assert!(fused_sqls(&batch).is_none());
+    let results = commit_batch(&mut conn, &batch, &policy).await;
+    let got: Vec<Accepted> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(Outcome::Accepted(a)) => a,
+            Ok(_) => panic!("not an Accepted outcome"),
+            Err(e) => panic!("{e}"),
+        })
+        .collect();
+    let first = got[0].id().to_string();
+    assert!(matches!(
+        &got[0],
+        Accepted::Queued {
+            recipients: 2,
+            duplicates: 0,
+            held: 0,
+            ..
+        }
+    ));
+    assert_eq!(got[1], Accepted::Duplicate { id: first.clone() });
+    assert!(
+        matches!(&got[2], Accepted::Queued { id, recipients: 1, duplicates: 1, .. } if *id != first)
+    );
+    assert!(matches!(
+        &got[3],
+        Accepted::Queued {
+            recipients: 1,
+            duplicates: 1,
+            ..
+        }
+    ));
+    assert_eq!(
+        got[4],
+        Accepted::Duplicate {
+            id: earlier.id().to_string()
+        }
+    );
+    // Committed: another connection sees 1 + 2 + 1 + 1 recipients, each with its parts and
+    // its event.
+    let count = |sql: &'static str| {
+        let pool = store.reader().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("SELECT count(*) FROM requests").await, 4);
+    assert_eq!(count("SELECT count(*) FROM recipients").await, 5);
+    assert_eq!(count("SELECT count(*) FROM parts").await, 10);
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE state = 'accepted'").await,
+        5
+    );
+    // No transaction left open.
+    sqlx::query("BEGIN IMMEDIATE; COMMIT")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Mails that quotas or the guard must look at are written one by one, each after its checks;
+/// the others a batch at a time. Both write the same rows, byte for byte, whatever the text,
+/// header bytes and names hold.
+#[tokio::test]
+async fn the_batch_insert_writes_what_the_checked_insert_writes() {
+    /// Every column but ids and times, with its type, in the order the rows were written.
+    async fn snapshot(store: &Store) -> Vec<String> {
+        let tables = [
+            (
+                "requests",
+                "source, client, helo, auth_user, mail_from, message_id, subject, dsn_envid, \
+                 dsn_ret, text, encoding, part_count, truncated, size, headers, sender, \
+                 sender_domain",
+            ),
+            (
+                "recipients",
+                "id, idx, address, number, name, dsn_notify, dsn_orcpt, state, dedup_key, \
+                 country, replies",
+            ),
+            ("parts", "id, recipient_id, seq, text, state, attempts"),
+            ("events", "id, recipient_id, part_id, state, reason"),
+        ];
+        let mut out = Vec::new();
+        for (table, columns) in tables {
+            let cells: Vec<String> = columns
+                .split(',')
+                .map(|c| format!("typeof({0}) || ':' || hex({0})", c.trim()))
+                .collect();
+            let sql = format!(
+                "SELECT {} FROM {table} ORDER BY rowid",
+                cells.join(" || ' ' || ")
+            );
+            let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_all(store.reader())
+                .await
+                .unwrap();
+            out.extend(rows.into_iter().map(|r| format!("{table}: {r}")));
+        }
+        out
+    }
+    let odd = |n: usize| {
+        let mut r = request(
+            "Zoë@example.com",
+            Some("<odd\u{0}id@x>"),
+            &["+33477858589", "+33612345678"],
+        );
+        r.text = format!("NUL\u{0} ESC\u{1b} \"quoted\" back\\slash \u{1F600} café {n}");
+        r.parts = vec![r.text.clone(), "\u{7f}\t\r\n".into()];
+        r.headers = vec![0, 0xff, 0xfe, b'\r', b'\n', b'"', b'\\', 0x80];
+        r.subject = Some("Grüße \u{0}".into());
+        r.recipients[0].name = Some("Pâul \"P\" O'Brien".into());
+        r.truncated = true;
+        r
+    };
+    let requests = || {
+        vec![
+            odd(1),
+            request("a@example.com", Some("<m1@x>"), &["+33612345678"]),
+            // A copy: nothing new.
+            request("a@example.com", Some("<m1@x>"), &["+33612345678"]),
+            {
+                let mut r = odd(2);
+                r.headers.clear();
+                r.message_id = None;
+                r.subject = None;
+                r.client = None;
+                r
+            },
+        ]
+    };
+    let (_d1, batched) = open().await;
+    let dir = tempfile::tempdir().unwrap();
+    let checked = Store::open_with(
+        &dir.path().join("q.db"),
+        QueuePolicy {
+            quotas: Quotas {
+                sender_per_hour: Some(1_000_000),
+                ..Quotas::default()
+            },
+            ..QueuePolicy::unlimited(OwedReplies::All)
+        },
+    )
+    .await
+    .unwrap();
+    for req in requests() {
+        batched.accept(req).await.unwrap();
+    }
+    for req in requests() {
+        checked.accept(req).await.unwrap();
+    }
+    let (a, b) = (snapshot(&batched).await, snapshot(&checked).await);
+    assert_eq!(a.len(), 3 + 5 + 10 + 5);
+    assert_eq!(a, b);
+
+    // And what was written is what was given.
+    let (text, headers, subject): (String, Vec<u8>, Option<String>) =
+        sqlx::query_as("SELECT text, headers, subject FROM requests ORDER BY rowid LIMIT 1")
+            .fetch_one(batched.reader())
+            .await
+            .unwrap();
+    let given = odd(1);
+    assert_eq!(text, given.text);
+    assert_eq!(headers, given.headers);
+    assert_eq!(subject, given.subject);
+    let name: Option<String> =
+        sqlx::query_scalar("SELECT name FROM recipients ORDER BY rowid LIMIT 1")
+            .fetch_one(batched.reader())
+            .await
+            .unwrap();
+    assert_eq!(name, given.recipients[0].name);
+}
+
+/// The batch insert finds each request's recipients through the `(request_id, idx)` index: a
+/// scan of the table would make every mail cost more as the queue's history grows.
+#[tokio::test]
+async fn the_batch_insert_never_scans_recipients() {
+    let (_dir, store) = open().await;
+    for stmt in INSERT_REQUESTS_SQL.split(';') {
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {stmt}")))
+                .bind("[]")
+                .fetch_all(store.reader())
+                .await
+                .unwrap();
+        let details: Vec<&str> = plan.iter().map(|(_, _, _, d)| d.as_str()).collect();
+        if stmt.contains("recipients rc") {
+            assert!(
+                details.iter().any(|d| d.starts_with("SEARCH rc USING")),
+                "{stmt}\n{details:#?}"
+            );
+        }
+        assert!(
+            !details.iter().any(|d| d.starts_with("SCAN rc")),
+            "{stmt}\n{details:#?}"
+        );
+    }
+}
