@@ -137,6 +137,12 @@ pub fn choose(candidates: &[Candidate], scts: i64, m: Matching) -> Result<i64, A
 }
 
 /// Applies one report inside the writer's transaction.
+/// The parts a report from SIM ?1 with TP-MR ?2 may be about: every sent part with that
+/// reference, through the partial index `parts_report_match` (sent parts only).
+pub(super) const MATCH_SQL: &str = "SELECT p.id, p.sent_at, r.number FROM parts p
+     JOIN recipients r ON r.id = p.recipient_id
+     WHERE p.sim = ?1 AND p.message_ref = ?2 AND p.sent_at IS NOT NULL";
+
 pub(super) async fn apply(
     conn: &mut SqliteConnection,
     r: &IncomingReport,
@@ -157,15 +163,11 @@ pub(super) async fn apply(
             rep.scts
         )),
         (Some(sim), Some(scts)) => {
-            let rows = sqlx::query(
-                "SELECT p.id, p.sent_at, r.number FROM parts p
-                 JOIN recipients r ON r.id = p.recipient_id
-                 WHERE p.sim = ?1 AND p.message_ref = ?2 AND p.sent_at IS NOT NULL",
-            )
-            .bind(sim)
-            .bind(i64::from(rep.message_ref))
-            .fetch_all(&mut *conn)
-            .await?;
+            let rows = sqlx::query(MATCH_SQL)
+                .bind(sim)
+                .bind(i64::from(rep.message_ref))
+                .fetch_all(&mut *conn)
+                .await?;
             let candidates: Vec<Candidate> = rows
                 .iter()
                 .filter(|row| same_number(&rep.recipient, &row.get::<String, _>(2)))

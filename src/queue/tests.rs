@@ -1459,3 +1459,30 @@ async fn the_batch_insert_never_scans_recipients() {
         );
     }
 }
+
+/// A status report finds its candidates through `parts_report_match`, which holds sent parts
+/// only: queued parts are not in it, and a part enters it once, when it is sent.
+#[tokio::test]
+async fn reports_are_matched_through_the_index_of_sent_parts() {
+    let (_dir, store) = open().await;
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN QUERY PLAN {}",
+        reports::MATCH_SQL
+    )))
+    .bind("208150000000001")
+    .bind(7)
+    .fetch_all(store.reader())
+    .await
+    .unwrap();
+    assert!(
+        plan.iter()
+            .any(|(_, _, _, d)| d.starts_with("SEARCH p USING INDEX parts_report_match")),
+        "{plan:#?}"
+    );
+    let sql: String =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'parts_report_match'")
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+    assert!(sql.ends_with("WHERE sent_at IS NOT NULL"), "{sql}");
+}
