@@ -224,7 +224,13 @@ impl Store {
         {
             std::fs::create_dir_all(dir).map_err(|e| QueueError::Db(sqlx::Error::Io(e)))?;
         }
-        let mut conn = SqliteConnection::connect_with(&options(path)).await?;
+        // The writer's multi-row inserts run inside a transaction that has written already, so
+        // SQLite keeps a statement journal for each; past 64 KiB (a batch of a few mails) it
+        // spilled to a temporary file, created and unlinked for every batch. In memory, it is
+        // bounded by the batch (`MAX_BATCH`). Readers keep temporary files: an admin's sort of
+        // a long history may be large.
+        let writer_options = options(path).pragma("temp_store", "memory");
+        let mut conn = SqliteConnection::connect_with(&writer_options).await?;
         MIGRATOR.run(&mut conn).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
