@@ -17,13 +17,23 @@ pub struct Gateway {
     pub child: Option<Child>,
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and not handed out before by this process: the kernel
+/// may give the same port to two binds in a row once the first is closed, and two listeners of
+/// one gateway (SMTP and SMPP) then collide.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 impl Gateway {
