@@ -260,19 +260,12 @@ async fn candidates(store: &Store, limit: i64) -> Result<Vec<Candidate>, QueueEr
 
 /// Parts waiting here, and parts sent per second over the last minute.
 async fn workload(store: &Store) -> Result<(u64, f64), QueueError> {
-    let since = now_ms() - 60_000;
-    let (waiting, sent): (i64, i64) = sqlx::query_as(
-        // Queued and in-flight parts counted apart, each through its partial index.
+    // Queued and in-flight parts counted apart, each through its partial index.
+    let waiting: i64 = sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM parts WHERE state IN ('accepted', 'routed'))
-                + (SELECT COUNT(*) FROM parts WHERE state = 'sending'),
-                (SELECT COUNT(*) FROM parts WHERE state IN ('sent', 'delivered') AND updated_at >= ?1
-                   AND (channel IS NULL OR channel NOT LIKE 'peer:%'))",
+                + (SELECT COUNT(*) FROM parts WHERE state = 'sending')",
     )
-    .bind(since)
     .fetch_one(store.reader())
     .await?;
-    Ok((
-        u64::try_from(waiting).unwrap_or(0),
-        sent.max(0) as f64 / 60.0,
-    ))
+    Ok((u64::try_from(waiting).unwrap_or(0), store.sent_per_second()))
 }

@@ -196,6 +196,53 @@ pub struct Store {
     writer: mpsc::Sender<Job>,
     /// Transactions committed by the writer; with `jobs`, shows how well commits are shared.
     commits: Arc<AtomicU64>,
+    /// Parts this site sent over the last minute, counted as the writer commits them.
+    sent: Arc<SentRate>,
+}
+
+/// Parts this site sent (by modem or provider; not forwarded to a peer), per second over the
+/// last minute: the throughput a peer link advertises. Counted from the `sent` changes the
+/// writer commits, so measuring it reads no history: a query over the parts sent in the last
+/// minute has no index to go by and would scan every part ever sent, once a second.
+#[derive(Debug)]
+pub struct SentRate {
+    /// Parts sent in each of the last 60 seconds: (Unix second, parts), at `second % 60`.
+    slots: std::sync::Mutex<[(u64, u64); 60]>,
+}
+
+impl Default for SentRate {
+    fn default() -> Self {
+        SentRate {
+            slots: std::sync::Mutex::new([(0, 0); 60]),
+        }
+    }
+}
+
+impl SentRate {
+    fn record(&self, at_ms: i64, parts: u64) {
+        if parts == 0 {
+            return;
+        }
+        let second = u64::try_from(at_ms / 1000).unwrap_or(0);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut slots[(second % 60) as usize];
+        if slot.0 != second {
+            *slot = (second, 0);
+        }
+        slot.1 += parts;
+    }
+
+    /// Parts sent per second over the minute before `now_ms`.
+    pub fn per_second(&self, now_ms: i64) -> f64 {
+        let now = u64::try_from(now_ms / 1000).unwrap_or(0);
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let parts: u64 = slots
+            .iter()
+            .filter(|(second, _)| *second <= now && now - *second < 60)
+            .map(|(_, n)| n)
+            .sum();
+        parts as f64 / 60.0
+    }
 }
 
 fn options(path: &Path) -> SqliteConnectOptions {
@@ -238,12 +285,20 @@ impl Store {
             .await?;
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let commits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(writer(conn, rx, commits.clone(), Arc::new(policy)));
+        let sent = Arc::new(SentRate::default());
+        tokio::spawn(writer(
+            conn,
+            rx,
+            commits.clone(),
+            sent.clone(),
+            Arc::new(policy),
+        ));
         Ok(Store {
             read,
             path: path.to_path_buf(),
             writer: tx,
             commits,
+            sent,
         })
     }
 
@@ -356,6 +411,11 @@ impl Store {
     pub fn commit_count(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
     }
+
+    /// Parts this site sent per second over the last minute (see [`SentRate`]).
+    pub fn sent_per_second(&self) -> f64 {
+        self.sent.per_second(now_ms())
+    }
 }
 
 /// The single writer: takes what is waiting, commits it in one transaction, answers each job.
@@ -363,12 +423,26 @@ async fn writer(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Job>,
     commits: Arc<AtomicU64>,
+    sent: Arc<SentRate>,
     limits: Arc<QueuePolicy>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let results = commit_batch(&mut conn, &batch, &limits).await;
         commits.fetch_add(1, Ordering::Relaxed);
+        let sent_parts = batch
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(job, _)| match job {
+                Job::Change(changes, _) => changes
+                    .iter()
+                    .filter(|c| matches!(c, Change::Sent { .. } | Change::ProviderSent { .. }))
+                    .count() as u64,
+                _ => 0,
+            })
+            .sum();
+        sent.record(now_ms(), sent_parts);
         for (job, result) in batch.drain(..).zip(results) {
             // A caller that went away (its connection dropped) just misses the answer.
             match (job, result) {

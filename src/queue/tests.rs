@@ -1486,3 +1486,59 @@ async fn reports_are_matched_through_the_index_of_sent_parts() {
             .unwrap();
     assert!(sql.ends_with("WHERE sent_at IS NOT NULL"), "{sql}");
 }
+
+/// The send rate a peer link advertises counts the `sent` changes committed in the last
+/// minute, second by second, and nothing that failed.
+#[test]
+fn sent_rate_counts_the_last_minute() {
+    let r = SentRate::default();
+    let s = 1_000_000_i64; // a Unix second
+    r.record(s * 1000, 30);
+    r.record(s * 1000 + 999, 30);
+    r.record((s + 59) * 1000, 60);
+    // Nothing yet: the future is not counted.
+    assert_eq!(r.per_second((s - 1) * 1000), 0.0);
+    assert_eq!(r.per_second(s * 1000), 1.0);
+    assert_eq!(r.per_second((s + 59) * 1000), 2.0);
+    // A minute on, the first second has left the window.
+    assert_eq!(r.per_second((s + 60) * 1000), 1.0);
+    // The slot of `s` is reused for `s + 60`, its old count dropped.
+    r.record((s + 60) * 1000, 6);
+    assert_eq!(r.per_second((s + 60) * 1000), 1.1);
+    assert_eq!(r.per_second((s + 200) * 1000), 0.0);
+}
+
+#[tokio::test]
+async fn committed_sends_are_counted_and_failed_ones_not() {
+    let (_dir, store) = open().await;
+    store
+        .accept(request("a@b.c", None, &["+33612345678"]))
+        .await
+        .unwrap();
+    let w = dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let sent = |part: i64| Change::Sent {
+        part,
+        message_ref: Some(7),
+        sim: Some("208150000000001".into()),
+        sent_at: now_ms(),
+        reason: "sent via modem0".into(),
+    };
+    assert_eq!(store.sent_per_second(), 0.0);
+    for p in &w.pending {
+        store
+            .changes(vec![
+                Change::Sending {
+                    part: p.id,
+                    channel: "modem0".into(),
+                },
+                sent(p.id),
+            ])
+            .await
+            .unwrap();
+    }
+    assert!(store.change(sent(999_999)).await.is_err());
+    assert_eq!(store.sent_per_second(), w.pending.len() as f64 / 60.0);
+}
