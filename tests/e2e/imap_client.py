@@ -71,15 +71,21 @@ def present(m, folder, message):
     return typ == "OK" and bool(data and data[0] and data[0].split())
 
 
+# What Dovecot answers to an APPEND racing with the test's own DELETE and CREATE of the folder:
+# "Mailbox was deleted under us", or, when the race hits its index instead, an internal error.
+RACED = (b"deleted under us", b"[SERVERBUG]")
+
+
 def append(m, folder, message, reconnect):
     """APPEND, tried again on a fresh session when Dovecot answers NO because the test itself has
-    just deleted and recreated the folder ("Mailbox was deleted under us"). Such a NO may come
-    after the mail was stored (Dovecot saves, then fails to sync the folder's index), so the
-    retry first looks for the mail: appending it blindly would put a second copy in the folder,
-    which a gateway rightly queues once and moves twice."""
+    just deleted and recreated the folder (see RACED). Such a NO may come after the mail was
+    stored (Dovecot saves, then fails to sync the folder's index), so the retry first looks for
+    the mail: appending it blindly would put a second copy in the folder, which a gateway rightly
+    queues once and moves twice."""
     for attempt in range(20):
         typ, data = m.append('"%s"' % folder, None, None, message)
-        if typ == "OK" or b"deleted under us" not in b" ".join(d for d in data if d):
+        said = b" ".join(d for d in data if d)
+        if typ == "OK" or not any(r in said for r in RACED):
             return m, typ, data
         time.sleep(0.1)
         try:
