@@ -460,16 +460,20 @@ struct Owed {
     done: String,
 }
 
+/// The receipts owed: recipients queued from SMPP or a peer, final, whose receipt is not
+/// recorded yet. `receipt_due` (migration 0015) keeps the search among those whose receipt is
+/// still to come, however long the history.
+pub(crate) const OWED_RECEIPTS_SQL: &str =
+    "SELECT r.id, q.client, q.id, r.number, r.state, q.received_at, r.updated_at
+     FROM recipients r INDEXED BY recipients_receipt_due JOIN requests q ON q.id = r.request_id
+     WHERE r.receipt_due = 1 AND q.source IN ('smpp', 'peer')
+       AND r.state IN ('delivered', 'failed')
+       AND NOT EXISTS (SELECT 1 FROM smpp_receipts s WHERE s.recipient_id = r.id)
+     ORDER BY r.id LIMIT 500";
+
 async fn owed_receipts(pool: &SqlitePool) -> Result<Vec<Owed>, QueueError> {
-    let rows: Vec<(i64, String, String, String, String, i64, i64)> = sqlx::query_as(
-        "SELECT r.id, q.client, q.id, r.number, r.state, q.received_at, r.updated_at
-         FROM recipients r JOIN requests q ON q.id = r.request_id
-         WHERE q.source IN ('smpp', 'peer') AND r.state IN ('delivered', 'failed')
-           AND NOT EXISTS (SELECT 1 FROM smpp_receipts s WHERE s.recipient_id = r.id)
-         ORDER BY r.id LIMIT 500",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<(i64, String, String, String, String, i64, i64)> =
+        sqlx::query_as(OWED_RECEIPTS_SQL).fetch_all(pool).await?;
     Ok(rows
         .into_iter()
         .map(

@@ -921,11 +921,12 @@ const INSERT_REQUESTS_SQL: &str =
             j.value ->> 'sender_domain'
      FROM jsonb_each(?1) j ORDER BY j.key;
      INSERT INTO recipients (request_id, idx, address, number, name, dsn_notify, dsn_orcpt,
-        state, updated_at, dedup_key, country, replies)
+        state, updated_at, dedup_key, country, replies, receipt_due)
      SELECT j.value ->> 'id', r.value ->> 'idx', r.value ->> 'address', r.value ->> 'number',
             r.value ->> 'name', r.value ->> 'notify', r.value ->> 'orcpt', 'accepted',
             j.value ->> 'received_at', r.value ->> 'key', r.value ->> 'country',
-            r.value ->> 'replies'
+            r.value ->> 'replies',
+            CASE WHEN j.value ->> 'source' IN ('smpp', 'peer') THEN 1 END
      FROM jsonb_each(?1) j CROSS JOIN jsonb_each(j.value, '$.recipients') r
      ORDER BY j.key, r.key;
      INSERT INTO parts (recipient_id, seq, text, state, updated_at)

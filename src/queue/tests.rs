@@ -1542,3 +1542,53 @@ async fn committed_sends_are_counted_and_failed_ones_not() {
     assert!(store.change(sent(999_999)).await.is_err());
     assert_eq!(store.sent_per_second(), w.pending.len() as f64 / 60.0);
 }
+
+/// A recipient queued from SMPP is due a delivery receipt until one is recorded, and the search
+/// for owed receipts goes through the index of those alone, never the whole history.
+#[tokio::test]
+async fn receipts_due_are_found_through_their_own_index() {
+    let (_dir, store) = open().await;
+    let mut smpp = request("app@example.com", None, &["+33612345678"]);
+    smpp.source = Source::Smpp;
+    store.accept(smpp).await.unwrap();
+    store
+        .accept(request("a@b.c", None, &["+33612345679"]))
+        .await
+        .unwrap();
+    let due = || async {
+        sqlx::query_as::<_, (i64, Option<i64>)>(
+            "SELECT id, receipt_due FROM recipients ORDER BY id",
+        )
+        .fetch_all(store.reader())
+        .await
+        .unwrap()
+    };
+    let before = due().await;
+    assert_eq!(
+        before.iter().map(|(_, d)| *d).collect::<Vec<_>>(),
+        [Some(1), None]
+    );
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN QUERY PLAN {}",
+        crate::peer::server::OWED_RECEIPTS_SQL
+    )))
+    .fetch_all(store.reader())
+    .await
+    .unwrap();
+    assert!(
+        plan.iter()
+            .any(|(_, _, _, d)| d.contains("INDEX recipients_receipt_due")),
+        "{plan:#?}"
+    );
+    assert!(!plan.iter().any(|(_, _, _, d)| d == "SCAN r"), "{plan:#?}");
+    store
+        .change(Change::ReceiptSent {
+            recipient: before[0].0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        due().await.iter().map(|(_, d)| *d).collect::<Vec<_>>(),
+        [None, None]
+    );
+}
