@@ -37,6 +37,18 @@ fn request(from: &str, message_id: Option<&str>, numbers: &[&str]) -> NewRequest
     }
 }
 
+/// Queues one two-part mail to one number and returns it as the feeder offers it.
+async fn queue_one(store: &Store) -> Work {
+    store
+        .accept(request("a@b.c", None, &["+33612345678"]))
+        .await
+        .unwrap();
+    dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap()
+        .remove(0)
+}
+
 async fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("q.db")).await.unwrap();
@@ -347,14 +359,7 @@ async fn parts_go_sending_sent_and_the_recipient_follows() {
 #[tokio::test]
 async fn retry_waits_and_permanent_failure_fails_the_message() {
     let (_dir, store) = open().await;
-    store
-        .accept(request("a@b.c", None, &["+33612345678"]))
-        .await
-        .unwrap();
-    let w = dispatch::ready(store.reader(), 10, &Default::default())
-        .await
-        .unwrap()
-        .remove(0);
+    let w = queue_one(&store).await;
     let (p1, p2) = (w.pending[0].id, w.pending[1].id);
     store
         .change(Change::Sending {
@@ -706,14 +711,7 @@ async fn first_contact_delay_keeps_the_start_of_a_burst() {
 #[tokio::test]
 async fn a_job_of_changes_is_all_or_none() {
     let (_dir, store) = open().await;
-    store
-        .accept(request("a@b.c", None, &["+33612345678"]))
-        .await
-        .unwrap();
-    let w = dispatch::ready(store.reader(), 10, &Default::default())
-        .await
-        .unwrap()
-        .remove(0);
+    let w = queue_one(&store).await;
     let (p1, p2) = (w.pending[0].id, w.pending[1].id);
     store
         .change(Change::Sending {
@@ -1511,14 +1509,7 @@ fn sent_rate_counts_the_last_minute() {
 #[tokio::test]
 async fn committed_sends_are_counted_and_failed_ones_not() {
     let (_dir, store) = open().await;
-    store
-        .accept(request("a@b.c", None, &["+33612345678"]))
-        .await
-        .unwrap();
-    let w = dispatch::ready(store.reader(), 10, &Default::default())
-        .await
-        .unwrap()
-        .remove(0);
+    let w = queue_one(&store).await;
     let sent = |part: i64| Change::Sent {
         part,
         message_ref: Some(7),
