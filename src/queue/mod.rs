@@ -612,6 +612,14 @@ async fn commit_batch(
     results
 }
 
+/// Every job of `batch` failed with `msg`: nothing of the batch was kept.
+fn fail_batch(batch: &[Job], msg: &str) -> Vec<Result<Outcome, QueueError>> {
+    batch
+        .iter()
+        .map(|_| Err(QueueError::Broken(msg.to_string())))
+        .collect()
+}
+
 /// The queries of a batch made only of state changes that each have a prepared query (the
 /// modems' jobs), the first opening the transaction and the last committing it; `None` for
 /// any other batch.
@@ -643,12 +651,7 @@ async fn commit_fused(
     limits: &QueuePolicy,
 ) -> Vec<Result<Outcome, QueueError>> {
     let mut results: Vec<Result<Outcome, QueueError>> = Vec::with_capacity(batch.len());
-    let fail_all = |msg: String| -> Vec<Result<Outcome, QueueError>> {
-        batch
-            .iter()
-            .map(|_| Err(QueueError::Broken(msg.clone())))
-            .collect()
-    };
+    let fail_all = |msg: String| fail_batch(batch, &msg);
     for (i, (job, sql)) in batch.iter().zip(sqls).enumerate() {
         let Job::Change(changes, _) = job else {
             // `fused_sqls` gives a query to state changes only.
@@ -822,6 +825,7 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// `limits` is the request's own policy ([`policy_for`]).
 fn request_row<'a>(
     req: &'a NewRequest,
     fresh: &'a [Fresh<'a>],
@@ -865,14 +869,10 @@ fn request_row<'a>(
             orcpt: r.dsn_orcpt.as_deref(),
             key: key.as_deref(),
             country: r.country.as_deref(),
-            // A message forwarded by a peer is the origin site's to report on.
-            replies: if req.source == Source::Peer {
-                String::new()
-            } else {
-                limits
-                    .replies
-                    .actions(&req.mail_from, r.dsn_notify.as_deref(), &req.headers)
-            },
+            // Nothing for a message forwarded by a peer (`policy_for`): the origin site reports.
+            replies: limits
+                .replies
+                .actions(&req.mail_from, r.dsn_notify.as_deref(), &req.headers),
         })
         .collect();
     RequestRow {
@@ -991,12 +991,7 @@ async fn commit_accepts(
     batch: &[Job],
     limits: &QueuePolicy,
 ) -> Vec<Result<Outcome, QueueError>> {
-    let fail_all = |msg: String| -> Vec<Result<Outcome, QueueError>> {
-        batch
-            .iter()
-            .map(|_| Err(QueueError::Broken(msg.clone())))
-            .collect()
-    };
+    let fail_all = |msg: String| fail_batch(batch, &msg);
     let reqs: Vec<&NewRequest> = batch
         .iter()
         .filter_map(|job| match job {
