@@ -430,3 +430,58 @@ fn arbitrary_input_never_panics() {
         }
     }
 }
+
+/// Replies on the wire, from a table: codes of every width, enhanced codes only when asked,
+/// continuation lines, and CR or LF in the text (which could forge a reply line) turned into
+/// spaces, around characters of every UTF-8 length.
+#[test]
+fn replies_are_written_as_rfc_5321_lines() {
+    let reply = |code, esc, lines: &[&str]| Reply {
+        code,
+        esc,
+        lines: lines.iter().map(|l| l.to_string()).collect(),
+    };
+    let cases: Vec<(Reply, bool, &str)> = vec![
+        (
+            reply(250, Some((2, 0, 0)), &["OK"]),
+            true,
+            "250 2.0.0 OK\r\n",
+        ),
+        (reply(250, Some((2, 0, 0)), &["OK"]), false, "250 OK\r\n"),
+        (
+            reply(550, Some((5, 1, 3)), &["bad"]),
+            true,
+            "550 5.1.3 bad\r\n",
+        ),
+        (
+            reply(421, Some((4, 10, 123)), &["x"]),
+            true,
+            "421 4.10.123 x\r\n",
+        ),
+        (reply(0, None, &["zero"]), true, "0 zero\r\n"),
+        (reply(65535, None, &[]), false, "65535 \r\n"),
+        (reply(354, None, &["go ahead"]), true, "354 go ahead\r\n"),
+        (
+            reply(250, None, &["gw", "PIPELINING", "SIZE 2000"]),
+            true,
+            "250-gw\r\n250-PIPELINING\r\n250 SIZE 2000\r\n",
+        ),
+        (
+            reply(250, Some((2, 1, 5)), &["a", "b"]),
+            true,
+            "250-2.1.5 a\r\n250 2.1.5 b\r\n",
+        ),
+        (
+            reply(550, Some((5, 1, 3)), &["é\r\n250 forged\rñ\n€😀"]),
+            true,
+            "550 5.1.3 é  250 forged ñ €😀\r\n",
+        ),
+    ];
+    for (r, enhanced, wire) in cases {
+        assert_eq!(
+            String::from_utf8(r.to_bytes(enhanced)).unwrap(),
+            wire,
+            "{r:?}"
+        );
+    }
+}
