@@ -306,11 +306,27 @@ fn parse_checked<'x>(raw: &'x [u8], opts: &BodyOptions) -> Result<Message<'x>, B
 /// the parser sees, hence on how deeply attached messages can nest (each level needs one). The
 /// parser's field-name reader skips every ASCII blank before the colon, so this count skips
 /// them too, line feeds excepted.
+///
+/// Between matches it jumps from one `c` to the next (`memchr`): a byte by byte scan of every
+/// mail took 2% of the CPU of intake.
 fn count_content_type_fields(raw: &[u8]) -> usize {
     const NAME: &[u8] = b"content-type:";
     let mut count = 0;
     let mut matched = 0;
-    for &byte in raw {
+    let mut i = 0;
+    while i < raw.len() {
+        if matched == 0 {
+            // Nothing matched so far: only a 'c' can start a match.
+            match raw
+                .get(i..)
+                .and_then(|rest| memchr::memchr2(b'c', b'C', rest))
+            {
+                Some(at) => i += at,
+                None => break,
+            }
+        }
+        let Some(&byte) = raw.get(i) else { break };
+        i += 1;
         if byte != b'\n' && byte.is_ascii_whitespace() {
             continue;
         }
@@ -2156,6 +2172,73 @@ fn until_question_mark(text: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The count as first written, a byte at a time: the reference for the one that jumps.
+    fn count_content_type_fields_bytewise(raw: &[u8]) -> usize {
+        const NAME: &[u8] = b"content-type:";
+        let (mut count, mut matched) = (0, 0);
+        for &byte in raw {
+            if byte != b'\n' && byte.is_ascii_whitespace() {
+                continue;
+            }
+            let lower = byte.to_ascii_lowercase();
+            if NAME.get(matched) == Some(&lower) {
+                matched += 1;
+                if matched == NAME.len() {
+                    count += 1;
+                    matched = 0;
+                }
+            } else {
+                matched = usize::from(lower == b'c');
+            }
+        }
+        count
+    }
+
+    #[test]
+    fn content_type_fields_are_counted_as_the_parser_reads_names() {
+        let cases: &[(&[u8], usize)] = &[
+            (b"", 0),
+            (b"Content-Type: text/plain\r\n", 1),
+            (b"content-type:x\r\nCONTENT-TYPE:y", 2),
+            (b"C o n t e n t - T y p e :", 1),
+            (b"Content\t-Type\x0c:", 1),
+            (b"Content-Type\x0b:", 0),
+            (b"Content-\nType:", 0),
+            (b"ccContent-Type:", 1),
+            (b"Content-Typ", 0),
+            (b"Content-Type:Content-Type:", 2),
+            (b"Content-TypeContent-Type:", 1),
+            (b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxc", 0),
+            (b"\xc3\xa9Content-Type:\xe2\x82\xac", 1),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                count_content_type_fields(raw),
+                *want,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+            assert_eq!(count_content_type_fields_bytewise(raw), *want);
+        }
+    }
+
+    proptest::proptest! {
+        /// Over text made of the name's own letters, blanks and noise, where partial matches
+        /// and restarts abound.
+        #[test]
+        fn content_type_count_jumps_to_the_same_result(
+            raw in proptest::collection::vec(
+                proptest::sample::select(b"cCoOnNtTeE-yYpP: \t\n\rx\xc3".to_vec()),
+                0..400,
+            )
+        ) {
+            proptest::prop_assert_eq!(
+                count_content_type_fields(&raw),
+                count_content_type_fields_bytewise(&raw)
+            );
+        }
+    }
 
     fn opts() -> BodyOptions {
         BodyOptions::default()
