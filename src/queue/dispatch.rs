@@ -595,20 +595,126 @@ static SENT_THEN_SENDING: LazyLock<[String; 4]> =
 
 /// Sets the state of the recipient of part ?1 (at ?2) to the summary of its parts' states, by
 /// the rule of [`summarise`], written in SQL from the same precedence list.
-pub(super) static SUMMARY_SQL: LazyLock<String> = LazyLock::new(|| {
+pub(super) static SUMMARY_SQL: LazyLock<String> =
+    LazyLock::new(|| summary_sql("= (SELECT recipient_id FROM parts WHERE id = ?1)", "?2"));
+
+/// [`SUMMARY_SQL`] for the recipients whose id is `which` (`= …` or `IN (…)`), at `now`.
+fn summary_sql(which: &str, now: &str) -> String {
     let cases: String = PRECEDENCE
         .iter()
         .map(|s| format!("WHEN sum(p.state = '{s}') > 0 THEN '{s}' "))
         .collect();
     format!(
-        "UPDATE recipients SET updated_at = ?2, state = (
+        "UPDATE recipients SET updated_at = {now}, state = (
             SELECT CASE WHEN count(*) = 0 THEN '{}' {cases}ELSE '{}' END
             FROM parts p WHERE p.recipient_id = recipients.id)
-         WHERE id = (SELECT recipient_id FROM parts WHERE id = ?1)",
+         WHERE id {which}",
         State::Accepted,
         State::Delivered
     )
+}
+
+/// One `sent` or `sending` change of a batch of them, as [`SENDS_SQL`] reads it.
+#[derive(serde::Serialize)]
+struct SendRow<'a> {
+    part: i64,
+    state: &'static str,
+    /// The `sent` event's reason, or the channel a `sending` part is handed to.
+    reason: &'a str,
+    message_ref: Option<i64>,
+    sim: Option<&'a str>,
+    sent_at: Option<i64>,
+}
+
+/// A batch of jobs made only of `sent` and `sending` changes (the modems' own: one part sent,
+/// the next taken), each naming a part no other change of the batch names, as the JSON that
+/// [`SENDS_SQL`] reads; `None` for any other batch, which goes job by job.
+pub(super) fn sends_json<'a>(jobs: impl IntoIterator<Item = &'a [Change]>) -> Option<String> {
+    let mut rows = Vec::new();
+    let mut parts = HashSet::new();
+    for change in jobs.into_iter().flatten() {
+        let row = match change {
+            Change::Sending { part, channel } => SendRow {
+                part: *part,
+                state: State::Sending.as_str(),
+                reason: channel,
+                message_ref: None,
+                sim: None,
+                sent_at: None,
+            },
+            Change::Sent {
+                part,
+                message_ref,
+                reason,
+                sim,
+                sent_at,
+            } => SendRow {
+                part: *part,
+                state: State::Sent.as_str(),
+                reason,
+                message_ref: *message_ref,
+                sim: sim.as_deref(),
+                sent_at: Some(*sent_at),
+            },
+            _ => return None,
+        };
+        if !parts.insert(row.part) {
+            return None;
+        }
+        rows.push(row);
+    }
+    serde_json::to_string(&serde_json::json!({ "now": now_ms(), "changes": rows })).ok()
+}
+
+/// A batch of `sent` and `sending` changes ([`sends_json`], ?1) in one transaction and one trip
+/// to the store's thread: in a draining pool, several modems' jobs share each commit, and a
+/// trip each cost two thread wake-ups each. It writes what the jobs' own queries
+/// ([`static_sql`]) write one after the other: every change's event in order, the parts, then
+/// each recipient's summary and the reply a `sent` may owe. Every statement reads ?1 alone.
+///
+/// A change of a part that does not exist breaks the events' `NOT NULL` and fails the whole
+/// query, which may leave the transaction open: the caller rolls back and goes job by job.
+pub(super) static SENDS_SQL: LazyLock<String> = LazyLock::new(|| {
+    let changes = "jsonb_each(?1, '$.changes') c";
+    let now = "(?1 ->> '$.now')";
+    let part = "(c.value ->> 'part')";
+    let touched =
+        format!("IN (SELECT p.recipient_id FROM {changes} CROSS JOIN parts p ON p.id = {part})");
+    let sent = format!(
+        "IN (SELECT p.recipient_id FROM {changes} CROSS JOIN parts p ON p.id = {part}
+             WHERE c.value ->> 'state' = 'sent')"
+    );
+    format!(
+        "BEGIN IMMEDIATE;
+         INSERT INTO events (at, request_id, recipient_id, part_id, state, reason)
+         SELECT {now}, (SELECT r.request_id FROM parts p JOIN recipients r ON r.id = p.recipient_id
+                        WHERE p.id = {part}),
+                (SELECT recipient_id FROM parts WHERE id = {part}), {part}, c.value ->> 'state',
+                CASE c.value ->> 'state' WHEN 'sending' THEN 'handed to ' || (c.value ->> 'reason')
+                     ELSE c.value ->> 'reason' END
+         FROM {changes} ORDER BY c.key;
+         UPDATE parts SET state = 'sent', message_ref = c.value ->> 'message_ref',
+                sim = c.value ->> 'sim', sent_at = c.value ->> 'sent_at', updated_at = {now}
+         FROM {changes} WHERE c.value ->> 'state' = 'sent' AND parts.id = {part};
+         UPDATE parts SET state = 'sending', attempts = attempts + 1, channel = c.value ->> 'reason',
+                next_attempt_at = NULL, updated_at = {now}
+         FROM {changes} WHERE c.value ->> 'state' = 'sending' AND parts.id = {part};
+         {};
+         {};
+         COMMIT",
+        summary_sql(&touched, now),
+        super::replies::record_many_sql(&sent, now),
+    )
 });
+
+/// Runs [`SENDS_SQL`] on a batch's JSON ([`sends_json`]).
+pub(super) async fn run_sends(conn: &mut SqliteConnection, json: String) -> Result<(), QueueError> {
+    sqlx::query(sqlx::AssertSqlSafe(SENDS_SQL.as_str()))
+        .bind(json)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
 
 /// Which part state decides the recipient's, first match first: a failed or uncertain part
 /// makes the whole message so, a held one holds it; otherwise the least advanced part decides.

@@ -650,6 +650,23 @@ async fn commit_fused(
     sqls: &[&'static str],
     limits: &QueuePolicy,
 ) -> Vec<Result<Outcome, QueueError>> {
+    // Several modems' jobs: one query for all of them, if it can be had. If it fails, nothing
+    // of it is kept, and the jobs go one by one, where each failure is told apart.
+    let changes = batch.iter().filter_map(|job| match job {
+        Job::Change(changes, _) => Some(changes.as_slice()),
+        _ => None,
+    });
+    if batch.len() > 1
+        && let Some(json) = dispatch::sends_json(changes)
+    {
+        match dispatch::run_sends(conn, json).await {
+            Ok(()) => return batch.iter().map(|_| Ok(Outcome::Changed)).collect(),
+            Err(e) => {
+                tracing::debug!("a batch of sends goes job by job: {e}");
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            }
+        }
+    }
     let mut results: Vec<Result<Outcome, QueueError>> = Vec::with_capacity(batch.len());
     let fail_all = |msg: String| fail_batch(batch, &msg);
     for (i, (job, sql)) in batch.iter().zip(sqls).enumerate() {

@@ -52,6 +52,26 @@ pub(super) const RECORD_SQL: &str = "INSERT OR IGNORE INTO status_replies (creat
        AND r.state IN ('sent', 'delivered', 'failed') AND q.mail_from != ''
        AND instr(r.replies, ',' || a.action || ',') > 0";
 
+/// [`RECORD_SQL`] for every recipient whose id is `which` (`IN (…)`), at `now`: the replies
+/// owed after a batch of changes (`dispatch::SENDS_SQL`). The same rows as [`RECORD_SQL`] run
+/// for each recipient's part, which `record_many_owes_what_record_owes` checks.
+pub(super) fn record_many_sql(which: &str, now: &str) -> String {
+    format!(
+        "INSERT OR IGNORE INTO status_replies (created_at, request_id, recipient_id, sender,
+            action, diagnostic, state, next_attempt_at, updated_at)
+         SELECT {now}, q.id, r.id, q.mail_from, a.action,
+            COALESCE((SELECT e.reason FROM events e WHERE e.request_id = q.id
+                      AND e.recipient_id = r.id ORDER BY e.id DESC LIMIT 1), ''),
+            'pending', {now}, {now}
+         FROM recipients r JOIN requests q ON q.id = r.request_id
+            JOIN (SELECT 'sent' AS state, 'relayed' AS action
+                  UNION ALL SELECT 'delivered', 'delivered'
+                  UNION ALL SELECT 'failed', 'failed') a ON a.state = r.state
+         WHERE r.id {which} AND q.mail_from != ''
+           AND instr(r.replies, ',' || a.action || ',') > 0"
+    )
+}
+
 /// [`RECORD_SQL`] on its own, after a change made by other statements.
 pub(super) async fn record(
     conn: &mut SqliteConnection,

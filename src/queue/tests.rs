@@ -861,6 +861,142 @@ async fn a_fused_batch_fails_a_job_alone_wherever_it_is() {
     }
 }
 
+/// A batch of modems' jobs written by one query (`SENDS_SQL`) leaves the store as the jobs'
+/// own queries leave it, one after the other: parts, recipients, every event in order and the
+/// replies owed (none to the null sender), for one-part and two-part messages, a message to
+/// two numbers, and jobs that send one part and take the next.
+#[tokio::test]
+async fn a_batch_of_sends_writes_what_its_jobs_write_one_by_one() {
+    async fn fill(path: &Path) -> (Store, SqliteConnection, Vec<i64>) {
+        let store = Store::open(path).await.unwrap();
+        let mut one_part = request("a@b.c", Some("<1@x>"), &["+33612345678"]);
+        one_part.parts = vec!["Hello".into()];
+        let mut null_sender = request("", Some("<3@x>"), &["+33612345679"]);
+        null_sender.parts = vec!["Hi".into()];
+        let two_numbers = request("c@b.c", Some("<4@x>"), &["+33612345671", "+33612345672"]);
+        let two_parts = request("b@b.c", Some("<2@x>"), &["+33612345670"]);
+        for req in [one_part, two_parts, null_sender, two_numbers] {
+            store.accept(req).await.unwrap();
+        }
+        let parts = sqlx::query_scalar(
+            "SELECT p.id FROM parts p JOIN recipients r ON r.id = p.recipient_id
+             ORDER BY r.id, p.seq",
+        )
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+        let conn = SqliteConnection::connect_with(&options(path))
+            .await
+            .unwrap();
+        (store, conn, parts)
+    }
+    async fn dump(conn: &mut SqliteConnection) -> Vec<String> {
+        let mut rows = Vec::new();
+        for sql in [
+            "SELECT json_array(id, recipient_id, seq, state, attempts, next_attempt_at, channel,
+                    message_ref, sim, sent_at) FROM parts ORDER BY id",
+            "SELECT json_array(id, state) FROM recipients ORDER BY id",
+            "SELECT json_array(recipient_id, part_id, state, reason) FROM events ORDER BY id",
+            "SELECT json_array(recipient_id, sender, action, diagnostic, state)
+             FROM status_replies ORDER BY recipient_id, action",
+        ] {
+            let got: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut *conn).await.unwrap();
+            rows.extend(got);
+        }
+        rows
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_one, mut batched, p) = fill(&dir.path().join("batched.db")).await;
+    let (_two, mut alone, q) = fill(&dir.path().join("alone.db")).await;
+    assert_eq!(p, q);
+    assert_eq!(p.len(), 8);
+    let sending = |part: i64| Change::Sending {
+        part,
+        channel: format!("modem{}", part % 3),
+    };
+    let sent = |part: i64| Change::Sent {
+        part,
+        message_ref: Some(part % 256),
+        sim: Some("208150000000001".into()),
+        sent_at: 1_700_000_000_000 + part,
+        reason: format!("sent by modem{}", part % 3),
+    };
+    // Parts: [one part] [two parts] [null sender] [first number: two] [second number: two].
+    let batches: Vec<Vec<Vec<Change>>> = vec![
+        vec![
+            vec![sending(p[0])],
+            vec![sending(p[1])],
+            vec![sending(p[3])],
+            vec![sending(p[4])],
+            vec![sending(p[6])],
+        ],
+        vec![
+            vec![sent(p[0])],
+            vec![sent(p[1]), sending(p[2])],
+            vec![sent(p[3])],
+            vec![sent(p[4]), sending(p[5])],
+            vec![sent(p[6]), sending(p[7])],
+        ],
+        vec![vec![sent(p[2])], vec![sent(p[5])], vec![sent(p[7])]],
+    ];
+    let policy = QueuePolicy::unlimited(OwedReplies::All);
+    for batch in &batches {
+        let json = dispatch::sends_json(batch.iter().map(Vec::as_slice)).unwrap();
+        dispatch::run_sends(&mut batched, json).await.unwrap();
+        for changes in batch {
+            let (tx, _rx) = oneshot::channel();
+            let job = [Job::Change(changes.clone(), tx)];
+            for r in commit_batch(&mut alone, &job, &policy).await {
+                r.unwrap();
+            }
+        }
+        assert_eq!(dump(&mut batched).await, dump(&mut alone).await);
+    }
+    let replies: Vec<(String, String)> = sqlx::query_as(
+        "SELECT r.number, s.action FROM status_replies s JOIN recipients r ON r.id = s.recipient_id
+         ORDER BY r.id",
+    )
+    .fetch_all(&mut batched)
+    .await
+    .unwrap();
+    let owed = |n: &str| (n.to_string(), "relayed".to_string());
+    assert_eq!(
+        replies,
+        [
+            owed("+33612345678"),
+            owed("+33612345670"),
+            owed("+33612345671"),
+            owed("+33612345672")
+        ]
+    );
+}
+
+/// The batch of sends finds its parts and recipients by their keys, never by a scan.
+#[tokio::test]
+async fn a_batch_of_sends_never_scans_a_table() {
+    let (_dir, store) = open().await;
+    for stmt in dispatch::SENDS_SQL.split(';') {
+        if !stmt.contains("?1") {
+            continue;
+        }
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {stmt}")))
+                .bind(r#"{"now":0,"changes":[]}"#)
+                .fetch_all(store.reader())
+                .await
+                .unwrap();
+        for (_, _, _, d) in &plan {
+            // Only the batch's own changes (`c`) and the three constant rows of the replies'
+            // actions (`a`) are read through.
+            let scanned = d.strip_prefix("SCAN ").and_then(|t| t.split(' ').next());
+            assert!(
+                matches!(scanned, None | Some("c" | "a" | "CONSTANT")),
+                "{stmt}\n{plan:#?}"
+            );
+        }
+    }
+}
+
 /// The recipient's state the writer computes in SQL is `summarise` of its parts, for every
 /// combination of up to three part states.
 #[tokio::test]
