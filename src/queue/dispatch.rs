@@ -668,7 +668,7 @@ pub(super) fn sends_json<'a>(jobs: impl IntoIterator<Item = &'a [Change]>) -> Op
 
 /// A batch of `sent` and `sending` changes ([`sends_json`], ?1) in one transaction and one trip
 /// to the store's thread: in a draining pool, several modems' jobs share each commit, and a
-/// trip each cost two thread wake-ups each. It writes what the jobs' own queries
+/// trip per job cost two thread wake-ups per job. It writes what the jobs' own queries
 /// ([`static_sql`]) write one after the other: every change's event in order, the parts, then
 /// each recipient's summary and the reply a `sent` may owe. Every statement reads ?1 alone.
 ///

@@ -53,8 +53,9 @@ pub(super) const RECORD_SQL: &str = "INSERT OR IGNORE INTO status_replies (creat
        AND instr(r.replies, ',' || a.action || ',') > 0";
 
 /// [`RECORD_SQL`] for every recipient whose id is `which` (`IN (…)`), at `now`: the replies
-/// owed after a batch of changes (`dispatch::SENDS_SQL`). The same rows as [`RECORD_SQL`] run
-/// for each recipient's part, which `record_many_owes_what_record_owes` checks.
+/// owed after a batch of changes (`dispatch::SENDS_SQL`): the same rows as [`RECORD_SQL`] run
+/// after each change, which `queue::tests::a_batch_of_sends_writes_what_its_jobs_write_one_by_one`
+/// checks.
 pub(super) fn record_many_sql(which: &str, now: &str) -> String {
     format!(
         "INSERT OR IGNORE INTO status_replies (created_at, request_id, recipient_id, sender,
