@@ -97,19 +97,20 @@ impl Reply {
 
 /// `n` in decimal, with no leading zeros.
 fn push_decimal(out: &mut Vec<u8>, n: u16) {
-    let mut digits = [0u8; 5];
-    let mut start = digits.len();
+    let start = out.len();
     let mut n = n;
     loop {
-        start -= 1;
         // `n % 10` is below 10: the cast never truncates.
-        digits[start] = b'0' + (n % 10) as u8;
+        out.push(b'0' + (n % 10) as u8);
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
+    // Written least significant digit first.
+    if let Some(digits) = out.get_mut(start..) {
+        digits.reverse();
+    }
 }
 
 /// A recipient accepted at RCPT time.
