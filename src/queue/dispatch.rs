@@ -663,7 +663,18 @@ pub(super) fn sends_json<'a>(jobs: impl IntoIterator<Item = &'a [Change]>) -> Op
         }
         rows.push(row);
     }
-    serde_json::to_string(&serde_json::json!({ "now": now_ms(), "changes": rows })).ok()
+    serde_json::to_string(&SendBatch {
+        now: now_ms(),
+        changes: rows,
+    })
+    .ok()
+}
+
+/// The whole of [`SENDS_SQL`]'s ?1: the time of the batch and its changes in order.
+#[derive(serde::Serialize)]
+struct SendBatch<'a> {
+    now: i64,
+    changes: Vec<SendRow<'a>>,
 }
 
 /// A batch of `sent` and `sending` changes ([`sends_json`], ?1) in one transaction and one trip
