@@ -30,6 +30,8 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include "journal.h"
+
 #define JOURNAL_BYTES (16L << 20)
 
 enum state { INIT, IDLE, MARKING, PROMPT, ANSWER };
@@ -43,46 +45,10 @@ typedef struct modem {
     size_t len;
 } modem;
 
-static int journal, sync_go[2], sync_done;
-static off_t journal_off;
-
-/* Writes the whole journal once and syncs it, as a database's log is written before it is
- * reused: a later sync then flushes data only. (Space that is merely allocated would make each
- * sync a file-system journal commit as well, which no long-running store pays.) */
-static int prepare_journal(const char *path) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0) return -1;
-    static char zeros[1 << 20];
-    for (long done = 0; done < JOURNAL_BYTES; done += (long)sizeof zeros)
-        if (write(fd, zeros, sizeof zeros) != (ssize_t)sizeof zeros) return -1;
-    if (fsync(fd) != 0) return -1;
-    return fd;
-}
-
-
-static void *syncer(void *arg) {
-    (void)arg;
-    char go;
-    while (read(sync_go[0], &go, 1) == 1) {
-        if (fdatasync(journal) != 0) {
-            perror("fdatasync");
-            exit(1);
-        }
-        uint64_t one = 1;
-        if (write(sync_done, &one, sizeof one) != sizeof one) exit(1);
-    }
-    return NULL;
-}
-
 static void note(const char *what, long msg, int modem_no) {
     char rec[96];
     int n = snprintf(rec, sizeof rec, "%s %ld modem%d\n", what, msg, modem_no);
-    off_t at = journal_off % (JOURNAL_BYTES - n);
-    if (pwrite(journal, rec, (size_t)n, at) != n) {
-        perror("pwrite");
-        exit(1);
-    }
-    journal_off = at + n;
+    journal_append(rec, (size_t)n);
 }
 
 static void put(modem *m, const char *s, size_t n) {
@@ -114,20 +80,13 @@ int main(int argc, char **argv) {
     }
     int n = atoi(argv[2]);
     long total = atol(argv[3]);
-    journal = prepare_journal(argv[4]);
-    if (n <= 0 || journal < 0) {
+    if (n <= 0 || journal_open(argv[4], JOURNAL_BYTES) != 0) {
         perror(argv[4]);
-        return 1;
-    }
-    sync_done = eventfd(0, EFD_NONBLOCK);
-    pthread_t t;
-    if (pipe(sync_go) != 0 || sync_done < 0 || pthread_create(&t, NULL, syncer, NULL) != 0) {
-        perror("syncer");
         return 1;
     }
     int ep = epoll_create1(0);
     struct epoll_event e = {.events = EPOLLIN, .data.u32 = (uint32_t)n};
-    epoll_ctl(ep, EPOLL_CTL_ADD, sync_done, &e);
+    epoll_ctl(ep, EPOLL_CTL_ADD, journal_done, &e);
     modem *m = calloc((size_t)n, sizeof *m);
     for (int i = 0; i < n; i++) {
         char path[4096];
@@ -163,7 +122,7 @@ int main(int argc, char **argv) {
             uint32_t i = ev[j].data.u32;
             if ((int)i == n) {
                 uint64_t c;
-                if (read(sync_done, &c, sizeof c) != sizeof c) continue;
+                if (read(journal_done, &c, sizeof c) != sizeof c) continue;
                 finished = started;
                 for (int x = 0; x < n; x++) {
                     if (m[x].st != MARKING || m[x].mark_gen > finished) continue;
@@ -213,7 +172,7 @@ int main(int argc, char **argv) {
             marked++;
         }
         if (marked && started == finished) {
-            if (write(sync_go[1], "s", 1) != 1) return 1;
+            journal_sync();
             started++;
             marked = 0;
         }

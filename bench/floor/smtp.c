@@ -31,6 +31,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "journal.h"
+
 #define JOURNAL_BYTES (64L << 20)
 
 typedef struct conn {
@@ -45,22 +47,6 @@ typedef struct conn {
 /* Mails appended but not yet handed to the syncer, and those whose sync is in flight. */
 static conn **pending, **syncing;
 static size_t npending, nsyncing, cap_batch = 1024;
-static int journal, sync_go[2], sync_done;
-static off_t journal_off;
-
-/* Writes the whole journal once and syncs it, as a database's log is written before it is
- * reused: a later sync then flushes data only. (Space that is merely allocated would make each
- * sync a file-system journal commit as well, which no long-running store pays.) */
-static int prepare_journal(const char *path) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0) return -1;
-    static char zeros[1 << 20];
-    for (long done = 0; done < JOURNAL_BYTES; done += (long)sizeof zeros)
-        if (write(fd, zeros, sizeof zeros) != (ssize_t)sizeof zeros) return -1;
-    if (fsync(fd) != 0) return -1;
-    return fd;
-}
-
 static long durable;
 
 static void reply(conn *c, const char *s) {
@@ -76,20 +62,6 @@ static void drop(int ep, conn *c) {
     free(c);
 }
 
-static void *syncer(void *arg) {
-    (void)arg;
-    char go;
-    while (read(sync_go[0], &go, 1) == 1) {
-        if (fdatasync(journal) != 0) {
-            perror("fdatasync");
-            exit(1);
-        }
-        uint64_t one = 1;
-        if (write(sync_done, &one, sizeof one) != sizeof one) exit(1);
-    }
-    return NULL;
-}
-
 static void start_sync(void) {
     if (nsyncing || !npending) return;
     conn **t = syncing;
@@ -97,16 +69,11 @@ static void start_sync(void) {
     nsyncing = npending;
     pending = t;
     npending = 0;
-    if (write(sync_go[1], "s", 1) != 1) exit(1);
+    journal_sync();
 }
 
 static void take_mail(conn *c, const char *mail, size_t n) {
-    off_t at = journal_off % (JOURNAL_BYTES - (off_t)n);
-    if (pwrite(journal, mail, n, at) != (ssize_t)n) {
-        perror("pwrite");
-        exit(1);
-    }
-    journal_off = at + (off_t)n;
+    journal_append(mail, n);
     if (npending == cap_batch) {
         cap_batch *= 2;
         pending = realloc(pending, cap_batch * sizeof *pending);
@@ -160,25 +127,18 @@ int main(int argc, char **argv) {
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    journal = prepare_journal(argv[2]);
-    if (journal < 0) {
-        perror(argv[2]);
-        return 1;
-    }
     /* Blocked in every thread (the syncer inherits the mask): read from a signalfd below. */
     sigset_t term;
     sigemptyset(&term);
     sigaddset(&term, SIGTERM);
     sigaddset(&term, SIGINT);
     sigprocmask(SIG_BLOCK, &term, NULL);
-    pending = malloc(cap_batch * sizeof *pending);
-    syncing = malloc(cap_batch * sizeof *syncing);
-    sync_done = eventfd(0, EFD_NONBLOCK);
-    pthread_t t;
-    if (pipe(sync_go) != 0 || sync_done < 0 || pthread_create(&t, NULL, syncer, NULL) != 0) {
-        perror("syncer");
+    if (journal_open(argv[2], JOURNAL_BYTES) != 0) {
+        perror(argv[2]);
         return 1;
     }
+    pending = malloc(cap_batch * sizeof *pending);
+    syncing = malloc(cap_batch * sizeof *syncing);
     int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
     setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1])),
@@ -189,11 +149,11 @@ int main(int argc, char **argv) {
     }
     int sigs = signalfd(-1, &term, 0);
     int ep = epoll_create1(0);
-    /* data.ptr NULL: the listener; &ls, &sync_done, &sigs: the other fixed descriptors. */
+    /* data.ptr NULL: the listener; &journal_done, &sigs: the other fixed descriptors. */
     struct epoll_event e = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(ep, EPOLL_CTL_ADD, ls, &e);
-    e.data.ptr = &sync_done;
-    epoll_ctl(ep, EPOLL_CTL_ADD, sync_done, &e);
+    e.data.ptr = &journal_done;
+    epoll_ctl(ep, EPOLL_CTL_ADD, journal_done, &e);
     e.data.ptr = &sigs;
     epoll_ctl(ep, EPOLL_CTL_ADD, sigs, &e);
     struct epoll_event ev[256];
@@ -221,9 +181,9 @@ int main(int argc, char **argv) {
                 /* Anything still waiting was never answered: only the durable count matters. */
                 printf("%ld\n", durable);
                 return 0;
-            } else if (p == &sync_done) {
+            } else if (p == &journal_done) {
                 uint64_t n;
-                if (read(sync_done, &n, sizeof n) != sizeof n) continue;
+                if (read(journal_done, &n, sizeof n) != sizeof n) continue;
                 for (size_t i = 0; i < nsyncing; i++) {
                     conn *c = syncing[i];
                     c->waiting = 0;
