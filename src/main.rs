@@ -161,11 +161,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Colours only for a person at a terminal: a log written to a file, a pipe or the journal is
+/// read by tools (grep, log shippers) that would see the escape codes as text. `NO_COLOR`
+/// (no-color.org) turns them off at a terminal too.
+fn log_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colours = log_colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -495,4 +508,30 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_colours;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colours_only_at_a_terminal_without_no_color() {
+        // (stderr is a terminal, NO_COLOR, colours)
+        let table: [(bool, Option<&OsStr>, bool); 6] = [
+            (true, None, true),
+            (true, Some(OsStr::new("")), true),
+            (true, Some(OsStr::new("1")), false),
+            (true, Some(OsStr::new("yes")), false),
+            (false, None, false),
+            (false, Some(OsStr::new("1")), false),
+        ];
+        for (terminal, no_color, want) in table {
+            assert_eq!(
+                log_colours(terminal, no_color),
+                want,
+                "{terminal} {no_color:?}"
+            );
+        }
+    }
 }

@@ -539,3 +539,21 @@ fn help_noop_rset_vrfy_answer() {
         "{r}"
     );
 }
+
+#[test]
+fn a_log_written_to_a_file_has_no_escape_codes() {
+    // The harness sends the gateway's stderr to a file, as a service manager or `2>>` does:
+    // what tools read there must be plain text, not terminal colours.
+    let mut g = Gateway::start("", "");
+    let (ok, out) = swaks(&g, &["--to", "Paul@+33477858589@sms", "--body", "hi"]);
+    assert!(ok, "{out}");
+    assert!(g.stop().success());
+    let log = g.log();
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+    // Fields read as `key=value`, as grep and log shippers expect.
+    let ready = format!(
+        " INFO mail2sms::intake::smtp: SMTP listener ready local={}",
+        g.addr
+    );
+    assert!(log.contains(&ready), "{log}");
+}
