@@ -59,6 +59,14 @@ pub enum Change {
     },
     /// A temporary failure: try again at `at` (Unix ms).
     Retry { part: i64, at: i64, reason: String },
+    /// Marked `sending` but never written to the modem (its modem stopped first, or the
+    /// part before it failed): back in the queue as it was, due at `at` (Unix ms; `None`:
+    /// now), without the attempt its `sending` counted.
+    Release {
+        part: i64,
+        at: Option<i64>,
+        reason: String,
+    },
     /// A permanent failure: this part and every unsent part of its message fail.
     Fail { part: i64, reason: String },
     /// Found `sending` after a crash: it may or may not have left.
@@ -356,6 +364,13 @@ pub(super) async fn run_static(
                 .bind(None::<i64>)
                 .bind(None::<&str>)
                 .bind(None::<i64>),
+            Change::Release { part, at, reason } => query
+                .bind(*part)
+                .bind(now)
+                .bind(reason.as_str())
+                .bind(*at)
+                .bind(None::<&str>)
+                .bind(None::<i64>),
             // Taken aside at the top of this function.
             Change::Forwarded { .. }
             | Change::ReceiptSent { .. }
@@ -396,6 +411,7 @@ enum Kind {
     Retry = 2,
     Fail = 3,
     Uncertain = 4,
+    Release = 5,
 }
 
 impl Change {
@@ -406,6 +422,7 @@ impl Change {
             Change::Retry { .. } => Kind::Retry,
             Change::Fail { .. } => Kind::Fail,
             Change::Uncertain { .. } => Kind::Uncertain,
+            Change::Release { .. } => Kind::Release,
             // Never asked: `apply` takes recipient-level changes aside before it looks at
             // kinds; a kind is still given so the match stays total without a panic.
             Change::Forwarded { .. }
@@ -439,6 +456,7 @@ impl Change {
             | Change::Retry { part, .. }
             | Change::Fail { part, .. }
             | Change::Uncertain { part, .. }
+            | Change::Release { part, .. }
             | Change::ProviderSent { part, .. } => *part,
             // A recipient-level change names no part; 0 is no part's id (ids start at 1).
             Change::Forwarded { .. }
@@ -498,6 +516,13 @@ fn change_statements(kind: Kind) -> (String, String) {
             State::Uncertain,
             "?3",
         ),
+        // Undoes a `sending` whose part never reached the modem, attempt included.
+        Kind::Release => (
+            "UPDATE parts SET state = 'accepted', attempts = max(attempts - 1, 0),
+                next_attempt_at = ?4, updated_at = ?2 WHERE id = ?1",
+            State::Accepted,
+            "?3",
+        ),
     };
     let event = format!(
         "SELECT ?2, (SELECT r.request_id FROM parts p JOIN recipients r ON r.id = p.recipient_id
@@ -508,7 +533,7 @@ fn change_statements(kind: Kind) -> (String, String) {
     // reply they may owe is written by the same query.
     let reply = match kind {
         Kind::Sent | Kind::Fail => format!(";\n{}", super::replies::RECORD_SQL),
-        Kind::Sending | Kind::Retry | Kind::Uncertain => String::new(),
+        Kind::Sending | Kind::Retry | Kind::Uncertain | Kind::Release => String::new(),
     };
     (event, format!("{update};\n{}{reply}", &*SUMMARY_SQL))
 }
@@ -578,13 +603,14 @@ fn wrapped(sql: String) -> [String; 4] {
     ]
 }
 
-static SINGLE: LazyLock<[[String; 4]; 5]> = LazyLock::new(|| {
+static SINGLE: LazyLock<[[String; 4]; 6]> = LazyLock::new(|| {
     [
         Kind::Sending,
         Kind::Sent,
         Kind::Retry,
         Kind::Fail,
         Kind::Uncertain,
+        Kind::Release,
     ]
     .map(|k| wrapped(job_sql(&[k])))
 });

@@ -32,7 +32,8 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Connection, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 
 pub use dispatch::{Change, PendingPart, Work};
 pub use policy::{Guard, OwedReplies, QueuePolicy, QuotaExceeded, Quotas};
@@ -158,8 +159,13 @@ enum Job {
         oneshot::Sender<Result<Accepted, QueueError>>,
     ),
     /// State changes applied together, all or none (one modem's `sent` and its next
-    /// `sending` share a commit).
-    Change(Vec<Change>, oneshot::Sender<Result<(), QueueError>>),
+    /// `sending` share a commit). With a time, the commit may wait until then for company
+    /// (see [`Store::changes_by`]); without, it is made as soon as the writer is free.
+    Change(
+        Vec<Change>,
+        oneshot::Sender<Result<(), QueueError>>,
+        Option<Instant>,
+    ),
     /// A delivery report to match to its part and apply.
     Report(
         Box<IncomingReport>,
@@ -194,6 +200,8 @@ pub struct Store {
     read: SqlitePool,
     path: std::path::PathBuf,
     writer: mpsc::Sender<Job>,
+    /// Asks the writer to stop waiting for company and commit what it holds now.
+    hurry: Arc<Notify>,
     /// Transactions committed by the writer; with `jobs`, shows how well commits are shared.
     commits: Arc<AtomicU64>,
     /// Parts this site sent over the last minute, counted as the writer commits them.
@@ -286,9 +294,11 @@ impl Store {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let commits = Arc::new(AtomicU64::new(0));
         let sent = Arc::new(SentRate::default());
+        let hurry = Arc::new(Notify::new());
         tokio::spawn(writer(
             conn,
             rx,
+            hurry.clone(),
             commits.clone(),
             sent.clone(),
             Arc::new(policy),
@@ -297,6 +307,7 @@ impl Store {
             read,
             path: path.to_path_buf(),
             writer: tx,
+            hurry,
             commits,
             sent,
         })
@@ -351,12 +362,35 @@ impl Store {
     /// Applies state changes durably, in order, all or none of them, in one commit. Returns
     /// after the commit.
     pub async fn changes(&self, change: Vec<Change>) -> Result<(), QueueError> {
+        self.send_changes(change, None).await
+    }
+
+    /// Applies state changes as [`changes`](Self::changes) does, but lets their commit wait
+    /// until `due` for other jobs to share it: a modem that marks its next part while the
+    /// current one is still on the air needs that commit only when the air is clear. The
+    /// writer commits at the earliest time any job it holds asks for, at once for a job
+    /// without one, and at once after [`hurry`](Self::hurry).
+    pub async fn changes_by(&self, change: Vec<Change>, due: Instant) -> Result<(), QueueError> {
+        self.send_changes(change, Some(due)).await
+    }
+
+    async fn send_changes(
+        &self,
+        change: Vec<Change>,
+        due: Option<Instant>,
+    ) -> Result<(), QueueError> {
         let (tx, rx) = oneshot::channel();
         self.writer
-            .send(Job::Change(change, tx))
+            .send(Job::Change(change, tx, due))
             .await
             .map_err(|_| QueueError::WriterGone)?;
         rx.await.map_err(|_| QueueError::WriterGone)?
+    }
+
+    /// Tells the writer that a job it holds for company (see [`changes_by`](Self::changes_by))
+    /// is wanted now.
+    pub fn hurry(&self) {
+        self.hurry.notify_one();
     }
 
     /// Matches a delivery report to its part and applies it durably (see [`reports`]).
@@ -422,12 +456,35 @@ impl Store {
 async fn writer(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Job>,
+    hurry: Arc<Notify>,
     commits: Arc<AtomicU64>,
     sent: Arc<SentRate>,
     limits: Arc<QueuePolicy>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // A batch of jobs that may wait waits for more until the earliest of their times:
+        // a draining pool's jobs then share a commit a dozen at a time instead of two.
+        while let Some(due) = batch_due(&batch)
+            && batch.len() < MAX_BATCH
+            && Instant::now() < due
+        {
+            let room = MAX_BATCH - batch.len();
+            tokio::select! {
+                n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                _ = tokio::time::sleep_until(due) => break,
+                _ = hurry.notified() => {
+                    // The job wanted may be sent and not yet taken: take whatever is there.
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    break;
+                }
+            }
+        }
         let results = commit_batch(&mut conn, &batch, &limits).await;
         commits.fetch_add(1, Ordering::Relaxed);
         let sent_parts = batch
@@ -435,7 +492,7 @@ async fn writer(
             .zip(&results)
             .filter(|(_, r)| r.is_ok())
             .map(|(job, _)| match job {
-                Job::Change(changes, _) => changes
+                Job::Change(changes, _, _) => changes
                     .iter()
                     .filter(|c| matches!(c, Change::Sent { .. } | Change::ProviderSent { .. }))
                     .count() as u64,
@@ -466,7 +523,7 @@ async fn writer(
                 (Job::Report(_, _, reply), Err(e)) => {
                     let _ = reply.send(Err(e));
                 }
-                (Job::Change(_, reply) | Job::Modems(_, _, reply), result) => {
+                (Job::Change(_, reply, _) | Job::Modems(_, _, reply), result) => {
                     let _ = reply.send(result.map(|_| ()));
                 }
                 (Job::Imap(_, reply), Ok(Outcome::Imap(done))) => {
@@ -490,6 +547,22 @@ async fn writer(
             }
         }
     }
+}
+
+/// The time a batch's commit may wait until: the earliest its jobs ask for, `None` (now) if any
+/// job asks for none.
+fn batch_due(batch: &[Job]) -> Option<Instant> {
+    batch
+        .iter()
+        .map(|job| match job {
+            Job::Change(_, _, due) => *due,
+            _ => None,
+        })
+        .try_fold(None, |min: Option<Instant>, due| {
+            let due = due?;
+            Some(Some(min.map_or(due, |m| m.min(due))))
+        })
+        .flatten()
 }
 
 /// Commits a batch; each job runs inside a savepoint so that one failing job fails alone.
@@ -526,7 +599,7 @@ async fn commit_batch(
         // checked (duplicates, quotas, guard) before its one write. Either fails alone when
         // refused, and fails the whole batch when its write fails half-way (`Broken`).
         let unsaved = match job {
-            Job::Change(changes, _) => Some(
+            Job::Change(changes, _, _) => Some(
                 dispatch::apply(&mut tx, changes)
                     .await
                     .map(|()| Outcome::Changed),
@@ -558,7 +631,7 @@ async fn commit_batch(
                 Job::Accept(req, _) => {
                     Outcome::Accepted(insert_request(&mut sp, req, limits).await?)
                 }
-                Job::Change(changes, _) => {
+                Job::Change(changes, _, _) => {
                     dispatch::apply(&mut sp, changes).await?;
                     Outcome::Changed
                 }
@@ -629,7 +702,7 @@ fn fused_sqls(batch: &[Job]) -> Option<Vec<&'static str>> {
         .iter()
         .enumerate()
         .map(|(i, job)| match job {
-            Job::Change(changes, _) => {
+            Job::Change(changes, _, _) => {
                 dispatch::static_sql(changes, dispatch::Wrap::new(i == 0, i == last))
             }
             _ => None,
@@ -653,7 +726,7 @@ async fn commit_fused(
     // Several modems' jobs: one query for all of them, if it can be had. If it fails, nothing
     // of it is kept, and the jobs go one by one, where each failure is told apart.
     let changes = batch.iter().filter_map(|job| match job {
-        Job::Change(changes, _) => Some(changes.as_slice()),
+        Job::Change(changes, _, _) => Some(changes.as_slice()),
         _ => None,
     });
     if batch.len() > 1
@@ -670,7 +743,7 @@ async fn commit_fused(
     let mut results: Vec<Result<Outcome, QueueError>> = Vec::with_capacity(batch.len());
     let fail_all = |msg: String| fail_batch(batch, &msg);
     for (i, (job, sql)) in batch.iter().zip(sqls).enumerate() {
-        let Job::Change(changes, _) = job else {
+        let Job::Change(changes, _, _) = job else {
             // `fused_sqls` gives a query to state changes only.
             return fail_all("a job that is not a state change reached the fused path".into());
         };

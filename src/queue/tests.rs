@@ -417,6 +417,130 @@ async fn retry_waits_and_permanent_failure_fails_the_message() {
     );
 }
 
+/// A part marked `sending` that never reached its modem goes back as it was: queued, due when
+/// told, its attempt not counted, and the release in its history. A failure of the part before
+/// it in the same job then fails it too, since it is unsent again.
+#[tokio::test]
+async fn a_released_part_is_queued_again_without_the_attempt() {
+    let (_dir, store) = open().await;
+    let w = queue_one(&store).await;
+    let (p1, p2) = (w.pending[0].id, w.pending[1].id);
+    for part in [p1, p2] {
+        store
+            .change(Change::Sending {
+                part,
+                channel: "modem0".into(),
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .change(Change::Release {
+            part: p1,
+            at: None,
+            reason: "not sent: its modem is not ready; back in the queue".into(),
+        })
+        .await
+        .unwrap();
+    let again = dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    let pending: Vec<(i64, i64)> = again[0]
+        .pending
+        .iter()
+        .map(|p| (p.id, p.attempts))
+        .collect();
+    assert_eq!(pending, [(p1, 0)], "part 2 is still sending");
+    // Released with a time: not due before it.
+    store
+        .change(Change::Release {
+            part: p2,
+            at: Some(now_ms() + 60_000),
+            reason: "not sent: part 1 did not go; back in the queue".into(),
+        })
+        .await
+        .unwrap();
+    let again = dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap();
+    let pending: Vec<i64> = again[0].pending.iter().map(|p| p.id).collect();
+    assert_eq!(pending, [p1]);
+    let st = status(store.reader(), &w.request_id).await.unwrap();
+    let r = &st.recipients[0];
+    assert_eq!(r.state, "accepted");
+    let states: Vec<&str> = r.events.iter().map(|e| e.state.as_str()).collect();
+    assert_eq!(
+        states,
+        ["accepted", "sending", "sending", "accepted", "accepted"]
+    );
+    assert!(r.events[3].reason.contains("not ready"), "{:?}", r.events);
+
+    // Marked, released and failed in one job, as a modem's worker does after a refused part
+    // with the next one marked: the failure takes the released part with it.
+    store
+        .change(Change::Sending {
+            part: p1,
+            channel: "modem0".into(),
+        })
+        .await
+        .unwrap();
+    store
+        .changes(vec![
+            Change::Release {
+                part: p2,
+                at: None,
+                reason: "not sent: part 1 did not go; back in the queue".into(),
+            },
+            Change::Fail {
+                part: p1,
+                reason: "+CMS ERROR: 1, unassigned number".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    let st = status(store.reader(), &w.request_id).await.unwrap();
+    let r = &st.recipients[0];
+    assert_eq!(r.state, "failed");
+    assert!(r.parts.iter().all(|p| p.state == "failed"), "{:?}", r.parts);
+}
+
+/// A job that may wait for company is committed by its time at the latest, at once with a job
+/// that may not, and at once when hurried.
+#[tokio::test]
+async fn a_job_that_may_wait_is_committed_by_its_time() {
+    let (_dir, store) = open().await;
+    let w = queue_one(&store).await;
+    let (p1, p2) = (w.pending[0].id, w.pending[1].id);
+    let sending = |part| {
+        vec![Change::Sending {
+            part,
+            channel: "modem0".into(),
+        }]
+    };
+    let commits = store.commit_count();
+    let start = tokio::time::Instant::now();
+    // Alone, it waits for its time.
+    store
+        .changes_by(sending(p1), start + Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(store.commit_count(), commits + 1);
+    // Hurried, it goes at once.
+    let t = tokio::time::Instant::now();
+    let s2 = store.clone();
+    let job = tokio::spawn(async move {
+        s2.changes_by(sending(p2), t + Duration::from_secs(60))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.hurry();
+    job.await.unwrap().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(store.commit_count(), commits + 2);
+}
+
 #[tokio::test]
 async fn parts_found_sending_after_a_crash_become_uncertain() {
     let dir = tempfile::tempdir().unwrap();
@@ -814,6 +938,7 @@ async fn a_fused_batch_fails_a_job_alone_wherever_it_is() {
                 channel: "modem0".into(),
             }],
             tx,
+            None,
         )
     };
     let mut next = parts.into_iter();
@@ -945,7 +1070,7 @@ async fn a_batch_of_sends_writes_what_its_jobs_write_one_by_one() {
         dispatch::run_sends(&mut batched, json).await.unwrap();
         for changes in batch {
             let (tx, _rx) = oneshot::channel();
-            let job = [Job::Change(changes.clone(), tx)];
+            let job = [Job::Change(changes.clone(), tx, None)];
             for r in commit_batch(&mut alone, &job, &policy).await {
                 r.unwrap();
             }
