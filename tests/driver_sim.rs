@@ -408,14 +408,23 @@ async fn unregistered_modem_is_given_nothing_until_it_registers_again() {
     assert_eq!(r.modem.send(one_pdu("roaming")).await, Ok(0));
 }
 
+/// At shutdown the send in progress is finished and its answer given; a send waiting behind it
+/// is refused as `NotReady` (nothing written), so that its part can go back to the queue.
 #[tokio::test]
-async fn a_dropped_lease_leaves_the_modem_free() {
-    let r = rig(15, |_, _| {}).await;
+async fn a_send_waiting_when_the_driver_stops_is_refused_and_not_written() {
+    let r = rig(15, |s, _| s.cmgs_latency_ms = 500).await;
     ready(&r.modem).await;
-    let lease = r.modem.reserve().await.expect("ready modem");
-    drop(lease);
-    assert_eq!(r.modem.send(one_pdu("after a dropped lease")).await, Ok(0));
-    assert_eq!(r.sim.sent().len(), 1);
+    let (m1, m2) = (r.modem.clone(), r.modem.clone());
+    let first = tokio::spawn(async move { m1.send(one_pdu("in progress")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(async move { m2.send(one_pdu("waiting")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    r.shutdown.cancel();
+    assert_eq!(first.await.unwrap(), Ok(0));
+    let e = second.await.unwrap().unwrap_err();
+    assert!(matches!(e, SendError::NotReady(_)), "{e:?}");
+    let sent: Vec<String> = r.sim.sent().iter().map(|m| m.text.clone()).collect();
+    assert_eq!(sent, ["in progress"]);
 }
 
 #[tokio::test]

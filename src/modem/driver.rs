@@ -6,10 +6,10 @@
 //! time on request. When the port goes away (a USB stick pulled) it reopens it with backoff;
 //! after repeated failures it rests the modem (quarantine) and probes it again later.
 //!
-//! Sending is two-step ([`Modem::reserve`], then [`Lease::send`]) so that the caller can mark
-//! the part `sending` on disk between the two (invariant 3) knowing that the modem is ready
-//! and waiting for exactly that PDU: a part is never marked `sending` for a modem that then
-//! turns out to be unplugged, and a PDU handed over is always written.
+//! The caller marks a part `sending` on disk (invariant 3) before it hands its PDU over
+//! ([`Modem::send`]). The driver writes it when the modem is ready and idle, or answers
+//! `NotReady` and writes nothing, so that the caller can put the part back as it was; every
+//! other answer says whether the PDU was written.
 //!
 //! Failures are counted per modem and reset by a successful send (not by a successful
 //! initialization: a modem that initializes but cannot send must still end up rested).
@@ -222,27 +222,17 @@ fn memory_name(mem: &str) -> Option<&str> {
         .then_some(mem)
 }
 
-/// A caller asks for the modem; the driver answers with a lease once it is ready and idle.
-struct Reserve {
-    reply: oneshot::Sender<Result<Lease, SendError>>,
+/// A caller hands the driver one SMS-SUBMIT whose part is already marked `sending` on disk: the
+/// driver writes it if the modem is ready and idle, and answers with the TP-MR or the failure;
+/// a modem that is not ready answers `NotReady` and writes nothing.
+struct SendRequest {
+    pdu: SubmitPdu,
+    reply: oneshot::Sender<Result<u8, SendError>>,
 }
 
-/// The modem is ready and waits for one PDU from the holder of this lease, doing nothing else
-/// meanwhile. Dropping the lease without sending releases the modem.
-pub struct Lease {
-    pdu: oneshot::Sender<SubmitPdu>,
-    result: oneshot::Receiver<Result<u8, SendError>>,
-}
-
-impl Lease {
-    /// Sends the SMS-SUBMIT; returns the TP-MR the network gave it.
-    pub async fn send(self, pdu: SubmitPdu) -> Result<u8, SendError> {
-        self.pdu.send(pdu).map_err(|_| {
-            SendError::BeforePdu("the driver stopped before the message was written".into())
-        })?;
-        self.result.await.map_err(|_| {
-            SendError::AfterPdu("the driver stopped while the message was being sent".into())
-        })?
+impl SendRequest {
+    fn refuse(self, reason: String) {
+        let _ = self.reply.send(Err(SendError::NotReady(reason)));
     }
 }
 
@@ -250,7 +240,7 @@ impl Lease {
 #[derive(Clone)]
 pub struct Modem {
     name: String,
-    tx: mpsc::Sender<Reserve>,
+    tx: mpsc::Sender<SendRequest>,
     status: watch::Receiver<ModemStatus>,
 }
 
@@ -337,20 +327,20 @@ impl Modem {
         self.status.changed().await.is_ok()
     }
 
-    /// Waits until the modem is ready and idle, and reserves it for one send.
-    pub async fn reserve(&self) -> Result<Lease, SendError> {
-        let (reply, rx) = oneshot::channel();
-        let stopped = || SendError::NotReady("the driver has stopped".into());
-        self.tx
-            .send(Reserve { reply })
-            .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
-    }
-
-    /// Reserves the modem and sends one SMS-SUBMIT; returns the TP-MR the network gave it.
+    /// Sends one SMS-SUBMIT once the modem is idle; returns the TP-MR the network gave it.
+    /// `NotReady` means that nothing was written (the modem is not ready, or its driver has
+    /// stopped); any other error says whether the PDU was written before it went wrong.
     pub async fn send(&self, pdu: SubmitPdu) -> Result<u8, SendError> {
-        self.reserve().await?.send(pdu).await
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(SendRequest { pdu, reply })
+            .await
+            .map_err(|_| SendError::NotReady("the driver has stopped".into()))?;
+        // The driver answers every request it takes, and refuses those it leaves when it
+        // stops: no answer means it stopped in the middle of one.
+        rx.await.map_err(|_| {
+            SendError::AfterPdu("the driver stopped while the message was being sent".into())
+        })?
     }
 }
 
@@ -475,12 +465,22 @@ impl Driver {
         });
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Reserve>, shutdown: CancellationToken) {
+    async fn run(mut self, mut rx: mpsc::Receiver<SendRequest>, shutdown: CancellationToken) {
         self.run_port(&mut rx, &shutdown).await;
         self.set_state(ModemState::Stopped, None);
+        // Requests sent and not taken were not written: say so, rather than leave their
+        // senders to guess from a dropped answer.
+        rx.close();
+        while let Ok(req) = rx.try_recv() {
+            req.refuse("the driver has stopped".into());
+        }
     }
 
-    async fn run_port(&mut self, rx: &mut mpsc::Receiver<Reserve>, shutdown: &CancellationToken) {
+    async fn run_port(
+        &mut self,
+        rx: &mut mpsc::Receiver<SendRequest>,
+        shutdown: &CancellationToken,
+    ) {
         let mut backoff = MIN_REOPEN_BACKOFF;
         loop {
             if shutdown.is_cancelled() {
@@ -553,7 +553,7 @@ impl Driver {
     /// Waits `d`, answering reservations with "not ready". True when shutting down.
     async fn wait_refusing(
         &self,
-        rx: &mut mpsc::Receiver<Reserve>,
+        rx: &mut mpsc::Receiver<SendRequest>,
         d: Duration,
         shutdown: &CancellationToken,
     ) -> bool {
@@ -569,9 +569,7 @@ impl Driver {
                 _ = shutdown.cancelled() => return true,
                 _ = sleep => return false,
                 req = rx.recv() => match req {
-                    Some(req) => {
-                        let _ = req.reply.send(Err(SendError::NotReady(self.not_ready_reason())));
-                    }
+                    Some(req) => req.refuse(self.not_ready_reason()),
                     None => return true,
                 },
             }
@@ -785,13 +783,18 @@ impl Driver {
     async fn serve(
         &mut self,
         c: &mut Conn,
-        rx: &mut mpsc::Receiver<Reserve>,
+        rx: &mut mpsc::Receiver<SendRequest>,
         shutdown: &CancellationToken,
     ) -> Ended {
         let mut health = tokio::time::interval(self.cfg.health_interval);
         health.set_missed_tick_behavior(MissedTickBehavior::Delay);
         health.reset();
         loop {
+            // After a send: a request waiting behind it is refused, not written, once the
+            // gateway is stopping.
+            if shutdown.is_cancelled() {
+                return Ended::Shutdown;
+            }
             if !self.stored.is_empty()
                 && let Err(e) = self.read_stored(c).await
             {
@@ -803,22 +806,14 @@ impl Driver {
                 req = rx.recv() => {
                     let Some(req) = req else { return Ended::Shutdown };
                     if self.state() != ModemState::Ready {
-                        let _ = req.reply.send(Err(SendError::NotReady(self.not_ready_reason())));
+                        req.refuse(self.not_ready_reason());
                         continue;
                     }
-                    let (pdu_tx, pdu_rx) = oneshot::channel();
-                    let (result_tx, result_rx) = oneshot::channel();
-                    let lease = Lease { pdu: pdu_tx, result: result_rx };
-                    if req.reply.send(Ok(lease)).is_err() {
-                        continue;
-                    }
-                    // The holder marks its part `sending` on disk, then hands the PDU over,
-                    // or drops the lease. Not cancelled by shutdown: a PDU handed over is a
-                    // part already marked `sending`, and it is written.
-                    let Ok(pdu) = pdu_rx.await else { continue };
-                    let result = self.send(c, &pdu).await;
+                    // Not cancelled by shutdown: a PDU handed over is a part already marked
+                    // `sending`, and it is written.
+                    let result = self.send(c, &req.pdu).await;
                     let ended = self.after_send(&result);
-                    let _ = result_tx.send(result.map_err(|f| f.error));
+                    let _ = req.reply.send(result.map_err(|f| f.error));
                     if let Some(e) = ended {
                         return e;
                     }

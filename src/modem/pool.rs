@@ -13,14 +13,28 @@
 //! Each worker waits for its SIM's rate limit (`max_per_minute`) before taking a message, so
 //! that a free modem takes it meanwhile.
 //!
-//! For each part the worker reserves the modem (it is then ready and waiting), marks the part
-//! `sending` durably (invariant 3), and only then hands the PDU over; a modem that is not
-//! ready is never given a part marked `sending`, so "not ready" costs no attempt. The answer
+//! Each part is marked `sending` durably (invariant 3) before its PDU is handed to the driver;
+//! a driver whose modem is not ready writes nothing and says so, and the part is released:
+//! queued again as it was, so "not ready" costs no attempt.
+//!
+//! While a part is on the air, the worker marks the part it sends next (the rest of the
+//! message, or the next message it should take), so that the modem does not wait for a commit
+//! between its `+CMGS` answer and the next `AT+CMGS`. That mark's commit may wait up to half the
+//! modem's usual send time for other modems' marks to share it (`Store::changes_by`); if the
+//! modem answers first, the worker hurries it. The part marked ahead is released if it does
+//! not go: the part before it failed (it is then retried or failed with the rest of its
+//! message), or the modem stopped, or the gateway is stopping. The price is at a crash: a
+//! modem may leave two parts `sending`, the one on the air and the one marked ahead, and both
+//! become `uncertain`. A SIM with a rate limit waits between sends anyway: nothing is marked
+//! ahead there.
+//!
+//! The answer
 //! marks the part `sent`, schedules a retry with backoff (the rest of the message waits with
 //! it), fails it with its reason (a permanent `+CMS ERROR`, TS 27.005 §3.2.5, or the last
 //! allowed attempt), or makes it `uncertain` (no answer after the PDU was written).
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +45,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::driver::{Modem, SendError};
-use super::pdu::{self, SubmitOptions};
+use super::pdu::{self, SubmitOptions, SubmitPdu};
+use crate::queue::dispatch::PendingPart;
 use crate::queue::{self, Change, Store, Work};
 use crate::sms::Segmentation;
 
@@ -255,20 +270,73 @@ fn release(inner: &Inner, recipient: i64) {
     inner.wake_feeder.notify_one();
 }
 
+/// The longest a part marked ahead lets its commit wait for company (see [`Store::changes_by`]):
+/// on modems that take seconds per SMS, the commit still comes soon after the mark.
+const MAX_LINGER: Duration = Duration::from_millis(250);
+
+/// A message this modem is sending: its parts' PDUs and the parts still to send, in order.
+struct Message {
+    work: Work,
+    pdus: Vec<SubmitPdu>,
+}
+
+impl Message {
+    fn rid(&self) -> i64 {
+        self.work.recipient_id
+    }
+
+    /// The `pending[idx]` part and its PDU.
+    fn part(&self, idx: usize) -> Option<(&PendingPart, &SubmitPdu)> {
+        let part = self.work.pending.get(idx)?;
+        let pdu = self.pdus.get(usize::from(part.seq).saturating_sub(1))?;
+        Some((part, pdu))
+    }
+}
+
+/// The next part this worker sends: `pending[idx]` of its message, already marked `sending`
+/// on disk (marked ahead, while the part before it was on the air) or not yet.
+enum Next {
+    None,
+    Unmarked(Arc<Message>, usize),
+    Marked(Arc<Message>, usize),
+}
+
+/// One worker's state between two parts.
+struct Worker {
+    inner: Arc<Inner>,
+    /// This worker's modem, as an index into `inner.modems`.
+    me: usize,
+    pm: PoolModem,
+    /// When this SIM last sent, for its rate limit.
+    last_send: Option<Instant>,
+    /// The `sent` of the part this modem sent last, not committed yet: it shares the commit of
+    /// the next part's `sending`, or is committed alone before the worker waits for anything.
+    owed: Option<Change>,
+    /// How long this modem's recent sends took (a moving average): a part marked ahead lets its
+    /// commit wait half of that for company.
+    send_time: Option<Duration>,
+}
+
 async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
     let pm = inner.modems[me].clone();
     let mut modem = pm.modem.clone();
-    let mut last_send: Option<Instant> = None;
-    // The `sent` of the part this modem sent last, not committed yet: it shares the commit of
-    // the next part's `sending`, or is committed alone before the worker waits for anything.
-    let mut unrecorded: Option<Change> = None;
+    let mut w = Worker {
+        inner,
+        me,
+        pm,
+        last_send: None,
+        owed: None,
+        send_time: None,
+    };
+    let inner = w.inner.clone();
+    let mut next = Next::None;
     loop {
         if shutdown.is_cancelled() {
-            record(&inner.store, &mut unrecorded).await;
+            w.settle(&mut next, "the gateway is stopping").await;
             return;
         }
         if !modem.is_ready() {
-            record(&inner.store, &mut unrecorded).await;
+            w.settle(&mut next, "its modem is not ready").await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 alive = modem.changed() => if !alive { return },
@@ -276,168 +344,271 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
             continue;
         }
         // The SIM's rate limit: wait before taking a message, so a free modem takes it.
-        if let (Some(gap), Some(last)) = (pm.min_interval, last_send)
+        if let (Some(gap), Some(last)) = (w.pm.min_interval, w.last_send)
             && Instant::now() < last + gap
         {
-            record(&inner.store, &mut unrecorded).await;
+            w.record().await;
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep_until(last + gap) => {}
             }
             continue;
         }
-        // Register interest before looking, so a notification between the two is not lost.
-        let listed = inner.work_listed.notified();
-        let Some(job) = take_job(&inner, me) else {
-            inner.wake_feeder.notify_one();
-            record(&inner.store, &mut unrecorded).await;
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = listed => {}
-                _ = modem.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        let (msg, idx) = match std::mem::replace(&mut next, Next::None) {
+            Next::Marked(msg, idx) => (msg, idx),
+            Next::Unmarked(msg, idx) => {
+                if !w.mark(&msg, idx, None).await {
+                    release(&w.inner, msg.rid());
+                    continue;
+                }
+                (msg, idx)
             }
-            continue;
+            Next::None => {
+                // Register interest before looking, so a notification between the two is lost
+                // to neither.
+                let listed = inner.work_listed.notified();
+                let Some(job) = take_job(&inner, me) else {
+                    inner.wake_feeder.notify_one();
+                    w.record().await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = listed => {}
+                        _ = modem.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
+                };
+                let Some(msg) = w.message(job).await else {
+                    continue;
+                };
+                if !w.mark(&msg, 0, None).await {
+                    release(&w.inner, msg.rid());
+                    continue;
+                }
+                (msg, 0)
+            }
         };
-        let rid = job.work.recipient_id;
-        send_job(&inner, &pm, job, &mut last_send, &mut unrecorded, &shutdown).await;
-        // The message's last `sent` may still wait in `unrecorded`; its part is `sending` on
-        // disk meanwhile, which the feeder does not read as ready, so the recipient can go.
-        release(&inner, rid);
+        next = w.send(msg, idx).await;
     }
 }
 
-/// Commits a `sent` that was waiting for the next `sending`, before the worker waits.
-async fn record(store: &Store, unrecorded: &mut Option<Change>) {
-    if let Some(change) = unrecorded.take()
-        && let Err(e) = store.change(change).await
-    {
-        // The part stays `sending`: at the next start it becomes `uncertain`, not sent again.
-        warn!(error = %e, "cannot record a sent part");
+impl Worker {
+    fn name(&self) -> &str {
+        self.pm.modem.name()
     }
-}
 
-/// Sends the pending parts of one message on one modem, in order. Parts it does not get to
-/// (the modem went away, the gateway is stopping) stay queued and are read again.
-///
-/// A part's `sent` is left in `unrecorded` for the commit of the next part's `sending`: one
-/// commit per SMS on a modem's path instead of two in a row. Every other outcome is committed
-/// at once.
-async fn send_job(
-    inner: &Inner,
-    pm: &PoolModem,
-    job: Job,
-    last_send: &mut Option<Instant>,
-    unrecorded: &mut Option<Change>,
-    shutdown: &CancellationToken,
-) {
-    let store = &inner.store;
-    let name = pm.modem.name();
-    let mut w = job.work;
-    let seg = Segmentation {
-        encoding: w.encoding,
-        parts: std::mem::take(&mut w.all_parts),
-        truncated: false,
-    };
-    let opts = SubmitOptions {
-        status_report: inner.cfg.status_reports,
-        validity: inner.cfg.validity,
-        // 0: the modem assigns TP-MR itself and tells us in +CMGS.
-        message_ref: 0,
-        // The same reference for every part of this message, across retries and restarts,
-        // and different for the messages that follow it to the same number.
-        concat_ref: (w.recipient_id & 0xff) as u16,
-        ..SubmitOptions::default()
-    };
-    let pdus = match pdu::encode_submit(&w.number, &seg, &opts) {
-        Ok(p) => p,
-        Err(e) => {
-            if let Some(first) = w.pending.first() {
-                let _ = store
-                    .change(Change::Fail {
-                        part: first.id,
-                        reason: format!("the message cannot be encoded: {e}"),
-                    })
-                    .await;
-            }
-            return;
-        }
-    };
-    for (i, part) in w.pending.iter().enumerate() {
-        let Some(pdu) = pdus.get(usize::from(part.seq).saturating_sub(1)).cloned() else {
-            let _ = store
-                .change(Change::Fail {
-                    part: part.id,
-                    reason: format!("part {} does not exist in the encoded message", part.seq),
-                })
-                .await;
-            return;
+    /// Encodes a job's message; one that cannot be encoded fails, its recipient goes back to
+    /// the feeder, and the answer is `None`.
+    async fn message(&self, job: Job) -> Option<Arc<Message>> {
+        let mut w = job.work;
+        let rid = w.recipient_id;
+        let seg = Segmentation {
+            encoding: w.encoding,
+            parts: std::mem::take(&mut w.all_parts),
+            truncated: false,
         };
-        if shutdown.is_cancelled() {
-            return;
-        }
-        if let (Some(gap), Some(last)) = (pm.min_interval, *last_send)
-            && Instant::now() < last + gap
+        let opts = SubmitOptions {
+            status_report: self.inner.cfg.status_reports,
+            validity: self.inner.cfg.validity,
+            // 0: the modem assigns TP-MR itself and tells us in +CMGS.
+            message_ref: 0,
+            // The same reference for every part of this message, across retries and restarts,
+            // and different for the messages that follow it to the same number.
+            concat_ref: (rid & 0xff) as u16,
+            ..SubmitOptions::default()
+        };
+        let failed = match pdu::encode_submit(&w.number, &seg, &opts) {
+            Ok(pdus) => {
+                let msg = Message { work: w, pdus };
+                let missing = (0..msg.work.pending.len()).find(|&i| msg.part(i).is_none());
+                match missing.and_then(|i| msg.work.pending.get(i)) {
+                    None => return Some(Arc::new(msg)),
+                    Some(p) => Some(Change::Fail {
+                        part: p.id,
+                        reason: format!("part {} does not exist in the encoded message", p.seq),
+                    }),
+                }
+            }
+            Err(e) => w.pending.first().map(|first| Change::Fail {
+                part: first.id,
+                reason: format!("the message cannot be encoded: {e}"),
+            }),
+        };
+        if let Some(change) = failed
+            && let Err(e) = self.inner.store.change(change).await
         {
-            record(store, unrecorded).await;
-            tokio::time::sleep_until(last + gap).await;
+            warn!(error = %e, "cannot record a message that cannot be sent");
         }
-        let lease = match pm.modem.reserve().await {
-            Ok(l) => l,
-            Err(e) => {
-                debug!(modem = %name, recipient = w.recipient_id, error = %e, "modem not ready; the message goes back to the queue");
-                return;
-            }
+        release(&self.inner, rid);
+        None
+    }
+
+    /// Marks `pending[idx]` of `msg` `sending` on this modem (invariant 3), in one commit with
+    /// the `sent` still owed (all or none: if it fails, that part stays `sending`); by `due`,
+    /// or at once. False if the commit failed: the part was not marked.
+    async fn mark(&mut self, msg: &Message, idx: usize, due: Option<Instant>) -> bool {
+        let Some((part, _)) = msg.part(idx) else {
+            return false;
         };
-        // Invariant 3: on disk as `sending` before the modem sees it; the previous part's
-        // `sent` shares the commit (all or none: if it fails, that part stays `sending`).
         let mut changes = Vec::with_capacity(2);
-        changes.extend(unrecorded.take());
+        changes.extend(self.owed.take());
         changes.push(Change::Sending {
             part: part.id,
-            channel: name.to_string(),
+            channel: self.name().to_string(),
         });
-        if let Err(e) = store.changes(changes).await {
+        let store = &self.inner.store;
+        let done = match due {
+            Some(due) => store.changes_by(changes, due).await,
+            None => store.changes(changes).await,
+        };
+        if let Err(e) = done {
             warn!(error = %e, "cannot mark a part sending; not sending it");
-            return;
+            return false;
         }
-        *last_send = Some(Instant::now());
-        let result = lease.send(pdu).await;
+        true
+    }
+
+    /// Commits the `sent` still owed, before the worker waits for anything.
+    async fn record(&mut self) {
+        if let Some(change) = self.owed.take()
+            && let Err(e) = self.inner.store.change(change).await
+        {
+            // The part stays `sending`: at the next start it becomes `uncertain`, not sent again.
+            warn!(error = %e, "cannot record a sent part");
+        }
+    }
+
+    /// Gives up the part in hand without sending it: one marked goes back to the queue (with
+    /// the `sent` still owed, in one commit), and its message to the feeder.
+    async fn settle(&mut self, next: &mut Next, why: &str) {
+        let mut changes: Vec<Change> = self.owed.take().into_iter().collect();
+        let rid = match std::mem::replace(next, Next::None) {
+            Next::None => None,
+            Next::Unmarked(msg, _) => Some(msg.rid()),
+            Next::Marked(msg, idx) => {
+                if let Some((part, _)) = msg.part(idx) {
+                    changes.push(Change::Release {
+                        part: part.id,
+                        at: None,
+                        reason: format!("not sent: {why}; back in the queue"),
+                    });
+                }
+                Some(msg.rid())
+            }
+        };
+        if !changes.is_empty()
+            && let Err(e) = self.inner.store.changes(changes).await
+        {
+            warn!(error = %e, "cannot record the parts in hand");
+        }
+        if let Some(rid) = rid {
+            release(&self.inner, rid);
+        }
+    }
+
+    /// Sends `pending[idx]` of `msg`, already marked `sending`, and meanwhile marks the part
+    /// that follows it on this modem (the rest of the message, or the next message it should
+    /// take), so that it can be written as soon as the modem answers: the commit of its mark
+    /// is then off the modem's path and shared with the other modems' marks. Returns that
+    /// part.
+    async fn send(&mut self, msg: Arc<Message>, idx: usize) -> Next {
+        let Some((part, pdu)) = msg.part(idx) else {
+            release(&self.inner, msg.rid());
+            return Next::None;
+        };
+        let (part, pdu) = (part.clone(), pdu.clone());
+        let started = Instant::now();
+        self.last_send = Some(started);
+        // A SIM with a rate limit waits between sends anyway: nothing is marked ahead there.
+        let ahead = self.pm.min_interval.is_none();
+        let due = self.send_time.map(|t| started + (t / 2).min(MAX_LINGER));
+        let marking = AtomicBool::new(false);
+        let owed = self.owed.take();
+        let this = &*self;
+        let on_air = async {
+            let result = this
+                .pm
+                .modem
+                .send(pdu)
+                .await
+                .map(|mr| (mr, started.elapsed()));
+            // The modem is free: a mark still waiting for company is wanted now.
+            if marking.load(Ordering::Acquire) {
+                this.inner.store.hurry();
+            }
+            result
+        };
+        let (result, marked) = tokio::join!(on_air, async {
+            if ahead {
+                this.mark_ahead(&msg, idx, owed, due, &marking).await
+            } else {
+                // Marked just now, with the `sent` owed then: nothing is owed.
+                this.commit_owed(owed, None).await;
+                None
+            }
+        });
+        let name = self.name().to_string();
+        let last = idx + 1 == msg.work.pending.len();
         let attempts = part.attempts + 1;
         let change = match result {
-            Ok(mr) => {
+            Ok((mr, took)) => {
+                self.send_time = Some(match self.send_time {
+                    Some(t) => (t * 3 + took) / 4,
+                    None => took,
+                });
                 let sent_at = crate::queue::now_ms();
-                let (reason, sim) = pm.modem.with_status(|s| {
+                let (reason, sim) = self.pm.modem.with_status(|s| {
                     let imsi = s.imsi.as_deref().unwrap_or("unknown");
                     (
                         format!("sent via {name} (SIM {imsi}), TP-MR {mr}"),
                         s.imsi.clone(),
                     )
                 });
-                *unrecorded = Some(Change::Sent {
+                self.owed = Some(Change::Sent {
                     part: part.id,
                     message_ref: Some(i64::from(mr)),
                     sim,
                     sent_at,
                     reason,
                 });
-                continue;
+                return match marked {
+                    Some((next, i)) => {
+                        if !Arc::ptr_eq(&next, &msg) {
+                            // The message is done; its last `sent` waits in `owed`, its part
+                            // `sending` on disk meanwhile, which the feeder does not read as
+                            // ready, so the recipient can go.
+                            release(&self.inner, msg.rid());
+                        }
+                        Next::Marked(next, i)
+                    }
+                    None if !last => Next::Unmarked(msg, idx + 1),
+                    None => {
+                        release(&self.inner, msg.rid());
+                        Next::None
+                    }
+                };
             }
+            // Nothing was written: the part goes back as it was.
+            Err(SendError::NotReady(e)) => Change::Release {
+                part: part.id,
+                at: None,
+                reason: format!("not sent: {name} is not ready ({e}); back in the queue"),
+            },
             Err(SendError::AfterPdu(e)) => Change::Uncertain {
                 part: part.id,
                 reason: format!(
                     "{name}: no answer after the message was written ({e}); it may have been sent, so it is not sent again"
                 ),
             },
-            Err(e) if e.is_temporary() && attempts < i64::from(inner.cfg.max_attempts) => {
-                let wait = backoff(&inner.cfg, attempts);
+            Err(e) if e.is_temporary() && attempts < i64::from(self.inner.cfg.max_attempts) => {
+                let wait = backoff(&self.inner.cfg, attempts);
                 Change::Retry {
                     part: part.id,
                     at: queue::now_ms()
                         .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
                     reason: format!(
                         "attempt {attempts} of {} failed on {name}: {e}; retrying in {}s",
-                        inner.cfg.max_attempts,
+                        self.inner.cfg.max_attempts,
                         wait.as_secs()
                     ),
                 }
@@ -451,12 +622,52 @@ async fn send_job(
                 reason: format!("{name}: {e} (a permanent failure: not tried again)"),
             },
         };
+        // The message stops here. A part marked ahead of the same message goes back with the
+        // rest of it: due with the retry, or as it was (and then failed with it, after a
+        // failed part: the release comes first, so that the failure finds it unsent). A
+        // part of another message is kept while the modem is ready, else it goes back too.
+        let retry_at = match &change {
+            Change::Retry { at, .. } => Some(*at),
+            _ => None,
+        };
+        let mut changes = Vec::new();
+        let mut next = Next::None;
+        let mut rest_from = idx + 1;
+        if let Some((m, i)) = marked {
+            if Arc::ptr_eq(&m, &msg) {
+                if let Some((p, _)) = m.part(i) {
+                    changes.push(Change::Release {
+                        part: p.id,
+                        at: retry_at,
+                        reason: format!(
+                            "not sent: part {} did not go; back in the queue",
+                            part.seq
+                        ),
+                    });
+                }
+                rest_from = i + 1;
+            } else if self.pm.modem.is_ready() {
+                next = Next::Marked(m, i);
+            } else {
+                if let Some((p, _)) = m.part(i) {
+                    changes.push(Change::Release {
+                        part: p.id,
+                        at: None,
+                        reason: format!("not sent: {name} stopped before it; back in the queue"),
+                    });
+                }
+                release(&self.inner, m.rid());
+            }
+        }
+        if matches!(change, Change::Fail { .. }) {
+            changes.push(change);
+        } else {
+            changes.insert(0, change);
+        }
         // The rest of the message waits with a retried part, so its parts stay together, and
         // in the same commit. After an uncertain or failed part the rest stays queued as it is.
-        let mut changes = vec![];
-        if let Change::Retry { at, .. } = &change {
-            let at = *at;
-            for rest in &w.pending[i + 1..] {
+        if let Some(at) = retry_at {
+            for rest in msg.work.pending.get(rest_from..).unwrap_or_default() {
                 changes.push(Change::Retry {
                     part: rest.id,
                     at,
@@ -464,13 +675,80 @@ async fn send_job(
                 });
             }
         }
-        changes.insert(0, change);
-        if let Err(e) = store.changes(changes).await {
+        if let Err(e) = self.inner.store.changes(changes).await {
             warn!(error = %e, "cannot record a send result");
-            return;
         }
-        debug!(modem = %name, recipient = w.recipient_id, "message stopped");
-        return;
+        debug!(modem = %name, recipient = msg.rid(), "message stopped");
+        release(&self.inner, msg.rid());
+        next
+    }
+
+    /// Commits a `sent` that was owed, by `due` or at once.
+    async fn commit_owed(&self, owed: Option<Change>, due: Option<Instant>) {
+        let Some(change) = owed else { return };
+        let store = &self.inner.store;
+        let done = match due {
+            Some(due) => store.changes_by(vec![change], due).await,
+            None => store.change(change).await,
+        };
+        if let Err(e) = done {
+            // The part stays `sending`: at the next start it becomes `uncertain`, not sent again.
+            warn!(error = %e, "cannot record a sent part");
+        }
+    }
+
+    /// Marks the part this modem sends after `pending[idx]` of `msg`, by `due`: the rest of
+    /// the message, or the first part of the next message it should take. The `sent` still
+    /// owed shares that commit, or is committed alone by `due` when there is no such part.
+    /// Returns the part marked, if any.
+    async fn mark_ahead(
+        &self,
+        msg: &Arc<Message>,
+        idx: usize,
+        owed: Option<Change>,
+        due: Option<Instant>,
+        marking: &AtomicBool,
+    ) -> Option<(Arc<Message>, usize)> {
+        let candidate = if idx + 1 < msg.work.pending.len() {
+            Some((msg.clone(), idx + 1))
+        } else {
+            match take_job(&self.inner, self.me) {
+                Some(job) => self.message(job).await.map(|m| (m, 0)),
+                None => {
+                    self.inner.wake_feeder.notify_one();
+                    None
+                }
+            }
+        };
+        let Some((next, i, part)) =
+            candidate.and_then(|(next, i)| next.part(i).map(|(p, _)| p.id).map(|p| (next, i, p)))
+        else {
+            self.commit_owed(owed, due).await;
+            return None;
+        };
+        let mut changes = Vec::with_capacity(2);
+        changes.extend(owed);
+        changes.push(Change::Sending {
+            part,
+            channel: self.name().to_string(),
+        });
+        marking.store(true, Ordering::Release);
+        let store = &self.inner.store;
+        let done = match due {
+            Some(due) => store.changes_by(changes, due).await,
+            None => store.changes(changes).await,
+        };
+        marking.store(false, Ordering::Release);
+        match done {
+            Ok(()) => Some((next, i)),
+            Err(e) => {
+                warn!(error = %e, "cannot mark a part sending; not sending it");
+                if !Arc::ptr_eq(&next, msg) {
+                    release(&self.inner, next.rid());
+                }
+                None
+            }
+        }
     }
 }
 
