@@ -34,7 +34,7 @@
 //! allowed attempt), or makes it `uncertain` (no answer after the PDU was written).
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -110,6 +110,9 @@ struct Inner {
     /// New work was queued (from intake) or a worker wants more.
     wake_feeder: Arc<Notify>,
     work_listed: Notify,
+    /// Workers waiting for work: while there are any, a busy modem takes no new message ahead
+    /// (an idle one sends it now, rather than after the busy one's send).
+    idle: AtomicUsize,
 }
 
 /// A running pool.
@@ -137,6 +140,7 @@ impl Pool {
             jobs: Mutex::new(Jobs::default()),
             wake_feeder: wake,
             work_listed: Notify::new(),
+            idle: AtomicUsize::new(0),
         });
         tracker.spawn(feeder(inner.clone(), shutdown.clone()));
         for i in 0..inner.modems.len() {
@@ -357,7 +361,7 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
         let (msg, idx) = match std::mem::replace(&mut next, Next::None) {
             Next::Marked(msg, idx) => (msg, idx),
             Next::Unmarked(msg, idx) => {
-                if !w.mark(&msg, idx, None).await {
+                if !w.mark(&msg, idx).await {
                     release(&w.inner, msg.rid());
                     continue;
                 }
@@ -370,18 +374,20 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
                 let Some(job) = take_job(&inner, me) else {
                     inner.wake_feeder.notify_one();
                     w.record().await;
+                    inner.idle.fetch_add(1, Ordering::Relaxed);
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
                         _ = listed => {}
                         _ = modem.changed() => {}
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
+                    inner.idle.fetch_sub(1, Ordering::Relaxed);
                     continue;
                 };
                 let Some(msg) = w.message(job).await else {
                     continue;
                 };
-                if !w.mark(&msg, 0, None).await {
+                if !w.mark(&msg, 0).await {
                     release(&w.inner, msg.rid());
                     continue;
                 }
@@ -443,17 +449,23 @@ impl Worker {
         None
     }
 
-    /// Marks `pending[idx]` of `msg` `sending` on this modem (invariant 3), in one commit with
-    /// the `sent` still owed (all or none: if it fails, that part stays `sending`); by `due`,
-    /// or at once. False if the commit failed: the part was not marked.
-    async fn mark(&mut self, msg: &Message, idx: usize, due: Option<Instant>) -> bool {
+    /// Marks `pending[idx]` of `msg` `sending` on this modem (invariant 3), at once, in one
+    /// commit with the `sent` still owed. False if the commit failed: the part was not marked.
+    async fn mark(&mut self, msg: &Message, idx: usize) -> bool {
         let Some((part, _)) = msg.part(idx) else {
             return false;
         };
+        let owed = self.owed.take();
+        self.commit_mark(owed, part.id, None).await
+    }
+
+    /// Commits `sending` of `part` on this modem with the `sent` owed, all or none (if it fails,
+    /// that part stays `sending`), by `due` or at once. False if it failed.
+    async fn commit_mark(&self, owed: Option<Change>, part: i64, due: Option<Instant>) -> bool {
         let mut changes = Vec::with_capacity(2);
-        changes.extend(self.owed.take());
+        changes.extend(owed);
         changes.push(Change::Sending {
-            part: part.id,
+            part,
             channel: self.name().to_string(),
         });
         let store = &self.inner.store;
@@ -461,11 +473,10 @@ impl Worker {
             Some(due) => store.changes_by(changes, due).await,
             None => store.changes(changes).await,
         };
-        if let Err(e) = done {
+        if let Err(e) = &done {
             warn!(error = %e, "cannot mark a part sending; not sending it");
-            return false;
         }
-        true
+        done.is_ok()
     }
 
     /// Commits the `sent` still owed, before the worker waits for anything.
@@ -711,6 +722,8 @@ impl Worker {
     ) -> Option<(Arc<Message>, usize)> {
         let candidate = if idx + 1 < msg.work.pending.len() {
             Some((msg.clone(), idx + 1))
+        } else if self.inner.idle.load(Ordering::Relaxed) > 0 {
+            None
         } else {
             match take_job(&self.inner, self.me) {
                 Some(job) => self.message(job).await.map(|m| (m, 0)),
@@ -726,29 +739,16 @@ impl Worker {
             self.commit_owed(owed, due).await;
             return None;
         };
-        let mut changes = Vec::with_capacity(2);
-        changes.extend(owed);
-        changes.push(Change::Sending {
-            part,
-            channel: self.name().to_string(),
-        });
         marking.store(true, Ordering::Release);
-        let store = &self.inner.store;
-        let done = match due {
-            Some(due) => store.changes_by(changes, due).await,
-            None => store.changes(changes).await,
-        };
+        let marked = self.commit_mark(owed, part, due).await;
         marking.store(false, Ordering::Release);
-        match done {
-            Ok(()) => Some((next, i)),
-            Err(e) => {
-                warn!(error = %e, "cannot mark a part sending; not sending it");
-                if !Arc::ptr_eq(&next, msg) {
-                    release(&self.inner, next.rid());
-                }
-                None
-            }
+        if marked {
+            return Some((next, i));
         }
+        if !Arc::ptr_eq(&next, msg) {
+            release(&self.inner, next.rid());
+        }
+        None
     }
 }
 
