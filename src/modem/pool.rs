@@ -481,12 +481,8 @@ impl Worker {
 
     /// Commits the `sent` still owed, before the worker waits for anything.
     async fn record(&mut self) {
-        if let Some(change) = self.owed.take()
-            && let Err(e) = self.inner.store.change(change).await
-        {
-            // The part stays `sending`: at the next start it becomes `uncertain`, not sent again.
-            warn!(error = %e, "cannot record a sent part");
-        }
+        let owed = self.owed.take();
+        self.commit_owed(owed, None).await;
     }
 
     /// Gives up the part in hand without sending it: one marked goes back to the queue (with
@@ -534,7 +530,8 @@ impl Worker {
         let ahead = self.pm.min_interval.is_none();
         let due = self.send_time.map(|t| started + (t / 2).min(MAX_LINGER));
         let marking = AtomicBool::new(false);
-        let owed = self.owed.take();
+        // Without a mark ahead, the `sent` owed went with this part's mark: none is owed now.
+        let owed = if ahead { self.owed.take() } else { None };
         let this = &*self;
         let on_air = async {
             let result = this
@@ -553,8 +550,6 @@ impl Worker {
             if ahead {
                 this.mark_ahead(&msg, idx, owed, due, &marking).await
             } else {
-                // Marked just now, with the `sent` owed then: nothing is owed.
-                this.commit_owed(owed, None).await;
                 None
             }
         });
