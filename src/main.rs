@@ -148,17 +148,43 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("mail2sms: cannot start the runtime: {e}");
+            report(&format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mail2sms: {e:#}");
+            report(&error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, `: `-separated, each cause left out when the message before it
+/// already says it (most of the store's errors quote their source): `{:#}` would print the
+/// driver's sentence two or three times over.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        last = text;
+    }
+    out
+}
+
+/// Writes why the gateway stops to stderr; `eprintln!` would panic (and change the exit code)
+/// when stderr cannot be written.
+fn report(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "mail2sms: {why}");
 }
 
 /// Colours only for a person at a terminal: a log written to a file, a pipe or the journal is
@@ -176,10 +202,13 @@ fn init_logging(format: LogFormat) {
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
+    // A log that cannot be written (its disk full) must not stop the gateway: by default the
+    // subscriber reports a failed write with `eprintln!`, which panics when stderr fails too.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colours)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -512,8 +541,24 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::log_colours;
+    use super::{error_chain, log_colours};
     use std::ffi::OsStr;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the store failed: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[test]
+    fn a_cause_already_quoted_is_not_said_twice() {
+        let full = || std::io::Error::other("disk is full");
+        let quoted = anyhow::Error::new(Quoting(full())).context("opening the queue");
+        assert_eq!(
+            error_chain(&quoted),
+            "opening the queue: the store failed: disk is full"
+        );
+        let plain = anyhow::Error::new(full()).context("opening the queue");
+        assert_eq!(error_chain(&plain), "opening the queue: disk is full");
+    }
 
     #[test]
     fn colours_only_at_a_terminal_without_no_color() {

@@ -557,3 +557,21 @@ fn a_log_written_to_a_file_has_no_escape_codes() {
     );
     assert!(log.contains(&ready), "{log}");
 }
+
+#[test]
+fn a_log_that_cannot_be_written_does_not_stop_the_gateway() {
+    // A full disk under the log: every write to /dev/full fails with ENOSPC. The gateway goes on
+    // taking mail (its queue may well be on another disk) and stops cleanly when told.
+    let mut g = Gateway::start("", "");
+    g.kill();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    g.spawn_logging_to(full);
+    let (ok, out) = swaks(&g, &["--to", "Paul@+33477858589@sms", "--body", "hi"]);
+    assert!(ok, "{out}");
+    assert_eq!(g.queue().len(), 1);
+    let status = g.stop();
+    assert!(status.success(), "{status}");
+}

@@ -93,6 +93,11 @@ max_recipients = 5
             .append(true)
             .open(self.path("gateway.log"))
             .unwrap();
+        self.spawn_logging_to(log);
+    }
+
+    /// [`spawn`](Self::spawn) with the process's output (its log) going to `log`.
+    pub fn spawn_logging_to(&mut self, log: std::fs::File) {
         let child = Command::new(BIN)
             .args(["--config", self.config.to_str().unwrap(), "run"])
             .stdin(Stdio::null())
