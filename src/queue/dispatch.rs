@@ -707,13 +707,15 @@ struct SendBatch<'a> {
 /// to the store's thread: in a draining pool, several modems' jobs share each commit, and a
 /// trip per job cost two thread wake-ups per job. It writes what the jobs' own queries
 /// ([`static_sql`]) write one after the other: every change's event in order, the parts, then
-/// each recipient's summary and the reply a `sent` may owe. Every statement reads ?1 alone.
+/// each recipient's summary and the reply a `sent` may owe.
 ///
 /// A change of a part that does not exist breaks the events' `NOT NULL` and fails the whole
 /// query, which may leave the transaction open: the caller rolls back and goes job by job.
+/// The JSON is read once ([`super::STAGE_SQL`]).
 pub(super) static SENDS_SQL: LazyLock<String> = LazyLock::new(|| {
-    let changes = "jsonb_each(?1, '$.changes') c";
-    let now = "(?1 ->> '$.now')";
+    let staged = super::STAGED;
+    let changes = format!("jsonb_each({staged}, '$.changes') c");
+    let now = format!("({staged} ->> '$.now')");
     let part = "(c.value ->> 'part')";
     let touched =
         format!("IN (SELECT p.recipient_id FROM {changes} CROSS JOIN parts p ON p.id = {part})");
@@ -723,6 +725,7 @@ pub(super) static SENDS_SQL: LazyLock<String> = LazyLock::new(|| {
     );
     format!(
         "BEGIN IMMEDIATE;
+         {};
          INSERT INTO events (at, request_id, recipient_id, part_id, state, reason)
          SELECT {now}, (SELECT r.request_id FROM parts p JOIN recipients r ON r.id = p.recipient_id
                         WHERE p.id = {part}),
@@ -739,8 +742,9 @@ pub(super) static SENDS_SQL: LazyLock<String> = LazyLock::new(|| {
          {};
          {};
          COMMIT",
-        summary_sql(&touched, now),
-        super::replies::record_many_sql(&sent, now),
+        super::STAGE_SQL,
+        summary_sql(&touched, &now),
+        super::replies::record_many_sql(&sent, &now),
     )
 });
 

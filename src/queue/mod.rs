@@ -287,6 +287,7 @@ impl Store {
         let writer_options = options(path).pragma("temp_store", "memory");
         let mut conn = SqliteConnection::connect_with(&writer_options).await?;
         MIGRATOR.run(&mut conn).await?;
+        prepare_writer(&mut conn).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options(path))
@@ -992,14 +993,35 @@ fn request_row<'a>(
     }
 }
 
+/// A batch's JSON (the one argument of a batch query, ?1), stored once as SQLite's binary JSON
+/// for the statements after it to read ([`STAGED`]). Each statement that took ?1 itself
+/// copied the text and parsed it again: four times for a batch of mails, five for the modems'.
+/// The one row is replaced by each batch, and a rollback takes it back with the rest.
+pub(super) const STAGE_SQL: &str =
+    "INSERT OR REPLACE INTO temp.batch_json (k, b) VALUES (1, jsonb(?1))";
+
+/// The batch's binary JSON, as [`STAGE_SQL`] left it.
+pub(super) const STAGED: &str = "(SELECT b FROM temp.batch_json WHERE k = 1)";
+
+/// The writer connection's own table for [`STAGE_SQL`] (in memory: `temp_store`).
+const CREATE_STAGE_SQL: &str = "CREATE TEMP TABLE IF NOT EXISTS batch_json
+    (k INTEGER PRIMARY KEY CHECK (k = 1), b BLOB NOT NULL)";
+
+/// Makes `conn` able to run the writer's batch queries (their table of [`STAGE_SQL`]).
+pub(super) async fn prepare_writer(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(CREATE_STAGE_SQL).execute(conn).await?;
+    Ok(())
+}
+
 /// Requests, their recipients, their parts and the recipients' `accepted` events, from one JSON
-/// array of [`RequestRow`]s (?1): one trip to the store's thread for a whole batch of mails,
-/// with no more statements for more mails. Every statement reads ?1 only (see
-/// `dispatch::GAP_PADDING` for why a statement must not leave a parameter number unused).
+/// array of [`RequestRow`]s (?1, read once: see [`STAGE_SQL`]): one trip to the store's thread
+/// for a whole batch of mails, with no more statements for more mails.
 /// The joins on `recipients` go through its `(request_id, idx)` index, left to right
 /// (`CROSS JOIN`), so that they never scan the table.
-const INSERT_REQUESTS_SQL: &str =
-    "INSERT INTO requests (id, received_at, source, client, helo, auth_user, mail_from,
+static INSERT_REQUESTS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{STAGE_SQL};
+     INSERT INTO requests (id, received_at, source, client, helo, auth_user, mail_from,
         message_id, subject, dsn_envid, dsn_ret, text, encoding, part_count, truncated, size,
         headers, sender, sender_domain)
      SELECT j.value ->> 'id', j.value ->> 'received_at', j.value ->> 'source',
@@ -1009,7 +1031,7 @@ const INSERT_REQUESTS_SQL: &str =
             j.value ->> 'encoding', j.value ->> 'part_count', j.value ->> 'truncated',
             j.value ->> 'size', unhex(j.value ->> 'headers'), j.value ->> 'sender',
             j.value ->> 'sender_domain'
-     FROM jsonb_each(?1) j ORDER BY j.key;
+     FROM jsonb_each({STAGED}) j ORDER BY j.key;
      INSERT INTO recipients (request_id, idx, address, number, name, dsn_notify, dsn_orcpt,
         state, updated_at, dedup_key, country, replies, receipt_due)
      SELECT j.value ->> 'id', r.value ->> 'idx', r.value ->> 'address', r.value ->> 'number',
@@ -1017,23 +1039,25 @@ const INSERT_REQUESTS_SQL: &str =
             j.value ->> 'received_at', r.value ->> 'key', r.value ->> 'country',
             r.value ->> 'replies',
             CASE WHEN j.value ->> 'source' IN ('smpp', 'peer') THEN 1 END
-     FROM jsonb_each(?1) j CROSS JOIN jsonb_each(j.value, '$.recipients') r
+     FROM jsonb_each({STAGED}) j CROSS JOIN jsonb_each(j.value, '$.recipients') r
      ORDER BY j.key, r.key;
      INSERT INTO parts (recipient_id, seq, text, state, updated_at)
      SELECT rc.id, p.key + 1, p.value, 'accepted', j.value ->> 'received_at'
-     FROM jsonb_each(?1) j CROSS JOIN recipients rc ON rc.request_id = j.value ->> 'id'
+     FROM jsonb_each({STAGED}) j CROSS JOIN recipients rc ON rc.request_id = j.value ->> 'id'
           CROSS JOIN jsonb_each(j.value, '$.parts') p
      ORDER BY j.key, rc.idx, p.key;
      INSERT INTO events (at, request_id, recipient_id, state, reason)
      SELECT j.value ->> 'received_at', j.value ->> 'id', rc.id, 'accepted',
             (j.value ->> 'reason_head') || rc.number || (j.value ->> 'reason_tail')
-     FROM jsonb_each(?1) j CROSS JOIN recipients rc ON rc.request_id = j.value ->> 'id'
-     ORDER BY j.key, rc.idx";
+     FROM jsonb_each({STAGED}) j CROSS JOIN recipients rc ON rc.request_id = j.value ->> 'id'
+     ORDER BY j.key, rc.idx"
+    )
+});
 
 static BEGIN_KNOWN_KEYS_SQL: LazyLock<String> =
     LazyLock::new(|| format!("BEGIN IMMEDIATE;\n{KNOWN_KEYS_SQL}"));
 static INSERT_REQUESTS_COMMIT_SQL: LazyLock<String> =
-    LazyLock::new(|| format!("{INSERT_REQUESTS_SQL};\nCOMMIT"));
+    LazyLock::new(|| format!("{};\nCOMMIT", *INSERT_REQUESTS_SQL));
 
 /// Writes new requests (see [`INSERT_REQUESTS_SQL`]), and commits after them if `commit`. A
 /// failure may leave part of them written: the transaction must not be committed (`Broken`).
@@ -1046,7 +1070,7 @@ async fn write_requests(
     let sql = if commit {
         INSERT_REQUESTS_COMMIT_SQL.as_str()
     } else {
-        INSERT_REQUESTS_SQL
+        INSERT_REQUESTS_SQL.as_str()
     };
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(json)
