@@ -18,6 +18,8 @@
 //! in the sans-IO `at` module; this file is only the I/O and the policy.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -166,6 +168,9 @@ pub struct Unsolicited {
     pub modem: String,
     /// IMSI of the SIM in the modem when it was heard: reports are matched by SIM.
     pub imsi: Option<String>,
+    /// The sends the modem had answered (`+CMGS`) when it was heard: a status report is about
+    /// one of those, and is matched once they are recorded ([`Modem::recorded`]).
+    pub sends: u64,
     pub what: Heard,
 }
 
@@ -242,6 +247,17 @@ pub struct Modem {
     name: String,
     tx: mpsc::Sender<SendRequest>,
     status: watch::Receiver<ModemStatus>,
+    recorded: Arc<Recorded>,
+}
+
+/// How many of a modem's answered sends the queue has recorded: their `sent` committed (or
+/// the commit given up). The `sent` of a send is committed a little after its `+CMGS`,
+/// shared with other modems' changes; a status report heard in between is not matched until
+/// then, or it would find no part (or an older one with the same TP-MR).
+#[derive(Debug, Default)]
+struct Recorded {
+    count: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
 }
 
 impl Modem {
@@ -301,12 +317,46 @@ impl Modem {
             name: cfg.name.clone(),
             tx,
             status: status_rx,
+            recorded: Arc::default(),
         };
         (modem, Driver::new(cfg, status_tx, urcs).run(rx, shutdown))
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A handle whose driver never runs (tests of what is built on the handle).
+    #[cfg(test)]
+    pub(crate) fn idle(name: &str) -> Modem {
+        let cfg = DriverConfig::new(name, PathBuf::from("/dev/null"));
+        Modem::new(cfg, None, CancellationToken::new()).0
+    }
+
+    /// The worker has recorded the result of `n` more of this modem's answered sends.
+    pub fn record_sends(&self, n: u64) {
+        if n > 0 {
+            self.recorded.count.fetch_add(n, Ordering::AcqRel);
+            self.recorded.changed.notify_waiters();
+        }
+    }
+
+    /// Waits until the first `sends` answered sends are recorded, at most `limit`; false if
+    /// they were not by then.
+    pub async fn recorded(&self, sends: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let changed = self.recorded.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the count is read, so an increase in between is not missed.
+            changed.as_mut().enable();
+            if self.recorded.count.load(Ordering::Acquire) >= sends {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
     }
 
     pub fn status(&self) -> ModemStatus {
@@ -1121,10 +1171,14 @@ impl Driver {
 
     fn hand_over(&self, what: Heard) {
         if let Some(tx) = &self.urcs {
-            let imsi = self.status.borrow().imsi.clone();
+            let (imsi, sends) = {
+                let s = self.status.borrow();
+                (s.imsi.clone(), s.sent)
+            };
             let _ = tx.send(Unsolicited {
                 modem: self.cfg.name.clone(),
                 imsi,
+                sends,
                 what,
             });
         }

@@ -81,7 +81,6 @@ pub async fn start_modems(
         .await
         .context("forgetting modems no longer configured")?;
     let (heard_tx, heard_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(take_reports(store.clone(), cfg.sending.reports, heard_rx));
     let mut pool_modems = Vec::new();
     let mut sims = Vec::new();
     for m in &cfg.modems {
@@ -112,6 +111,12 @@ pub async fn start_modems(
         });
     }
     let modems: Vec<driver::Modem> = pool_modems.iter().map(|m| m.modem.clone()).collect();
+    tokio::spawn(take_reports(
+        store.clone(),
+        cfg.sending.reports,
+        modems.clone(),
+        heard_rx,
+    ));
     if !modems.is_empty() {
         tokio::spawn(record_status(
             store.clone(),
@@ -135,11 +140,18 @@ pub async fn start_modems(
     })
 }
 
+/// How long a status report waits for the sends before it to be recorded (see
+/// [`driver::Modem::recorded`]): far more than a commit takes, even one held for company.
+const REPORT_WAITS_FOR_SENDS: Duration = Duration::from_secs(10);
+
 /// Hands each status report the drivers decode to the queue, which matches it to its part
-/// (`queue::reports`). The channel ends when every driver has stopped.
+/// (`queue::reports`), once the sends its modem had answered before it are recorded: a
+/// network that reports within milliseconds must not find its part not yet `sent`. Reports
+/// go in the order they were heard. The channel ends when every driver has stopped.
 async fn take_reports(
     store: Store,
     matching: crate::queue::Matching,
+    modems: Vec<driver::Modem>,
     mut heard: tokio::sync::mpsc::UnboundedReceiver<driver::Unsolicited>,
 ) {
     while let Some(u) = heard.recv().await {
@@ -150,6 +162,15 @@ async fn take_reports(
         else {
             continue;
         };
+        if let Some(modem) = modems.iter().find(|m| m.name() == u.modem)
+            && !modem.recorded(u.sends, Duration::ZERO).await
+        {
+            // Its `sent` may be held for company: it is wanted now.
+            store.hurry();
+            if !modem.recorded(u.sends, REPORT_WAITS_FOR_SENDS).await {
+                warn!(modem = %u.modem, "the sends before a status report are still not recorded; matching it anyway");
+            }
+        }
         let incoming = crate::queue::IncomingReport {
             modem: u.modem,
             sim: u.imsi,
@@ -187,5 +208,158 @@ async fn record_status(store: Store, modems: Vec<driver::Modem>, shutdown: Cance
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modem::pdu::{StatusReport, Timestamp};
+    use crate::queue::{Change, NewRecipient, NewRequest, Source, now_ms};
+    use crate::sms::Encoding;
+
+    const SIM: &str = "208150000000001";
+    const NUMBER: &str = "+33612345678";
+
+    fn request(message_id: &str) -> NewRequest {
+        NewRequest {
+            source: Source::Smtp,
+            client: None,
+            helo: None,
+            auth_user: None,
+            mail_from: "a@b.c".into(),
+            sender: "a@b.c".into(),
+            sender_domain: "b.c".into(),
+            message_id: Some(message_id.into()),
+            subject: None,
+            dsn_envid: None,
+            dsn_ret: None,
+            text: "Hello".into(),
+            encoding: Encoding::Gsm7,
+            parts: vec!["Hello".into()],
+            truncated: false,
+            size: 5,
+            headers: Vec::new(),
+            recipients: vec![NewRecipient {
+                address: format!("{NUMBER}@sms"),
+                number: NUMBER.into(),
+                name: None,
+                country: Some("FR".into()),
+                dsn_notify: None,
+                dsn_orcpt: None,
+            }],
+        }
+    }
+
+    /// Queues a one-part message and marks its part `sending` on `gsm0`; returns the part.
+    async fn sending(store: &Store, message_id: &str) -> i64 {
+        store.accept(request(message_id)).await.unwrap();
+        let part: i64 = sqlx::query_scalar(
+            "SELECT p.id FROM parts p JOIN recipients r ON r.id = p.recipient_id
+             JOIN requests q ON q.id = r.request_id WHERE q.message_id = ?1",
+        )
+        .bind(message_id)
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+        store
+            .change(Change::Sending {
+                part,
+                channel: "gsm0".into(),
+            })
+            .await
+            .unwrap();
+        part
+    }
+
+    fn sent(part: i64, mr: u8, sent_at: i64) -> Change {
+        Change::Sent {
+            part,
+            message_ref: Some(i64::from(mr)),
+            sim: Some(SIM.into()),
+            sent_at,
+            reason: "sent via gsm0".into(),
+        }
+    }
+
+    /// A delivery report for TP-MR `mr`, heard after `sends` answered sends.
+    fn delivered(mr: u8, sends: u64) -> driver::Unsolicited {
+        let t = time::OffsetDateTime::now_utc();
+        let stamp = Timestamp {
+            year: u16::try_from(t.year()).unwrap(),
+            month: u8::from(t.month()),
+            day: t.day(),
+            hour: t.hour(),
+            minute: t.minute(),
+            second: t.second(),
+            offset_quarters: 0,
+        };
+        driver::Unsolicited {
+            modem: "gsm0".into(),
+            imsi: Some(SIM.into()),
+            sends,
+            what: driver::Heard::Report {
+                report: StatusReport {
+                    message_ref: mr,
+                    recipient: NUMBER.into(),
+                    scts: stamp,
+                    discharge: stamp,
+                    status: 0,
+                },
+                received_at: now_ms(),
+            },
+        }
+    }
+
+    async fn state_of(store: &Store, part: i64) -> String {
+        sqlx::query_scalar("SELECT state FROM parts WHERE id = ?1")
+            .bind(part)
+            .fetch_one(store.reader())
+            .await
+            .unwrap()
+    }
+
+    /// A network can report a delivery before the gateway has committed the `sent` of that
+    /// send (the commit waits for company). The report waits for the send's record and then
+    /// goes to its part, not to an older part that had the same TP-MR, and not nowhere.
+    #[tokio::test]
+    async fn a_report_waits_for_the_send_before_it_to_be_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+        let modem = driver::Modem::idle("gsm0");
+        let (heard, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(take_reports(
+            store.clone(),
+            Default::default(),
+            vec![modem.clone()],
+            rx,
+        ));
+        // An hour ago (256 sends ago), the same reference went to the same number.
+        let old = sending(&store, "<old@x>").await;
+        store
+            .change(sent(old, 9, now_ms() - 3_600_000))
+            .await
+            .unwrap();
+        modem.record_sends(1);
+        let new = sending(&store, "<new@x>").await;
+
+        // The modem answered the second send, and its report came before the `sent` commit.
+        heard.send(delivered(9, 2)).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            state_of(&store, old).await,
+            "sent",
+            "matched the older send"
+        );
+        assert_eq!(state_of(&store, new).await, "sending");
+
+        store.change(sent(new, 9, now_ms())).await.unwrap();
+        modem.record_sends(1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while state_of(&store, new).await != "delivered" {
+            assert!(tokio::time::Instant::now() < deadline, "report not applied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(state_of(&store, old).await, "sent");
     }
 }

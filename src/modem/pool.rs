@@ -468,15 +468,32 @@ impl Worker {
             part,
             channel: self.name().to_string(),
         });
+        let done = self.commit(changes, due).await;
+        if let Err(e) = &done {
+            warn!(error = %e, "cannot mark a part sending; not sending it");
+        }
+        done.is_ok()
+    }
+
+    /// Commits `changes`, by `due` or at once, and tells the modem how many of its sends are
+    /// recorded now, so that their status reports can be matched.
+    async fn commit(
+        &self,
+        changes: Vec<Change>,
+        due: Option<Instant>,
+    ) -> Result<(), crate::queue::QueueError> {
+        let sent = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Sent { .. }))
+            .count() as u64;
         let store = &self.inner.store;
         let done = match due {
             Some(due) => store.changes_by(changes, due).await,
             None => store.changes(changes).await,
         };
-        if let Err(e) = &done {
-            warn!(error = %e, "cannot mark a part sending; not sending it");
-        }
-        done.is_ok()
+        // A failed commit is counted too: the reports waiting for it would wait in vain.
+        self.pm.modem.record_sends(sent);
+        done
     }
 
     /// Commits the `sent` still owed, before the worker waits for anything.
@@ -504,7 +521,7 @@ impl Worker {
             }
         };
         if !changes.is_empty()
-            && let Err(e) = self.inner.store.changes(changes).await
+            && let Err(e) = self.commit(changes, None).await
         {
             warn!(error = %e, "cannot record the parts in hand");
         }
@@ -681,7 +698,7 @@ impl Worker {
                 });
             }
         }
-        if let Err(e) = self.inner.store.changes(changes).await {
+        if let Err(e) = self.commit(changes, None).await {
             warn!(error = %e, "cannot record a send result");
         }
         debug!(modem = %name, recipient = msg.rid(), "message stopped");
@@ -692,12 +709,7 @@ impl Worker {
     /// Commits a `sent` that was owed, by `due` or at once.
     async fn commit_owed(&self, owed: Option<Change>, due: Option<Instant>) {
         let Some(change) = owed else { return };
-        let store = &self.inner.store;
-        let done = match due {
-            Some(due) => store.changes_by(vec![change], due).await,
-            None => store.change(change).await,
-        };
-        if let Err(e) = done {
+        if let Err(e) = self.commit(vec![change], due).await {
             // The part stays `sending`: at the next start it becomes `uncertain`, not sent again.
             warn!(error = %e, "cannot record a sent part");
         }
