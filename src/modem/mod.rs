@@ -214,46 +214,19 @@ async fn record_status(store: Store, modems: Vec<driver::Modem>, shutdown: Cance
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modem::pdu::{StatusReport, Timestamp};
-    use crate::queue::{Change, NewRecipient, NewRequest, Source, now_ms};
-    use crate::sms::Encoding;
+    use crate::modem::pdu::StatusReport;
+    use crate::queue::testing::{request_to, stamp};
+    use crate::queue::{Change, now_ms};
 
     const SIM: &str = "208150000000001";
     const NUMBER: &str = "+33612345678";
 
-    fn request(message_id: &str) -> NewRequest {
-        NewRequest {
-            source: Source::Smtp,
-            client: None,
-            helo: None,
-            auth_user: None,
-            mail_from: "a@b.c".into(),
-            sender: "a@b.c".into(),
-            sender_domain: "b.c".into(),
-            message_id: Some(message_id.into()),
-            subject: None,
-            dsn_envid: None,
-            dsn_ret: None,
-            text: "Hello".into(),
-            encoding: Encoding::Gsm7,
-            parts: vec!["Hello".into()],
-            truncated: false,
-            size: 5,
-            headers: Vec::new(),
-            recipients: vec![NewRecipient {
-                address: format!("{NUMBER}@sms"),
-                number: NUMBER.into(),
-                name: None,
-                country: Some("FR".into()),
-                dsn_notify: None,
-                dsn_orcpt: None,
-            }],
-        }
-    }
-
     /// Queues a one-part message and marks its part `sending` on `gsm0`; returns the part.
     async fn sending(store: &Store, message_id: &str) -> i64 {
-        store.accept(request(message_id)).await.unwrap();
+        store
+            .accept(request_to(NUMBER, 1, Some(message_id)))
+            .await
+            .unwrap();
         let part: i64 = sqlx::query_scalar(
             "SELECT p.id FROM parts p JOIN recipients r ON r.id = p.recipient_id
              JOIN requests q ON q.id = r.request_id WHERE q.message_id = ?1",
@@ -284,16 +257,7 @@ mod tests {
 
     /// A delivery report for TP-MR `mr`, heard after `sends` answered sends.
     fn delivered(mr: u8, sends: u64) -> driver::Unsolicited {
-        let t = time::OffsetDateTime::now_utc();
-        let stamp = Timestamp {
-            year: u16::try_from(t.year()).unwrap(),
-            month: u8::from(t.month()),
-            day: t.day(),
-            hour: t.hour(),
-            minute: t.minute(),
-            second: t.second(),
-            offset_quarters: 0,
-        };
+        let stamp = stamp(now_ms());
         driver::Unsolicited {
             modem: "gsm0".into(),
             imsi: Some(SIM.into()),

@@ -17,6 +17,8 @@ mod provider;
 pub mod replies;
 pub mod reports;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -495,7 +495,8 @@ mod tests {
     // -----------------------------------------------------------------------------------------
     // Against the store: what a report does to parts, recipients and events.
 
-    use crate::queue::{NewRecipient, NewRequest, Source, Store};
+    use crate::queue::testing::{request_to, stamp};
+    use crate::queue::{NewRequest, Store};
 
     const SIM: &str = "208150000000001";
     const NUMBER: &str = "+33612345678";
@@ -504,33 +505,7 @@ mod tests {
     const MINUTE: i64 = 60_000;
 
     fn request(parts: usize) -> NewRequest {
-        NewRequest {
-            source: Source::Smtp,
-            client: None,
-            helo: None,
-            auth_user: None,
-            mail_from: "paul@example.org".into(),
-            sender: "paul@example.org".into(),
-            sender_domain: "example.org".into(),
-            message_id: None,
-            subject: None,
-            dsn_envid: None,
-            dsn_ret: None,
-            text: "x".repeat(parts),
-            encoding: crate::sms::Encoding::Gsm7,
-            parts: (0..parts).map(|i| format!("part {i}")).collect(),
-            truncated: false,
-            size: 10,
-            headers: Vec::new(),
-            recipients: vec![NewRecipient {
-                address: format!("{NUMBER}@sms"),
-                number: NUMBER.into(),
-                name: None,
-                country: Some("FR".into()),
-                dsn_notify: None,
-                dsn_orcpt: None,
-            }],
-        }
+        request_to(NUMBER, parts, None)
     }
 
     /// Queues a message and marks its parts sent at `sent_at` with consecutive TP-MRs from
@@ -566,19 +541,6 @@ mod tests {
             *mr = mr.wrapping_add(1);
         }
         ids
-    }
-
-    fn stamp(ms: i64) -> Timestamp {
-        let t = time::OffsetDateTime::from_unix_timestamp(ms / 1000).unwrap();
-        Timestamp {
-            year: u16::try_from(t.year()).unwrap(),
-            month: u8::from(t.month()),
-            day: t.day(),
-            hour: t.hour(),
-            minute: t.minute(),
-            second: t.second(),
-            offset_quarters: 0,
-        }
     }
 
     async fn report(store: &Store, sim: &str, mr: u8, to: &str, scts: i64, st: u8) -> Applied {
