@@ -215,7 +215,7 @@ async fn record_status(store: Store, modems: Vec<driver::Modem>, shutdown: Cance
 mod tests {
     use super::*;
     use crate::modem::pdu::StatusReport;
-    use crate::queue::testing::{request_to, stamp};
+    use crate::queue::testing::{mark_sending, request_to, stamp};
     use crate::queue::{Change, now_ms};
 
     const SIM: &str = "208150000000001";
@@ -235,13 +235,7 @@ mod tests {
         .fetch_one(store.reader())
         .await
         .unwrap();
-        store
-            .change(Change::Sending {
-                part,
-                channel: "gsm0".into(),
-            })
-            .await
-            .unwrap();
+        mark_sending(store, part, "gsm0").await;
         part
     }
 

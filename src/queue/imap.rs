@@ -418,36 +418,18 @@ pub async fn next_notice_at(pool: &SqlitePool) -> Result<Option<i64>, QueueError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{NewRecipient, Source, list};
-    use crate::sms::Encoding;
+    use crate::queue::testing::request_to;
+    use crate::queue::{Source, list};
 
     fn request(message_id: &str, number: &str) -> NewRequest {
         NewRequest {
             source: Source::Imap,
             client: Some("mailbox box".into()),
-            helo: None,
-            auth_user: None,
             mail_from: "jean@x.fr".into(),
             sender: "jean@x.fr".into(),
             sender_domain: "x.fr".into(),
-            message_id: Some(message_id.into()),
             subject: Some("Hi".into()),
-            dsn_envid: None,
-            dsn_ret: None,
-            text: "Hi".into(),
-            encoding: Encoding::Gsm7,
-            parts: vec!["Hi".into()],
-            truncated: false,
-            size: 10,
-            headers: b"Subject: Hi\r\n\r\n".to_vec(),
-            recipients: vec![NewRecipient {
-                address: format!("{number}@sms"),
-                number: number.into(),
-                name: None,
-                country: Some("FR".into()),
-                dsn_notify: None,
-                dsn_orcpt: None,
-            }],
+            ..request_to(number, 1, Some(message_id))
         }
     }
 

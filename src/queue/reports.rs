@@ -495,7 +495,7 @@ mod tests {
     // -----------------------------------------------------------------------------------------
     // Against the store: what a report does to parts, recipients and events.
 
-    use crate::queue::testing::{request_to, stamp};
+    use crate::queue::testing::{mark_sending, request_to, stamp};
     use crate::queue::{NewRequest, Store};
 
     const SIM: &str = "208150000000001";
@@ -521,13 +521,7 @@ mod tests {
         .await
         .unwrap();
         for &part in &ids {
-            store
-                .change(Change::Sending {
-                    part,
-                    channel: "gsm0".into(),
-                })
-                .await
-                .unwrap();
+            mark_sending(store, part, "gsm0").await;
             store
                 .change(Change::Sent {
                     part,

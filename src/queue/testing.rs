@@ -1,7 +1,7 @@
 //! Builders shared by the tests of the queue and of what feeds it.
 
 use crate::modem::pdu::Timestamp;
-use crate::queue::{NewRecipient, NewRequest, Source};
+use crate::queue::{Change, NewRecipient, NewRequest, Source, Store};
 
 /// A mail from paul@example.org to `number` alone, its text cut in `parts` parts, with an
 /// optional Message-ID.
@@ -47,4 +47,15 @@ pub fn stamp(ms: i64) -> Timestamp {
         second: t.second(),
         offset_quarters: 0,
     }
+}
+
+/// Marks `part` `sending` on `channel`, as a worker does before its `AT+CMGS`.
+pub async fn mark_sending(store: &Store, part: i64, channel: &str) {
+    store
+        .change(Change::Sending {
+            part,
+            channel: channel.into(),
+        })
+        .await
+        .unwrap();
 }

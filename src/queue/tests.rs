@@ -1,4 +1,5 @@
 use super::*;
+use crate::queue::testing::mark_sending;
 use crate::sms::Encoding;
 
 fn request(from: &str, message_id: Option<&str>, numbers: &[&str]) -> NewRequest {
@@ -310,7 +311,7 @@ async fn parts_go_sending_sent_and_the_recipient_follows() {
     );
 
     for p in &w.pending {
-        mark_sending(&store, p.id).await;
+        mark_sending(&store, p.id, "modem0").await;
         store
             .change(Change::Sent {
                 part: p.id,
@@ -355,7 +356,7 @@ async fn retry_waits_and_permanent_failure_fails_the_message() {
     let (_dir, store) = open().await;
     let w = queue_one(&store).await;
     let (p1, p2) = (w.pending[0].id, w.pending[1].id);
-    mark_sending(&store, p1).await;
+    mark_sending(&store, p1, "modem0").await;
     store
         .change(Change::Retry {
             part: p1,
@@ -414,7 +415,7 @@ async fn a_released_part_is_queued_again_without_the_attempt() {
     let w = queue_one(&store).await;
     let (p1, p2) = (w.pending[0].id, w.pending[1].id);
     for part in [p1, p2] {
-        mark_sending(&store, part).await;
+        mark_sending(&store, part, "modem0").await;
     }
     store
         .change(Change::Release {
@@ -460,7 +461,7 @@ async fn a_released_part_is_queued_again_without_the_attempt() {
 
     // Marked, released and failed in one job, as a modem's worker does after a refused part
     // with the next one marked: the failure takes the released part with it.
-    mark_sending(&store, p1).await;
+    mark_sending(&store, p1, "modem0").await;
     store
         .changes(vec![
             Change::Release {
@@ -813,7 +814,7 @@ async fn a_job_of_changes_is_all_or_none() {
     let (_dir, store) = open().await;
     let w = queue_one(&store).await;
     let (p1, p2) = (w.pending[0].id, w.pending[1].id);
-    mark_sending(&store, p1).await;
+    mark_sending(&store, p1, "modem0").await;
     let sent = Change::Sent {
         part: p1,
         message_ref: Some(3),
@@ -1279,7 +1280,7 @@ async fn only_the_replies_a_sender_asked_for_are_owed() {
     assert_eq!(work.len(), 2);
     for w in &work {
         let part = w.pending[0].id;
-        mark_sending(&store, part).await;
+        mark_sending(&store, part, "modem0").await;
         store
             .change(Change::Sent {
                 part,
@@ -1817,15 +1818,4 @@ async fn writer_conn(path: &Path) -> SqliteConnection {
         .unwrap();
     prepare_writer(&mut conn).await.unwrap();
     conn
-}
-
-/// Marks `part` `sending` on modem0, as a worker does before its `AT+CMGS`.
-async fn mark_sending(store: &Store, part: i64) {
-    store
-        .change(Change::Sending {
-            part,
-            channel: "modem0".into(),
-        })
-        .await
-        .unwrap();
 }
