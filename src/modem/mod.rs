@@ -277,9 +277,9 @@ mod tests {
             .unwrap()
     }
 
-    /// A network can report a delivery before the gateway has committed the `sent` of that
-    /// send (the commit waits for company). The report waits for the send's record and then
-    /// goes to its part, not to an older part that had the same TP-MR, and not nowhere.
+    /// A report can reach the writer before the `sent` of its send (the one comes from the
+    /// driver's task, the other from the worker's). The report waits for the send's record and
+    /// then goes to its part, not to an older part that had the same TP-MR, and not nowhere.
     #[tokio::test]
     async fn a_report_waits_for_the_send_before_it_to_be_recorded() {
         let dir = tempfile::tempdir().unwrap();
