@@ -341,6 +341,11 @@ impl Modem {
         }
     }
 
+    /// Whether the first `sends` answered sends are recorded.
+    pub fn has_recorded(&self, sends: u64) -> bool {
+        self.recorded.count.load(Ordering::Acquire) >= sends
+    }
+
     /// Waits until the first `sends` answered sends are recorded, at most `limit`; false if
     /// they were not by then.
     pub async fn recorded(&self, sends: u64, limit: Duration) -> bool {
@@ -350,7 +355,7 @@ impl Modem {
             tokio::pin!(changed);
             // Registered before the count is read, so an increase in between is not missed.
             changed.as_mut().enable();
-            if self.recorded.count.load(Ordering::Acquire) >= sends {
+            if self.has_recorded(sends) {
                 return true;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {

@@ -163,7 +163,7 @@ async fn take_reports(
             continue;
         };
         if let Some(modem) = modems.iter().find(|m| m.name() == u.modem)
-            && !modem.recorded(u.sends, Duration::ZERO).await
+            && !modem.has_recorded(u.sends)
         {
             // Its `sent` may be held for company: it is wanted now.
             store.hurry();
