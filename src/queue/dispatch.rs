@@ -9,7 +9,6 @@
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 
 use super::{QueueError, State, now_ms};
@@ -124,53 +123,86 @@ pub fn set_placement(p: std::sync::Arc<dyn Placement>) -> bool {
     PLACEMENT.set(p).is_ok()
 }
 
+/// One part of a recipient [`ready`] found, with its recipient and request, in the order of
+/// the query's `json_array`.
+#[derive(serde::Deserialize)]
+struct ReadyRow {
+    recipient_id: i64,
+    request_id: String,
+    number: String,
+    encoding: String,
+    source: String,
+    part: i64,
+    seq: i64,
+    text: String,
+    state: String,
+    attempts: i64,
+    channel: Option<String>,
+    next_attempt_at: Option<i64>,
+}
+
 /// Recipients with parts ready to send now, oldest first, leaving out those in `busy`.
 ///
 /// One query for the whole list (the recipients, their request's encoding and every part of
 /// each), not three per recipient: the feeder asks for every few dozen messages sent, and each
 /// query is a round trip to the SQLite driver's own thread. The inner select walks the partial
-/// index `parts_ready` (migration 0007) in recipient order and stops after `limit + busy`
-/// entries instead of sorting every queued part.
+/// index `parts_ready` (migration 0007) in recipient order, skips the busy recipients there,
+/// and stops after `limit` of the others instead of sorting every queued part. Skipping them
+/// in the query rather than after it matters: a draining pool's feeder has about as many
+/// recipients listed or in flight as it asks for, and each row read costs the reader a page
+/// that the writer's last commit took out of its cache. The answer is one row of JSON: the
+/// driver hands rows over one at a time, and a runtime thread that drains them faster than
+/// SQLite steps was woken once for each.
 pub async fn ready(
     pool: &SqlitePool,
     limit: usize,
     busy: &HashSet<i64>,
 ) -> Result<Vec<Work>, QueueError> {
     let now = now_ms();
-    let rows = sqlx::query(
-        "SELECT p.recipient_id, r.request_id, r.number, q.encoding,
-                p.id, p.seq, p.text, p.state, p.attempts, p.channel, p.next_attempt_at,
-                q.source
+    let json: String = sqlx::query_scalar(
+        "SELECT json_group_array(json_array(
+                    p.recipient_id, r.request_id, r.number, q.encoding, q.source,
+                    p.id, p.seq, p.text, p.state, p.attempts, p.channel, p.next_attempt_at)
+                ORDER BY p.recipient_id, p.seq)
          FROM (SELECT DISTINCT recipient_id FROM parts INDEXED BY parts_ready
                WHERE state IN ('accepted', 'routed')
                  AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
+                 AND recipient_id NOT IN (SELECT value FROM json_each(?3))
                ORDER BY recipient_id LIMIT ?2) due
          JOIN recipients r ON r.id = due.recipient_id
          JOIN requests q ON q.id = r.request_id
-         JOIN parts p ON p.recipient_id = due.recipient_id
-         ORDER BY p.recipient_id, p.seq",
+         JOIN parts p ON p.recipient_id = due.recipient_id",
     )
     .bind(now)
-    .bind((limit + busy.len()) as i64)
-    .fetch_all(pool)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind(ids_json(busy))
+    .fetch_one(pool)
     .await?;
+    let rows: Vec<ReadyRow> =
+        serde_json::from_str(&json).map_err(|e| QueueError::Db(sqlx::Error::Decode(e.into())))?;
     let mut out: Vec<Work> = Vec::new();
     // The request's source of each work in `out`, for the placement hook.
     let mut sources: Vec<String> = Vec::new();
-    for row in &rows {
-        let rid: i64 = row.get(0);
-        if busy.contains(&rid) {
-            continue;
-        }
+    for row in rows {
+        let ReadyRow {
+            recipient_id: rid,
+            request_id,
+            number,
+            encoding,
+            source,
+            part,
+            seq,
+            text,
+            state,
+            attempts,
+            channel,
+            next_attempt_at,
+        } = row;
         if out.last().is_none_or(|w| w.recipient_id != rid) {
-            if out.len() == limit {
-                break;
-            }
-            let encoding: &str = row.get(3);
             out.push(Work {
                 recipient_id: rid,
-                request_id: row.get(1),
-                number: row.get(2),
+                request_id,
+                number,
                 encoding: if encoding == "ucs2" {
                     crate::sms::Encoding::Ucs2
                 } else {
@@ -180,21 +212,20 @@ pub async fn ready(
                 pending: Vec::new(),
                 sent_on: None,
             });
-            sources.push(row.get(11));
+            sources.push(source);
         }
         let Some(work) = out.last_mut() else { continue };
-        work.all_parts.push(row.get(6));
-        let state: &str = row.get(7);
-        let due = row.get::<Option<i64>, _>(10).is_none_or(|at| at <= now);
-        if matches!(state, "sent" | "delivered" | "uncertain") {
-            work.sent_on = row.get(9);
+        work.all_parts.push(text);
+        let due = next_attempt_at.is_none_or(|at| at <= now);
+        if matches!(state.as_str(), "sent" | "delivered" | "uncertain") {
+            work.sent_on = channel.clone();
         }
         if (state == "accepted" || state == "routed") && due {
             work.pending.push(PendingPart {
-                id: row.get(4),
-                seq: u8::try_from(row.get::<i64, _>(5)).unwrap_or(u8::MAX),
-                attempts: row.get(8),
-                last_channel: row.get(9),
+                id: part,
+                seq: u8::try_from(seq).unwrap_or(u8::MAX),
+                attempts,
+                last_channel: channel,
             });
         }
     }
@@ -207,6 +238,20 @@ pub async fn ready(
         !w.pending.is_empty() && PLACEMENT.get().is_none_or(|p| p.send_here(w, &source))
     });
     Ok(out)
+}
+
+/// `ids` as a JSON array of numbers, for `json_each`.
+fn ids_json(ids: &HashSet<i64>) -> String {
+    let mut out = String::with_capacity(2 + ids.len() * 8);
+    out.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out.push(']');
+    out
 }
 
 /// At start: parts left in `sending` by a crash become `uncertain`. Returns how many.

@@ -282,6 +282,47 @@ async fn status_lookup_errors() {
     ));
 }
 
+/// The feeder's question leaves the busy recipients out before it counts to its limit, and
+/// the text of each part comes back as it was queued, whatever it holds.
+#[tokio::test]
+async fn ready_skips_the_busy_before_its_limit_and_keeps_the_text() {
+    let (_dir, store) = open().await;
+    let mut req = request(
+        "a@b.c",
+        None,
+        &["+33612345671", "+33612345672", "+33612345673"],
+    );
+    let parts = ["Quote \" back\\slash ", "€ 😀 ", "tab\tnew\nline"];
+    req.parts = parts.iter().map(|p| p.to_string()).collect();
+    req.text = parts.concat();
+    store.accept(req).await.unwrap();
+    let all = dispatch::ready(store.reader(), 10, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    for w in &all {
+        assert_eq!(w.all_parts, parts);
+        assert_eq!(
+            w.pending.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+    }
+    // With the first two busy, a limit of one still finds the third.
+    let busy = all[..2].iter().map(|w| w.recipient_id).collect();
+    let rest = dispatch::ready(store.reader(), 1, &busy).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].recipient_id, all[2].recipient_id);
+    assert_eq!(rest[0].number, "+33612345673");
+    // A limit counts recipients, not parts.
+    let two = dispatch::ready(store.reader(), 2, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        two.iter().map(|w| w.recipient_id).collect::<Vec<_>>(),
+        [all[0].recipient_id, all[1].recipient_id]
+    );
+}
+
 #[tokio::test]
 async fn parts_go_sending_sent_and_the_recipient_follows() {
     let (_dir, store) = open().await;
