@@ -654,13 +654,7 @@ impl Driver {
     }
 
     fn open(&self) -> std::io::Result<Conn> {
-        let port = serial2_tokio::SerialPort::open(&self.cfg.port, self.cfg.baud)?;
-        // Modem-control lines do not exist on a pseudo-terminal (ENOTTY); on hardware DTR up
-        // tells the modem a terminal is there. Either way it is not worth failing over.
-        let _ = port.set_dtr(true);
-        let _ = port.set_rts(true);
-        // Whatever the modem said while no one listened belongs to someone else's commands.
-        let _ = port.discard_buffers();
+        let port = super::port::Port::open(&self.cfg.port, self.cfg.baud)?;
         Ok(Conn {
             io: Box::new(port),
             parser: AtParser::new(),

@@ -5,12 +5,14 @@
 //! - [`at`]: AT response parser (sans-IO).
 //! - [`driver`]: one task per serial port: init, identity, health, send, reopen, quarantine.
 //! - [`pool`]: a worker per modem pulling the site's queue; retries and failures.
+//! - `port`: a serial port opened with `serial2` and watched by tokio's reactor.
 //! - [`sim`]: a modem simulator on a pseudo-terminal for tests and the demo.
 
 pub mod at;
 pub mod driver;
 pub mod pdu;
 pub mod pool;
+mod port;
 pub mod sim;
 
 use std::sync::Arc;
