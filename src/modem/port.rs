@@ -1,13 +1,14 @@
 //! A serial port as the driver reads and writes it: `serial2` opens it and sets the line up
-//! (raw mode, speed, exclusive open), tokio's reactor watches it.
+//! (raw mode, speed), tokio's reactor watches it.
 //!
 //! Not `serial2-tokio`'s port, which does the same with one difference that costs: its reads
 //! leave the port marked readable until a read finds nothing, so every answer of the modem
-//! took a second `read(2)` that failed with `EAGAIN` (two per SMS sent, about a tenth of the
-//! driver's system calls in `bench/modems`). A read that fills less than the buffer has taken
-//! everything the terminal held, and here it clears the readiness, as tokio's own sockets do.
-//! Nothing is missed by that: the reactor clears only the readiness it reported before the
-//! read, and bytes that arrive after it wake the reactor again (edge-triggered epoll).
+//! took a second `read(2)` that failed with `EAGAIN`: two per SMS sent, about one in seven of
+//! the gateway's system calls in `bench/modems`' drain. A read that fills less than the
+//! buffer has taken everything the terminal held, and here it clears the readiness, as
+//! tokio's own sockets do. Nothing is missed by that: the reactor clears only the readiness it
+//! reported before the read, and bytes that arrive after it wake the reactor again
+//! (edge-triggered epoll).
 
 use std::fs::File;
 use std::io::{Read, Write};
