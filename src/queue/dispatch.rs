@@ -175,7 +175,8 @@ pub async fn ready(
     )
     .bind(now)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .bind(ids_json(busy))
+    // A set of numbers always serializes; the fallback only keeps the query well-formed.
+    .bind(serde_json::to_string(busy).unwrap_or_else(|_| "[]".into()))
     .fetch_one(pool)
     .await?;
     let rows: Vec<ReadyRow> =
@@ -238,20 +239,6 @@ pub async fn ready(
         !w.pending.is_empty() && PLACEMENT.get().is_none_or(|p| p.send_here(w, &source))
     });
     Ok(out)
-}
-
-/// `ids` as a JSON array of numbers, for `json_each`.
-fn ids_json(ids: &HashSet<i64>) -> String {
-    let mut out = String::with_capacity(2 + ids.len() * 8);
-    out.push('[');
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&id.to_string());
-    }
-    out.push(']');
-    out
 }
 
 /// At start: parts left in `sending` by a crash become `uncertain`. Returns how many.
