@@ -47,6 +47,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// How many jobs one transaction takes at most; bounds the latency a large batch adds.
 const MAX_BATCH: usize = 512;
 
+/// Rounds of the runtime's other work that the writer lets run between taking a batch and
+/// committing it (see [`writer`]).
+const GATHER_ROUNDS: usize = 3;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("the queue store failed: {0}")]
@@ -466,6 +470,23 @@ async fn writer(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Before it commits what it took, the writer lets the runtime run a few rounds of its
+        // other tasks (each round ends with a poll of the I/O driver): sessions that are
+        // reading the end of their DATA, and modem workers that are reading an answer, then
+        // join this commit instead of waiting for the next one. A commit costs much the same
+        // for one mail as for several (its fsync, and a page of each table and index it
+        // touches: 17 WAL frames for one mail, 28 for five), so under load fewer, fuller
+        // commits cost less CPU per mail; on an idle runtime a round is a poll that finds
+        // nothing, microseconds. In alternating runs this took 9-16% off the CPU per mail of
+        // `bench/intake` and 5-10% off the CPU per SMS of `bench/modems`, for 0.15 ms more
+        // from `250` to `AT+CMGS` (p50 1.5 ms).
+        for _ in 0..GATHER_ROUNDS {
+            if batch.len() >= MAX_BATCH {
+                break;
+            }
+            tokio::task::yield_now().await;
+            take_waiting(&mut rx, &mut batch);
+        }
         // A batch of jobs that may wait waits for more until the earliest of their times:
         // a draining pool's jobs then share a commit a dozen at a time instead of two.
         while let Some(due) = batch_due(&batch)
@@ -478,12 +499,7 @@ async fn writer(
                 _ = tokio::time::sleep_until(due) => break,
                 _ = hurry.notified() => {
                     // The job wanted may be sent and not yet taken: take whatever is there.
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
+                    take_waiting(&mut rx, &mut batch);
                     break;
                 }
             }
@@ -548,6 +564,16 @@ async fn writer(
                     let _ = reply.send(Err(e));
                 }
             }
+        }
+    }
+}
+
+/// Adds the jobs already waiting in `rx` to `batch`, up to [`MAX_BATCH`], without waiting.
+fn take_waiting(rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
         }
     }
 }

@@ -238,6 +238,29 @@ async fn concurrent_accepts_share_commits() {
     assert_eq!(list(store.reader(), None).await.unwrap().len(), n);
 }
 
+/// The writer lets the runtime's other tasks run before it commits what it took: a mail that
+/// a session sends a moment after another joins that commit instead of waiting for the next.
+#[tokio::test]
+async fn a_mail_sent_while_the_writer_gathers_shares_its_commit() {
+    let (_dir, store) = open().await;
+    let commits = store.commit_count();
+    let (s1, s2) = (store.clone(), store.clone());
+    let first = tokio::spawn(async move {
+        s1.accept(request("a@example.com", Some("<1@x>"), &["+33612345678"]))
+            .await
+    });
+    let second = tokio::spawn(async move {
+        // Runs after the first has sent its mail and the writer has taken it.
+        tokio::task::yield_now().await;
+        s2.accept(request("b@example.com", Some("<2@x>"), &["+33612345678"]))
+            .await
+    });
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(store.commit_count(), commits + 1);
+    assert_eq!(list(store.reader(), None).await.unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn committed_requests_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
