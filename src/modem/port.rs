@@ -115,6 +115,20 @@ mod tests {
         (port, File::from(pty.master), dir)
     }
 
+    /// Reads from `port` into `buf` until `got` holds `len` bytes, each read failing the test
+    /// with `missed` if nothing comes within 5 s.
+    async fn read_total(port: &mut Port, buf: &mut [u8], len: usize, missed: &str) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < len {
+            let n = tokio::time::timeout(Duration::from_secs(5), port.read(buf))
+                .await
+                .expect(missed)
+                .unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
     /// A short read clears the readiness, and what the modem says after it still wakes the
     /// reader: the next answer is read, not lost.
     #[tokio::test]
@@ -127,16 +141,16 @@ mod tests {
         // Nothing more yet: the read waits instead of spinning or failing.
         let waiting = tokio::time::timeout(Duration::from_millis(50), port.read(&mut buf)).await;
         assert!(waiting.is_err(), "read returned with nothing to read");
-        modem.write_all(b"\r\n+CMGS: 7\r\n\r\nOK\r\n").unwrap();
-        let mut got = Vec::new();
-        while !got.ends_with(b"OK\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(5), port.read(&mut buf))
-                .await
-                .expect("the answer after a short read was missed")
-                .unwrap();
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(got, b"\r\n+CMGS: 7\r\n\r\nOK\r\n");
+        let answer = b"\r\n+CMGS: 7\r\n\r\nOK\r\n";
+        modem.write_all(answer).unwrap();
+        let got = read_total(
+            &mut port,
+            &mut buf,
+            answer.len(),
+            "the answer after a short read was missed",
+        )
+        .await;
+        assert_eq!(got, answer);
         // And what the driver writes reaches the modem.
         port.write_all(b"AT\r").await.unwrap();
         let mut cmd = [0u8; 3];
@@ -152,14 +166,13 @@ mod tests {
         // Let the terminal take all ten bytes before the first read.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let mut small = [0u8; 4];
-        let mut got = Vec::new();
-        while got.len() < 10 {
-            let n = tokio::time::timeout(Duration::from_secs(5), port.read(&mut small))
-                .await
-                .expect("the rest of the bytes was missed")
-                .unwrap();
-            got.extend_from_slice(&small[..n]);
-        }
+        let got = read_total(
+            &mut port,
+            &mut small,
+            10,
+            "the rest of the bytes was missed",
+        )
+        .await;
         assert_eq!(got, b"0123456789");
     }
 }
