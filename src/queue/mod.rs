@@ -302,6 +302,10 @@ impl Store {
         let commits = Arc::new(AtomicU64::new(0));
         let sent = Arc::new(SentRate::default());
         let hurry = Arc::new(Notify::new());
+        // The writer is a task of the runtime, not a thread of its own. On a thread of its own
+        // each trip to SQLite came back sooner (the dedup lookup in 90-230 µs instead of
+        // 300-430), but commits then held 4-5 mails instead of 7, and the CPU per mail rose
+        // 10-30% for the same rate, in alternating runs of `smtp-source -s 20 -l 2048`.
         tokio::spawn(writer(
             conn,
             rx,
@@ -1129,6 +1133,11 @@ fn reads_history(limits: &QueuePolicy) -> bool {
 ///
 /// Nothing here can fail one mail alone: a failure fails the batch, rolled back, and every
 /// client is told to try again.
+///
+/// A mail's rows are all written before its `250`. Committing each mail as one row and
+/// writing its rows in later, larger commits costs as much in all: a prototype that did so
+/// reached the same rate and CPU per mail once its later commits kept up with intake (of up
+/// to 128 mails each); with 8 they fell behind. Only the store's total work per mail counts.
 async fn commit_accepts(
     conn: &mut SqliteConnection,
     batch: &[Job],
