@@ -1,10 +1,38 @@
-"""CPU time of a process's threads, by thread name, from /proc: for the benchmark scripts."""
+"""CPU time of a process and of its threads, by thread name, from /proc: for the benchmark
+scripts."""
 
 import os
 
 # sqlx runs each SQLite connection on a thread of its own, named `sqlx-sqlite-worker` (15
 # characters of it in /proc): the gateway's store.
 STORE_THREADS = "sqlx-sqlite"
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def read_stat(path):
+    """(name, fields after the name) of a /proc `stat` file, or None if it is gone."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    # The name is in parentheses and may hold spaces: fields start after the last ')'.
+    return text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+
+
+def cpu_ticks(fields):
+    """utime + stime, in clock ticks, of the fields `read_stat` gives."""
+    # proc(5): utime and stime are fields 14 and 15 (1-based, counting pid and name).
+    return int(fields[11]) + int(fields[12])
+
+
+def process_cpu_seconds(pid):
+    """utime + stime of process `pid` (every thread it has had), in seconds."""
+    stat = read_stat(f"/proc/{pid}/stat")
+    if stat is None:
+        raise OSError(f"process {pid} is gone")
+    return cpu_ticks(stat[1]) / CLK_TCK
 
 
 def cpu_seconds(pid, prefix):
@@ -16,15 +44,7 @@ def cpu_seconds(pid, prefix):
     except OSError:
         return 0.0
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                text = f.read()
-        except OSError:
-            continue
-        # The name is in parentheses and may hold spaces: fields start after the last ')'.
-        if not text[text.index("(") + 1 : text.rindex(")")].startswith(prefix):
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        # proc(5): utime and stime are fields 14 and 15 (1-based, counting pid and name).
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        stat = read_stat(f"/proc/{pid}/task/{tid}/stat")
+        if stat is not None and stat[0].startswith(prefix):
+            ticks += cpu_ticks(stat[1])
+    return ticks / CLK_TCK
