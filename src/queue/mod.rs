@@ -264,7 +264,8 @@ fn options(path: &Path) -> SqliteConnectOptions {
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        // Invariant 1: a commit is on disk when COMMIT returns, WAL included.
+        // Invariant 1: a commit is on disk when COMMIT returns, WAL included (`fdatasync`: see
+        // `.cargo/config.toml`).
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(30))
