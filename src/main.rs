@@ -13,7 +13,8 @@ use mail2sms::{admin, config, intake, notify, queue, route};
 
 // The gateway makes many small, short-lived allocations, freed on another thread than the
 // one that made them (tokio's workers, the store's thread): glibc's malloc spent an eighth of
-// the CPU of the intake benchmark (`bench/intake`) on them, mimalloc far less.
+// the CPU of the intake benchmark (`bench/intake`) on them, mimalloc far less. C code's malloc
+// (SQLite's) is mimalloc's as well: its `override` feature, in Cargo.toml.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
