@@ -27,6 +27,12 @@ def cpu_ticks(fields):
     return int(fields[11]) + int(fields[12])
 
 
+def parent_pid(fields):
+    """The parent's pid, from the fields `read_stat` gives."""
+    # proc(5): ppid is field 4 (1-based, counting pid and name).
+    return int(fields[1])
+
+
 def process_cpu_seconds(pid):
     """utime + stime of process `pid` (every thread it has had), in seconds."""
     stat = read_stat(f"/proc/{pid}/stat")
