@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mail2sms::modem::at::CmsClass;
-use mail2sms::modem::driver::{DriverConfig, Modem, ModemState, ModemStatus, SendError};
+use mail2sms::modem::driver::{
+    DriverConfig, Heard, Modem, ModemState, ModemStatus, SendError, Unsolicited,
+};
 use mail2sms::modem::pdu::{self, SubmitOptions, SubmitPdu, Tpdu};
-use mail2sms::modem::sim::{SimConfig, SimHandle, spawn};
+use mail2sms::modem::sim::{ReportMode, SimConfig, SimHandle, spawn};
 use mail2sms::sms::segment;
 use tokio_util::sync::CancellationToken;
 
@@ -482,4 +484,74 @@ async fn answers_owed_from_before_a_crash_do_not_shift_the_dialogue() {
     assert_eq!(modem.send(one_pdu("after")).await, Ok(1));
     assert_eq!(sim.sent().len(), 2);
     shutdown.cancel();
+}
+
+/// The `recorded` of the next status report the driver hands over that it read from the
+/// modem's memory.
+async fn next_stored_report(
+    heard: &mut tokio::sync::mpsc::UnboundedReceiver<Unsolicited>,
+) -> tokio::sync::oneshot::Sender<bool> {
+    loop {
+        let u = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+            .await
+            .expect("a status report within 10 s")
+            .expect("the driver is running");
+        if let Heard::Report {
+            recorded: Some(recorded),
+            ..
+        } = u.what
+        {
+            return recorded;
+        }
+    }
+}
+
+/// A status report the modem stored (`+CDSI`) is deleted from its memory only once the queue
+/// says it is recorded: a gateway stopped in between would otherwise lose it. One the queue
+/// could not record stays in the memory, for the sweep at the next start.
+#[tokio::test]
+async fn a_stored_report_is_deleted_only_once_recorded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let link = dir.path().join("modem21");
+    let mut sim_cfg = SimConfig::numbered(21);
+    sim_cfg.latency_ms = 2;
+    sim_cfg.cmgs_latency_ms = 20;
+    sim_cfg.report.mode = ReportMode::Cdsi;
+    sim_cfg.report.delay_ms = 50;
+    let sim = spawn(sim_cfg, link.clone(), None)
+        .await
+        .expect("simulated modem");
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let modem = Modem::start(fast("m21", link), Some(tx), shutdown.clone());
+    ready(&modem).await;
+    let with_report = |text: &str| {
+        let opts = SubmitOptions {
+            status_report: true,
+            ..SubmitOptions::default()
+        };
+        pdu::encode_submit(DEST, &segment(text, None), &opts)
+            .expect("encodable")
+            .remove(0)
+    };
+
+    // The first report: the queue could not record it.
+    modem.send(with_report("one")).await.expect("sent");
+    next_stored_report(&mut heard).await.send(false).unwrap();
+    // The second: not deleted while the queue has not answered, deleted once it has.
+    modem.send(with_report("two")).await.expect("sent");
+    let recorded = next_stored_report(&mut heard).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sim.counters().reports, 2);
+    assert_eq!(sim.counters().deletes, 0, "deleted before it was recorded");
+    recorded.send(true).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sim.counters().deletes == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never deleted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Only the recorded one: the other is still in the memory.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sim.counters().deletes, 1);
 }

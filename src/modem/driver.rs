@@ -38,6 +38,12 @@ const MIN_REOPEN_BACKOFF: Duration = Duration::from_millis(200);
 /// service within this time.
 const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How long a report read from the message memory may take to be recorded before the driver
+/// gives up deleting it and goes on (the modem sends nothing meanwhile): longer than the queue
+/// waits for the sends before a report to be recorded (`modem::REPORT_WAITS_FOR_SENDS`) and
+/// the commit after, normally milliseconds.
+const STORED_REPORT_RECORDED_WITHIN: Duration = Duration::from_secs(30);
+
 /// How a modem is driven; from `[[modem]]` in the config.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -163,7 +169,7 @@ impl SendError {
 }
 
 /// Something the modem said on its own that the gateway acts on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Unsolicited {
     pub modem: String,
     /// IMSI of the SIM in the modem when it was heard: reports are matched by SIM.
@@ -174,13 +180,17 @@ pub struct Unsolicited {
     pub what: Heard,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Heard {
     /// An SMS-STATUS-REPORT, routed (`+CDS`) or read from the message memory after `+CDSI`
     /// or at start; `received_at` is Unix ms.
     Report {
         report: StatusReport,
         received_at: i64,
+        /// For a report read from the message memory: told whether it is recorded, and only
+        /// then deleted from the memory. `None` for a routed `+CDS`, which the modem keeps no
+        /// copy of.
+        recorded: Option<oneshot::Sender<bool>>,
     },
     /// Any other unsolicited result code.
     Urc(Urc),
@@ -1134,8 +1144,10 @@ impl Driver {
         Ok(())
     }
 
-    /// Hands a stored report over, then deletes it so the memory does not fill up. One that
-    /// cannot be decoded is kept for a person to look at.
+    /// Hands a stored report over and, once it is recorded, deletes it so the memory does not
+    /// fill up. One that is not recorded stays in the memory, where the sweep at the next
+    /// start finds it again (a report recorded twice is noted as a duplicate); one that cannot
+    /// be decoded is kept for a person to look at.
     async fn take_stored(
         &mut self,
         c: &mut Conn,
@@ -1144,11 +1156,26 @@ impl Driver {
     ) -> Result<(), CmdError> {
         match report {
             Ok(r) => {
-                self.hand_over(Heard::Report {
+                let (tx, rx) = oneshot::channel();
+                let handed = self.hand_over(Heard::Report {
                     report: r,
                     received_at: crate::queue::now_ms(),
+                    recorded: Some(tx),
                 });
-                if let Some(i) = index {
+                // A gateway stopped between the delete and the commit would lose the report.
+                // A driver that hands reports to no one (none configured) never has one
+                // recorded: it deletes them as it reads them.
+                let recorded = match handed {
+                    None => true,
+                    Some(false) => false,
+                    Some(true) => matches!(
+                        tokio::time::timeout(STORED_REPORT_RECORDED_WITHIN, rx).await,
+                        Ok(Ok(true))
+                    ),
+                };
+                if !recorded {
+                    warn!(modem = %self.cfg.name, ?index, "a stored status report was not recorded; left in the modem");
+                } else if let Some(i) = index {
                     match self
                         .exec(c, &format!("AT+CMGD={i}"), self.cfg.command_timeout)
                         .await
@@ -1168,29 +1195,36 @@ impl Driver {
         Ok(())
     }
 
-    fn hand_over(&self, what: Heard) {
-        if let Some(tx) = &self.urcs {
-            let (imsi, sends) = {
-                let s = self.status.borrow();
-                (s.imsi.clone(), s.sent)
-            };
-            let _ = tx.send(Unsolicited {
+    /// Gives what was heard to the listener: `None` when the driver has none, `Some(false)`
+    /// when it has stopped listening.
+    fn hand_over(&self, what: Heard) -> Option<bool> {
+        let tx = self.urcs.as_ref()?;
+        let (imsi, sends) = {
+            let s = self.status.borrow();
+            (s.imsi.clone(), s.sent)
+        };
+        Some(
+            tx.send(Unsolicited {
                 modem: self.cfg.name.clone(),
                 imsi,
                 sends,
                 what,
-            });
-        }
+            })
+            .is_ok(),
+        )
     }
 
     fn urc(&mut self, u: Urc) {
         match &u {
             Urc::Cds { pdu } => {
                 match pdu::decode(pdu, true) {
-                    Ok(Tpdu::StatusReport(report)) => self.hand_over(Heard::Report {
-                        report,
-                        received_at: crate::queue::now_ms(),
-                    }),
+                    Ok(Tpdu::StatusReport(report)) => {
+                        self.hand_over(Heard::Report {
+                            report,
+                            received_at: crate::queue::now_ms(),
+                            recorded: None,
+                        });
+                    }
                     Ok(other) => {
                         warn!(modem = %self.cfg.name, tpdu = ?other, "+CDS carried no status report")
                     }

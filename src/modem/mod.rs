@@ -160,6 +160,7 @@ async fn take_reports(
         let driver::Heard::Report {
             report,
             received_at,
+            recorded,
         } = u.what
         else {
             continue;
@@ -179,8 +180,13 @@ async fn take_reports(
             report,
             received_at,
         };
-        if let Err(e) = store.report(incoming, matching).await {
+        let result = store.report(incoming, matching).await;
+        if let Err(e) = &result {
             warn!(error = %e, "cannot record a status report");
+        }
+        if let Some(tx) = recorded {
+            // Deleted from the modem's memory only now that it is on disk.
+            let _ = tx.send(result.is_ok());
         }
     }
 }
@@ -267,8 +273,38 @@ mod tests {
                     status: 0,
                 },
                 received_at: now_ms(),
+                recorded: None,
             },
         }
+    }
+
+    /// A report read from a modem's memory is deleted there once the queue says it is
+    /// recorded: the answer comes after the commit, and says so.
+    #[tokio::test]
+    async fn a_stored_report_is_confirmed_once_it_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+        let modem = driver::Modem::idle("gsm0");
+        let (heard, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(take_reports(
+            store.clone(),
+            Default::default(),
+            vec![modem.clone()],
+            rx,
+        ));
+        let part = sending(&store, "<stored@x>").await;
+        store.change(sent(part, 7, now_ms())).await.unwrap();
+        modem.record_sends(1);
+
+        let (tx, recorded) = tokio::sync::oneshot::channel();
+        let mut report = delivered(7, 1);
+        let driver::Heard::Report { recorded: r, .. } = &mut report.what else {
+            unreachable!()
+        };
+        *r = Some(tx);
+        heard.send(report).unwrap();
+        assert!(recorded.await.unwrap(), "the report was not recorded");
+        assert_eq!(state_of(&store, part).await, "delivered");
     }
 
     async fn state_of(store: &Store, part: i64) -> String {
