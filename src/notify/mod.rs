@@ -15,8 +15,9 @@
 //!   `Precedence: bulk`) or to the null sender (§2).
 //!
 //! Notices are durable: pickup writes them in the queue in the same transaction as its decision
-//! (`queue::imap`), and [`run`] sends what is due, retrying with backoff, recording the next
-//! attempt before making it.
+//! (`queue::imap`), and [`run`] sends what is due, retrying with backoff. Each attempt's outcome,
+//! and the time of the next, is recorded after it: a gateway stopped during an attempt makes it
+//! again (a notice sent twice rather than not at all).
 
 pub mod replies;
 

@@ -15,7 +15,7 @@
 //!
 //! A notice is written in the same transaction as the decision that causes it (a mail that
 //! gives no SMS, recipients that were refused) and sent afterwards by `notify`, with retries;
-//! the next attempt time is written before each attempt.
+//! each attempt's outcome, and the time of the next, is written after it.
 
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
