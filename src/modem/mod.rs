@@ -257,8 +257,34 @@ mod tests {
         }
     }
 
-    /// A delivery report for TP-MR `mr`, heard after `sends` answered sends.
-    fn delivered(mr: u8, sends: u64) -> driver::Unsolicited {
+    /// A store in `dir`, an idle modem `gsm0`, and [`take_reports`] recording what is sent on
+    /// the channel returned.
+    async fn listening(
+        dir: &std::path::Path,
+    ) -> (
+        Store,
+        driver::Modem,
+        tokio::sync::mpsc::UnboundedSender<driver::Unsolicited>,
+    ) {
+        let store = Store::open(&dir.join("q.db")).await.unwrap();
+        let modem = driver::Modem::idle("gsm0");
+        let (heard, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(take_reports(
+            store.clone(),
+            Default::default(),
+            vec![modem.clone()],
+            rx,
+        ));
+        (store, modem, heard)
+    }
+
+    /// A delivery report for TP-MR `mr`, heard after `sends` answered sends; with `recorded`,
+    /// one read from the modem's memory.
+    fn delivered(
+        mr: u8,
+        sends: u64,
+        recorded: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) -> driver::Unsolicited {
         let stamp = stamp(now_ms());
         driver::Unsolicited {
             modem: "gsm0".into(),
@@ -273,7 +299,7 @@ mod tests {
                     status: 0,
                 },
                 received_at: now_ms(),
-                recorded: None,
+                recorded,
             },
         }
     }
@@ -283,26 +309,13 @@ mod tests {
     #[tokio::test]
     async fn a_stored_report_is_confirmed_once_it_is_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
-        let modem = driver::Modem::idle("gsm0");
-        let (heard, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(take_reports(
-            store.clone(),
-            Default::default(),
-            vec![modem.clone()],
-            rx,
-        ));
+        let (store, modem, heard) = listening(dir.path()).await;
         let part = sending(&store, "<stored@x>").await;
         store.change(sent(part, 7, now_ms())).await.unwrap();
         modem.record_sends(1);
 
         let (tx, recorded) = tokio::sync::oneshot::channel();
-        let mut report = delivered(7, 1);
-        let driver::Heard::Report { recorded: r, .. } = &mut report.what else {
-            unreachable!()
-        };
-        *r = Some(tx);
-        heard.send(report).unwrap();
+        heard.send(delivered(7, 1, Some(tx))).unwrap();
         assert!(recorded.await.unwrap(), "the report was not recorded");
         assert_eq!(state_of(&store, part).await, "delivered");
     }
@@ -321,15 +334,7 @@ mod tests {
     #[tokio::test]
     async fn a_report_waits_for_the_send_before_it_to_be_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
-        let modem = driver::Modem::idle("gsm0");
-        let (heard, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(take_reports(
-            store.clone(),
-            Default::default(),
-            vec![modem.clone()],
-            rx,
-        ));
+        let (store, modem, heard) = listening(dir.path()).await;
         // An hour ago (256 sends ago), the same reference went to the same number.
         let old = sending(&store, "<old@x>").await;
         store
@@ -340,7 +345,7 @@ mod tests {
         let new = sending(&store, "<new@x>").await;
 
         // The modem answered the second send, and its report came before the `sent` commit.
-        heard.send(delivered(9, 2)).unwrap();
+        heard.send(delivered(9, 2, None)).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             state_of(&store, old).await,
