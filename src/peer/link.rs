@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 use super::client::{self, BindFailure, Client, cstr};
 use super::config::{PeerLink, SmppConfig};
 use super::forward::{Forwarder, Item};
-use super::placement::Placement;
+use super::placement::{Place, Placement};
 use super::session::{Keepalive, Reconnect, Tick, Window};
 use super::{handover, message};
 use crate::queue::{Change, Store};
@@ -165,6 +165,16 @@ async fn session(
             let Some(item) = link.forwarder.next(name) else {
                 break;
             };
+            // Listed for this peer, and since taken back, or placed again after a lost link
+            // (between the link emptying its list and the placement letting go, the feeder
+            // may list it once more): not this peer's to send.
+            if !link
+                .placement
+                .is_at(item.recipient, &Place::Peer(name.clone()))
+            {
+                link.forwarder.done(item.recipient);
+                continue;
+            }
             match message::forward(&item.origin_id, &item.number, &item.text) {
                 Ok(submit) => {
                     let s = seq.advance();
@@ -293,9 +303,10 @@ async fn on_command(link: &Link, window: &mut Window<Item>, cmd: Command) -> Opt
                 debug!(peer = %name, ?status, "forwarding refused for now");
                 let placement = link.placement.clone();
                 let forwarder = link.forwarder.clone();
+                let was = Place::Peer(name.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    placement.forget(item.recipient);
+                    placement.forget(item.recipient, &was);
                     forwarder.done(item.recipient);
                 });
             } else {

@@ -186,8 +186,9 @@ impl Placement {
     }
 
     /// The peer acknowledged the message. True: it is the peer's, nobody else may take it
-    /// from now on. False: it was taken back from that peer first, and the acknowledgement is
-    /// refused (the peer drops its copy when it asks).
+    /// from now on. False: it is not placed on that peer any more (taken back first, or its
+    /// link was lost and it was placed again, maybe here and in the pool's list already), and
+    /// the acknowledgement is refused (the peer drops its copy when it asks).
     pub fn taken(&self, recipient: i64, peer: &str) -> bool {
         let mut m = self.lock();
         if m.taken_back
@@ -196,8 +197,17 @@ impl Placement {
         {
             return false;
         }
+        if !matches!(m.place.get(&recipient), Some(Place::Peer(p)) if p == peer) {
+            return false;
+        }
         m.place.insert(recipient, Place::Taken(peer.to_string()));
         true
+    }
+
+    /// Whether the message is placed at `place` now: a link checks it before sending a message
+    /// it listed, which may have been placed again since.
+    pub fn is_at(&self, recipient: i64, place: &Place) -> bool {
+        self.lock().place.get(&recipient) == Some(place)
     }
 
     /// Takes the message back from `peer`: it will never be placed on it nor taken by it. False
@@ -217,10 +227,15 @@ impl Placement {
         true
     }
 
-    /// The message is to be decided again (a peer refused it for now). The peers it was taken
-    /// back from stay excluded.
-    pub fn forget(&self, recipient: i64) {
-        self.lock().place.remove(&recipient);
+    /// The message is to be decided again: the peer or provider at `was` refused it for now.
+    /// A message placed elsewhere meanwhile keeps that place: its link was lost and it was
+    /// decided again, maybe here, where the pool may have listed it already. The peers it was
+    /// taken back from stay excluded.
+    pub fn forget(&self, recipient: i64, was: &Place) {
+        let mut m = self.lock();
+        if m.place.get(&recipient) == Some(was) {
+            m.place.remove(&recipient);
+        }
     }
 
     /// The message is recorded on disk as a peer's, or failed: nothing about it is needed.
@@ -341,25 +356,30 @@ tariff = { "33" = 0.04 }
         Taken(&'static str, bool),
         /// Taking back from the peer; whether it could be (the hand-over's gate).
         TakeBack(&'static str, bool),
-        Forget,
+        /// The peer refused it for now (`forget`, a second later).
+        Forget(&'static str),
         Finished,
         ReleasePeer(&'static str),
         /// Taken back before a restart, as loaded from disk.
         Loaded(&'static str),
+        /// The router hears that the site is down, or up again.
+        Down(&'static str),
+        Up(&'static str),
     }
 
-    fn placement() -> Placement {
+    fn placement() -> (Placement, RouterState) {
         let cfg = crate::config::parse(std::path::Path::new("gw.toml"), ORG)
             .unwrap_or_else(|e| panic!("{e}"));
         let state = RouterState::new();
         state.set_site_up("fr", true);
         state.set_site_up("de", true);
-        let router = Arc::new(Router::new(&cfg.routing, state).unwrap());
-        Placement::new(
+        let router = Arc::new(Router::new(&cfg.routing, state.clone()).unwrap());
+        let p = Placement::new(
             router,
             vec!["fr".into(), "de".into()],
             Arc::new(Inbound::holding()),
-        )
+        );
+        (p, state)
     }
 
     #[test]
@@ -385,7 +405,12 @@ tariff = { "33" = 0.04 }
             ),
             (
                 "a temporary refusal decides again without forgetting what was taken back",
-                &[TakeBack("fr", true), Decide("de"), Forget, Decide("de")],
+                &[
+                    TakeBack("fr", true),
+                    Decide("de"),
+                    Forget("de"),
+                    Decide("de"),
+                ],
             ),
             (
                 "finished: nothing kept",
@@ -403,12 +428,38 @@ tariff = { "33" = 0.04 }
                 ],
             ),
             (
+                "a refusal read after the link was lost leaves the new place alone",
+                &[
+                    Decide("fr"),
+                    Down("fr"),
+                    ReleasePeer("fr"),
+                    Decide("de"),
+                    Up("fr"),
+                    Forget("fr"),
+                    Decide("de"),
+                ],
+            ),
+            (
+                "an acknowledgement from a peer the message is no longer placed on is refused",
+                &[
+                    Decide("fr"),
+                    Down("fr"),
+                    ReleasePeer("fr"),
+                    Down("de"),
+                    Decide("here"),
+                    Up("fr"),
+                    Taken("fr", false),
+                    Forget("fr"),
+                    Decide("here"),
+                ],
+            ),
+            (
                 "loaded from disk",
                 &[Loaded("fr"), Decide("de"), Taken("fr", false)],
             ),
         ];
         for (name, ops) in cases {
-            let p = placement();
+            let (p, state) = placement();
             let rid = 7;
             for op in *ops {
                 match *op {
@@ -431,12 +482,18 @@ tariff = { "33" = 0.04 }
                     TakeBack(peer, ok) => {
                         assert_eq!(p.take_back(rid, peer), ok, "{name}: {op:?}")
                     }
-                    Forget => p.forget(rid),
+                    Forget(peer) => p.forget(rid, &Place::Peer(peer.into())),
                     Finished => p.finished(rid),
                     ReleasePeer(peer) => {
                         p.release_peer(peer);
                     }
                     Loaded(peer) => p.load_taken_back(vec![(rid, peer.into())]),
+                    Down(site) => {
+                        state.set_site_up(site, false);
+                    }
+                    Up(site) => {
+                        state.set_site_up(site, true);
+                    }
                 }
             }
         }

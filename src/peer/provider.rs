@@ -760,7 +760,8 @@ fn finish_one(p: &Provider, open: &mut HashMap<i64, usize>, recipient: i64) {
     });
     if left.is_none_or(|n| n == 0) {
         open.remove(&recipient);
-        p.placement.forget(recipient);
+        p.placement
+            .forget(recipient, &Place::Provider(p.link.name.clone()));
         p.queues.done(recipient);
     }
 }
