@@ -47,7 +47,7 @@ use tracing::{debug, warn};
 use super::driver::{Modem, SendError};
 use super::pdu::{self, SubmitOptions, SubmitPdu};
 use crate::queue::dispatch::PendingPart;
-use crate::queue::{self, Change, Store, Work};
+use crate::queue::{self, Change, QueueError, Store, Work};
 use crate::sms::Segmentation;
 
 /// Sending policy; from `[sending]` in the config.
@@ -462,38 +462,61 @@ impl Worker {
     /// Commits `sending` of `part` on this modem with the `sent` owed, all or none (if it fails,
     /// that part stays `sending`), by `due` or at once. False if it failed.
     async fn commit_mark(&self, owed: Option<Change>, part: i64, due: Option<Instant>) -> bool {
+        let sent = u64::from(owed.is_some());
         let mut changes = Vec::with_capacity(2);
-        changes.extend(owed);
+        changes.extend(owed.clone());
         changes.push(Change::Sending {
             part,
             channel: self.name().to_string(),
         });
-        let done = self.commit(changes, due).await;
-        if let Err(e) = &done {
-            warn!(error = %e, "cannot mark a part sending; not sending it");
-        }
-        done.is_ok()
-    }
-
-    /// Commits `changes`, by `due` or at once, and tells the modem how many of its sends are
-    /// recorded now, so that their status reports can be matched.
-    async fn commit(
-        &self,
-        changes: Vec<Change>,
-        due: Option<Instant>,
-    ) -> Result<(), crate::queue::QueueError> {
-        let sent = changes
-            .iter()
-            .filter(|c| matches!(c, Change::Sent { .. }))
-            .count() as u64;
-        let store = &self.inner.store;
-        let done = match due {
-            Some(due) => store.changes_by(changes, due).await,
-            None => store.changes(changes).await,
+        let done = match self.commit_uncounted(changes, due).await {
+            // Its message ended while the part waited here (a failed status report of an
+            // earlier part fails the rest): not sent. The `sent` owed is recorded alone.
+            Err(QueueError::NotQueued(p)) => {
+                debug!(modem = %self.name(), part = p, "not sending a part no longer queued");
+                if let Some(owed) = owed
+                    && let Err(e) = self.commit_uncounted(vec![owed], None).await
+                {
+                    // It stays `sending`: at the next start it becomes `uncertain`.
+                    warn!(error = %e, "cannot record a sent part");
+                }
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot mark a part sending; not sending it");
+                false
+            }
+            Ok(()) => true,
         };
         // A failed commit is counted too: the reports waiting for it would wait in vain.
         self.pm.modem.record_sends(sent);
         done
+    }
+
+    /// Commits `changes`, by `due` or at once, and tells the modem how many of its sends are
+    /// recorded now, so that their status reports can be matched.
+    async fn commit(&self, changes: Vec<Change>, due: Option<Instant>) -> Result<(), QueueError> {
+        let sent = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Sent { .. }))
+            .count() as u64;
+        let done = self.commit_uncounted(changes, due).await;
+        // A failed commit is counted too: the reports waiting for it would wait in vain.
+        self.pm.modem.record_sends(sent);
+        done
+    }
+
+    /// Commits `changes`, by `due` or at once; the caller counts the sends among them.
+    async fn commit_uncounted(
+        &self,
+        changes: Vec<Change>,
+        due: Option<Instant>,
+    ) -> Result<(), QueueError> {
+        let store = &self.inner.store;
+        match due {
+            Some(due) => store.changes_by(changes, due).await,
+            None => store.changes(changes).await,
+        }
     }
 
     /// Commits the `sent` still owed, before the worker waits for anything.

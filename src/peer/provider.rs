@@ -670,7 +670,12 @@ async fn session(
                 })
                 .await
             {
-                warn!(provider = %name, part = part.part, error = %e, "cannot mark a part sending; it waits for the next round");
+                if matches!(e, QueueError::NotQueued(_)) {
+                    // Its message ended meanwhile (an earlier part failed for good).
+                    debug!(provider = %name, part = part.part, "not submitting a part no longer queued");
+                } else {
+                    warn!(provider = %name, part = part.part, error = %e, "cannot mark a part sending; it waits for the next round");
+                }
                 finish_one(p, open, part.recipient);
                 continue;
             }

@@ -342,7 +342,7 @@ pub(super) fn static_sql(changes: &[Change], wrap: Wrap) -> Option<&'static str>
 /// Runs a job's prepared query ([`static_sql`]) with the changes' parameters.
 ///
 /// On failure, tells apart a job that wrote nothing (its first statement found no such part:
-/// `NoSuchPart`) from one that may have written part of itself (`Broken`, which fails the whole
+/// `NoSuchPart`, or a part to mark `sending` that is no longer queued: `NotQueued`) from one that may have written part of itself (`Broken`, which fails the whole
 /// batch). A wrapped query that fails may leave the transaction open: the caller ends it.
 pub(super) async fn run_static(
     conn: &mut SqliteConnection,
@@ -430,6 +430,19 @@ pub(super) async fn run_static(
                     return Err(QueueError::NoSuchPart(change.part()));
                 }
             }
+            for change in changes {
+                if let Change::Sending { part, .. } = change {
+                    let queued: Option<i64> = sqlx::query_scalar(
+                        "SELECT id FROM parts WHERE id = ?1 AND state IN ('accepted', 'routed')",
+                    )
+                    .bind(part)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    if queued.is_none() {
+                        return Err(QueueError::NotQueued(*part));
+                    }
+                }
+            }
             Err(QueueError::Broken(e.to_string()))
         }
     }
@@ -511,7 +524,8 @@ fn change_statements(kind: Kind) -> (String, String) {
     let (update, state, reason) = match kind {
         Kind::Sending => (
             "UPDATE parts SET state = 'sending', attempts = attempts + 1, channel = ?4,
-                next_attempt_at = NULL, updated_at = ?2 WHERE id = ?1",
+                next_attempt_at = NULL, updated_at = ?2
+             WHERE id = ?1 AND state IN ('accepted', 'routed')",
             State::Sending,
             "'handed to ' || ?4",
         ),
@@ -523,7 +537,7 @@ fn change_statements(kind: Kind) -> (String, String) {
         ),
         Kind::Retry => (
             "UPDATE parts SET state = 'accepted', next_attempt_at = ?4, updated_at = ?2
-            WHERE id = ?1",
+            WHERE id = ?1 AND state IN ('sending', 'accepted', 'routed')",
             State::Accepted,
             "?3",
         ),
@@ -556,10 +570,23 @@ fn change_statements(kind: Kind) -> (String, String) {
             "?3",
         ),
     };
+    // Only a queued part can be marked `sending`: for any other, the request is NULL and the
+    // job fails there, having written nothing (`run_static` tells it apart: `NotQueued`).
+    // A retry puts back a part that was tried or waits with it, never one that ended (a part
+    // failed by an earlier part's report stays failed): it has no event then, and no update.
+    let (queued, only) = match kind {
+        Kind::Sending => (" AND p.state IN ('accepted', 'routed')", ""),
+        Kind::Retry => (
+            "",
+            " WHERE EXISTS (SELECT 1 FROM parts WHERE id = ?1
+                            AND state IN ('sending', 'accepted', 'routed'))",
+        ),
+        _ => ("", ""),
+    };
     let event = format!(
         "SELECT ?2, (SELECT r.request_id FROM parts p JOIN recipients r ON r.id = p.recipient_id
-                     WHERE p.id = ?1),
-                (SELECT recipient_id FROM parts WHERE id = ?1), ?1, '{state}', {reason}"
+                     WHERE p.id = ?1{queued}),
+                (SELECT recipient_id FROM parts WHERE id = ?1), ?1, '{state}', {reason}{only}"
     );
     // Only these can leave a recipient sent or failed (delivered comes from a report): the
     // reply they may owe is written by the same query.
@@ -741,8 +768,8 @@ struct SendBatch<'a> {
 /// ([`static_sql`]) write one after the other: every change's event in order, the parts, then
 /// each recipient's summary and the reply a `sent` may owe.
 ///
-/// A change of a part that does not exist breaks the events' `NOT NULL` and fails the whole
-/// query, which may leave the transaction open: the caller rolls back and goes job by job.
+/// A change of a part that does not exist, or a `sending` of a part no longer queued, breaks
+/// the events' `NOT NULL` and fails the whole query, which may leave the transaction open: the caller rolls back and goes job by job.
 /// The JSON is read once ([`super::STAGE_SQL`]).
 pub(super) static SENDS_SQL: LazyLock<String> = LazyLock::new(|| {
     let staged = super::STAGED;
@@ -760,7 +787,8 @@ pub(super) static SENDS_SQL: LazyLock<String> = LazyLock::new(|| {
          {};
          INSERT INTO events (at, request_id, recipient_id, part_id, state, reason)
          SELECT {now}, (SELECT r.request_id FROM parts p JOIN recipients r ON r.id = p.recipient_id
-                        WHERE p.id = {part}),
+                        WHERE p.id = {part} AND (c.value ->> 'state' = 'sent'
+                                                 OR p.state IN ('accepted', 'routed'))),
                 (SELECT recipient_id FROM parts WHERE id = {part}), {part}, c.value ->> 'state',
                 CASE c.value ->> 'state' WHEN 'sending' THEN 'handed to ' || (c.value ->> 'reason')
                      ELSE c.value ->> 'reason' END
@@ -770,7 +798,8 @@ pub(super) static SENDS_SQL: LazyLock<String> = LazyLock::new(|| {
          FROM {changes} WHERE c.value ->> 'state' = 'sent' AND parts.id = {part};
          UPDATE parts SET state = 'sending', attempts = attempts + 1, channel = c.value ->> 'reason',
                 next_attempt_at = NULL, updated_at = {now}
-         FROM {changes} WHERE c.value ->> 'state' = 'sending' AND parts.id = {part};
+         FROM {changes} WHERE c.value ->> 'state' = 'sending' AND parts.id = {part}
+                          AND parts.state IN ('accepted', 'routed');
          {};
          {};
          COMMIT",

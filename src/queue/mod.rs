@@ -67,6 +67,10 @@ pub enum QueueError {
     Quota(QuotaExceeded),
     #[error("there is no part {0} in the queue")]
     NoSuchPart(i64),
+    /// A part to be marked `sending` is no longer waiting to be sent: its message failed
+    /// meanwhile (a failed status report of an earlier part fails the rest), or it went.
+    #[error("part {0} is no longer waiting to be sent")]
+    NotQueued(i64),
     /// A state change failed half-way; its batch is rolled back whole.
     #[error("the queue store failed during a state change: {0}")]
     Broken(String),

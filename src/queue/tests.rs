@@ -1883,3 +1883,124 @@ async fn writer_conn(path: &Path) -> SqliteConnection {
     prepare_writer(&mut conn).await.unwrap();
     conn
 }
+
+/// A part whose message failed while it waited (a failed status report of an earlier part
+/// fails the rest) is not marked `sending`, alone or in a batch of modems' jobs, and a retry
+/// of the parts around it leaves it failed.
+#[tokio::test]
+async fn a_part_of_a_failed_message_is_neither_sent_nor_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let store = Store::open(&path).await.unwrap();
+    let mut three = request("a@b.c", Some("<1@x>"), &["+33612345678"]);
+    three.parts = vec!["a".into(), "b".into(), "c".into()];
+    let mut other = request("b@b.c", Some("<2@x>"), &["+33612345679"]);
+    other.parts = vec!["x".into()];
+    for req in [three, other] {
+        store.accept(req).await.unwrap();
+    }
+    let p: Vec<i64> = sqlx::query_scalar("SELECT id FROM parts ORDER BY id")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    let sent = |part: i64| Change::Sent {
+        part,
+        message_ref: Some(7),
+        sim: Some("208150000000001".into()),
+        sent_at: now_ms(),
+        reason: "sent by modem0".into(),
+    };
+    let sending = |part: i64| Change::Sending {
+        part,
+        channel: "modem0".into(),
+    };
+    let state = |part: i64| {
+        let pool = store.reader().clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT state FROM parts WHERE id = ?1")
+                .bind(part)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // Part 1 sent, part 2 on the air, then part 1's report fails it, and part 3 with it.
+    mark_sending(&store, p[0], "modem0").await;
+    store.change(sent(p[0])).await.unwrap();
+    mark_sending(&store, p[1], "modem0").await;
+    store
+        .change(Change::Fail {
+            part: p[0],
+            reason: "the network could not deliver it".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(state(p[2]).await, "failed");
+    let events = || {
+        let pool = store.reader().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let before = events().await;
+
+    let alone = store.change(sending(p[2])).await;
+    assert!(
+        matches!(alone, Err(QueueError::NotQueued(x)) if x == p[2]),
+        "{alone:?}"
+    );
+    // A modem's job (part 2's `sent`, part 3's mark) in a batch with another modem's mark:
+    // that job alone is refused, all of it; the other is written.
+    let mut conn = writer_conn(&path).await;
+    let policy = QueuePolicy::unlimited(OwedReplies::All);
+    let jobs = [
+        Job::Change(vec![sent(p[1]), sending(p[2])], oneshot::channel().0, None),
+        Job::Change(vec![sending(p[3])], oneshot::channel().0, None),
+    ];
+    let results = commit_batch(&mut conn, &jobs, &policy).await;
+    let errors: Vec<Option<String>> = results
+        .iter()
+        .map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    assert!(
+        matches!(&results[0], Err(QueueError::NotQueued(x)) if *x == p[2]),
+        "{errors:?}"
+    );
+    assert!(results[1].is_ok(), "{errors:?}");
+    assert_eq!(state(p[1]).await, "sending");
+    assert_eq!(state(p[2]).await, "failed");
+    assert_eq!(state(p[3]).await, "sending");
+    assert_eq!(
+        events().await,
+        before + 1,
+        "only the other modem's mark has an event"
+    );
+
+    // Part 2 failed on its modem for now: it is retried, and the failed part 3 stays failed.
+    let at = now_ms() + 60_000;
+    store
+        .changes(vec![
+            Change::Retry {
+                part: p[1],
+                at,
+                reason: "the modem was busy".into(),
+            },
+            Change::Retry {
+                part: p[2],
+                at,
+                reason: "waiting for part 2 to be retried".into(),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(state(p[1]).await, "accepted");
+    assert_eq!(state(p[2]).await, "failed");
+    assert_eq!(
+        events().await,
+        before + 2,
+        "no event for the part that stays failed"
+    );
+}
