@@ -1881,10 +1881,18 @@ fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
             continue;
         };
         let (name, value) = line.split_at(colon);
-        let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
-        if name.is_empty() || name.contains(char::is_whitespace) {
+        // A field name is printable US-ASCII (§3.6.8 `ftext`); only blanks (space, tab) may
+        // stand before the colon. Anything else is not a field here, as it is not for the
+        // DMARC check (`mail-auth`): read as `From`, `From\x0b:` would name a sender other
+        // than the one DMARC verifies.
+        let mut name = name;
+        while let [rest @ .., b' ' | b'\t'] = name {
+            name = rest;
+        }
+        if name.is_empty() || !name.iter().all(|b| (33..=126).contains(b)) {
             continue;
         }
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
         fields.push((name, value.get(1..).unwrap_or_default().to_vec()));
     }
     fields
@@ -2876,6 +2884,32 @@ mod tests {
             vec![(Some("René".to_owned()), "r@x.fr".to_owned())]
         );
         assert_eq!(header_recipients(b""), Vec::new());
+    }
+
+    /// A field name with a character other than a blank before its colon is not `From` here,
+    /// nor for the DMARC check (`mail-auth`): a forged sender cannot hide behind it.
+    #[test]
+    fn odd_field_names_are_not_from() {
+        let names: &[&[u8]] = &[
+            b"From\x0b",
+            b"From\x0c",
+            b"From\xc2\xa0",
+            b"From\xc2\x85",
+            b"X-Note: a\r\nFrom\x0b",
+        ];
+        for name in names {
+            let mut raw = name.to_vec();
+            raw.extend_from_slice(b": boss@example.com\r\nFrom: x@evil.test\r\n\r\nHello\r\n");
+            let ours = extract(&raw, &BodyOptions::default())
+                .ok()
+                .and_then(|i| i.from);
+            let theirs = mail_auth::AuthenticatedMessage::parse(&raw)
+                .map(|m| m.froms().to_vec())
+                .unwrap_or_default();
+            let name = String::from_utf8_lossy(name);
+            assert_eq!(ours.as_deref(), Some("x@evil.test"), "{name:?}");
+            assert_eq!(theirs, ["x@evil.test"], "{name:?}");
+        }
     }
 
     #[test]

@@ -194,6 +194,16 @@ impl SenderPolicy {
                 "the mail cannot be parsed for authentication",
             ));
         };
+        // DMARC verifies the From: that `mail-auth` reads; the allowed list was checked
+        // against the one `parse::body` read. They must be the same one address, or a field
+        // one reader sees and the other does not would let a listed name pass on another
+        // domain's alignment.
+        if !verifies_the_listed_sender(message.froms(), header_from) {
+            return Err(refuse(
+                "dmarc",
+                "the mail's From: field is not one plain address that can be verified",
+            ));
+        }
         let dkim = auth.verify_dkim(&message).await;
         let mail_from = if ctx.mail_from.is_empty() {
             format!("postmaster@{}", ctx.helo)
@@ -395,9 +405,55 @@ pub fn strip_pin_from_text(text: &str, subject: Option<&str>) -> String {
     out
 }
 
+/// Whether DMARC, verifying the `From:` addresses `mail-auth` read (`froms`, lowercased),
+/// verifies the sender the allowed list was checked against (`header_from`, read by
+/// `parse::body`): one address, the same. Two readers of a mail can disagree on what is a
+/// `From:` field (a first line `From : …` is an mbox separator to one; a name with a stray
+/// control character is a field to another), and a listed name must not pass on the alignment
+/// of another domain.
+fn verifies_the_listed_sender(froms: &[String], header_from: &str) -> bool {
+    matches!(froms, [one] if *one == header_from.to_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// DMARC verifies the sender the allowed list saw, or the mail is refused: for every way
+    /// the two readers of a mail could see different `From:` fields.
+    #[test]
+    fn dmarc_verifies_the_sender_the_list_saw() {
+        use crate::parse::body::{BodyOptions, extract};
+        let heads: &[(&[u8], bool)] = &[
+            (b"From: Boss <Boss@Example.com>\r\n", true),
+            (b"From: boss@example.com\r\nFrom: x@evil.test\r\n", false),
+            (b"From : boss@example.com\r\nFrom: x@evil.test\r\n", false),
+            (b"From\x0b: boss@example.com\r\nFrom: x@evil.test\r\n", true),
+            (
+                b"From\xc2\xa0: boss@example.com\r\nFrom: x@evil.test\r\n",
+                true,
+            ),
+            (b"From: boss@example.com, x@evil.test\r\n", false),
+            (b"To: a@b.c\r\n", false),
+        ];
+        for (head, verified) in heads {
+            let mut raw = head.to_vec();
+            raw.extend_from_slice(b"Subject: hi\r\n\r\nHello\r\n");
+            let ours = extract(&raw, &BodyOptions::default())
+                .ok()
+                .and_then(|i| i.from)
+                .unwrap_or_default();
+            let theirs = mail_auth::AuthenticatedMessage::parse(&raw)
+                .map(|m| m.froms().to_vec())
+                .unwrap_or_default();
+            let head = String::from_utf8_lossy(head);
+            assert_eq!(
+                verifies_the_listed_sender(&theirs, &ours),
+                *verified,
+                "{head:?}: ours {ours:?}, DMARC's {theirs:?}"
+            );
+        }
+    }
 
     #[test]
     fn pin_in_subject() {
