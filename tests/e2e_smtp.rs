@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
@@ -517,6 +517,38 @@ fn idle_sessions_are_closed_with_421() {
     let _ = s.read_to_string(&mut rest);
     assert!(rest.starts_with("421 4.4.2"), "{rest:?}");
     assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+/// A client that sends commands and never reads the replies fills the socket's buffers, and the
+/// gateway's writes wait: within the idle timeout it lets the connection go, so that its slot
+/// is free for others (a read timeout alone would keep it for ever).
+#[test]
+fn a_client_that_never_reads_loses_its_slot() {
+    let g = Gateway::start("max_connections = 1\nidle_timeout_secs = 1", "");
+    let mut s = connect_when_free(&g);
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = "NOOP\r\n".repeat(10_000);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            match s.write_all(chunk.as_bytes()) {
+                Ok(()) => {}
+                // Closed by the gateway: reset, or a broken pipe.
+                Err(e) if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return true;
+                }
+                // Blocked: the gateway stopped reading, and never let go.
+                Err(_) => return false,
+            }
+        }
+        false
+    });
+    // Turned away with 421 while the slot is held, then served.
+    let _second = connect_when_free(&g);
+    assert!(
+        writer.join().unwrap(),
+        "the connection that does not read was not closed"
+    );
 }
 
 #[test]
