@@ -191,6 +191,9 @@ pub struct Session {
     auth_failures: u32,
 }
 
+/// The line end of the DATA command, which counts as the one before the mail's first line.
+const DATA_LINE_END: &[u8] = b"\r\n";
+
 impl Session {
     pub fn new(cfg: Arc<SessionConfig>, client: IpAddr, trusted: bool) -> Session {
         Session {
@@ -267,7 +270,7 @@ impl Session {
                     let mut iter = input.iter();
                     let done = receiver.ingest(&mut iter, buf);
                     let rest = iter.as_slice().to_vec();
-                    if !done && buf.len() > self.cfg.max_message_bytes {
+                    if !done && buf.len() > self.cfg.max_message_bytes + DATA_LINE_END.len() {
                         // Keep reading to the end of the mail, but store nothing more.
                         let receiver = DummyDataReceiver::new_data(receiver);
                         self.phase = Phase::DataDiscard { receiver };
@@ -278,7 +281,25 @@ impl Session {
                     if !done {
                         break;
                     }
-                    let data = std::mem::take(buf);
+                    let mut data = std::mem::take(buf);
+                    // A proper end, `<CRLF>.<CRLF>`, leaves the mail ending with its last line
+                    // end (or only the DATA command's). smtp-proto also ends the data at
+                    // `<CRLF>.<CR><CR><LF>`, which another server may read as a line of the mail:
+                    // where the mail ends is not known, so nothing of it is taken, and the
+                    // connection closes (as for SMTP smuggling, CVE-2023-51764).
+                    if !data.ends_with(DATA_LINE_END) {
+                        self.envelope = None;
+                        self.close(
+                            &mut out,
+                            Reply::new(
+                                521,
+                                (5, 5, 2),
+                                "Improper end of data (a dot line with a stray <CR>); nothing was queued, closing",
+                            ),
+                        );
+                        break;
+                    }
+                    data.drain(..DATA_LINE_END.len());
                     if data.len() > self.cfg.max_message_bytes {
                         self.end_oversize(&mut out);
                         continue;
@@ -701,10 +722,14 @@ impl Session {
                 self.error(out, Reply::new(554, (5, 5, 1), "No valid recipients"))
             }
             Some(_) => {
-                self.phase = Phase::Data {
-                    receiver: DataReceiver::new(),
-                    buf: Vec::new(),
-                };
+                // RFC 5321 §4.1.1.4: the DATA command's own line end counts, so that a first
+                // line `.` ends an empty mail and a first line `..x` is unstuffed. smtp-proto's
+                // receiver starts as if in mid-line: it is given that line end, which the
+                // mail loses at its end.
+                let mut receiver = DataReceiver::new();
+                let mut buf = Vec::new();
+                let _ = receiver.ingest(&mut DATA_LINE_END.iter(), &mut buf);
+                self.phase = Phase::Data { receiver, buf };
                 self.reply(
                     out,
                     Reply {

@@ -274,6 +274,41 @@ fn bare_lf_dot_never_ends_data() {
     }
 }
 
+/// RFC 5321 §4.1.1.4: the line end of DATA counts as the one before the mail's first line.
+#[test]
+fn the_first_line_of_data_follows_the_data_command_line_end() {
+    let cases: &[(&[u8], &[u8])] = &[
+        (b".\r\n", b""),
+        (b"..first\r\n.\r\n", b".first\r\n"),
+        (
+            b"Subject: s\r\n\r\nbody\r\n.\r\n",
+            b"Subject: s\r\n\r\nbody\r\n",
+        ),
+    ];
+    for (input, want) in cases {
+        let mut h = Harness::new(true);
+        h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<+33612345671@sms>\r\nDATA\r\n");
+        let got = h.send(input);
+        let shown = String::from_utf8_lossy(input);
+        assert_eq!(h.delivered.len(), 1, "{shown:?}: {got}");
+        assert_eq!(h.delivered[0].1, *want, "{shown:?}");
+    }
+}
+
+/// smtp-proto ends data at `<CRLF>.<CR><CR><LF>` too, which another server may take as a
+/// line of the mail: nothing is delivered, and what follows is never read as commands.
+#[test]
+fn a_dot_line_with_a_stray_cr_queues_nothing_and_closes() {
+    let mut h = Harness::new(true);
+    h.send(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<+33612345671@sms>\r\nDATA\r\n");
+    let got = h.send(
+        b"Subject: one\r\n\r\nfirst\r\n.\r\r\nMAIL FROM:<evil@x.y>\r\nRCPT TO:<+33612345672@sms>\r\nDATA\r\nsecond\r\n.\r\n",
+    );
+    assert!(h.delivered.is_empty(), "{got}");
+    assert!(h.closed, "{got}");
+    assert!(got.starts_with("521 5.5.2"), "{got}");
+}
+
 #[test]
 fn dot_stuffing_is_removed_and_data_delivered_whole() {
     let mut h = Harness::new(true);
