@@ -21,8 +21,8 @@ use crate::policy::Destinations;
 /// Longest command line accepted. RFC 5321 §4.5.3.1.4 says 512 octets, but extensions
 /// (DSN's ORCPT, long AUTH responses) make longer lines legitimate.
 pub const MAX_LINE: usize = 4096;
-/// Errors after which the session is closed: a client that keeps sending nonsense is not a
-/// mail client.
+/// Errors after which the session is closed: a client that keeps sending nonsense, or
+/// recipients that are refused, without delivering mail is not a mail client.
 const MAX_ERRORS: u32 = 20;
 const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -357,7 +357,7 @@ impl Session {
                         continue;
                     }
                     if line.len() > MAX_LINE {
-                        self.error(out, Reply::new(500, (5, 5, 6), "Line too long"));
+                        self.error(out, Reply::new(500, (5, 5, 2), "Line too long"));
                         continue;
                     }
                     return Some(line);
@@ -367,7 +367,7 @@ impl Session {
                         self.input.clear();
                         if !self.skipping_line {
                             self.skipping_line = true;
-                            self.error(out, Reply::new(500, (5, 5, 6), "Line too long"));
+                            self.error(out, Reply::new(500, (5, 5, 2), "Line too long"));
                         }
                     }
                     return None;
@@ -902,6 +902,11 @@ impl Session {
         let mut out = Vec::new();
         self.phase = Phase::Command;
         self.envelope = None;
+        // A client that delivers mail is a mail client: its refused recipients and other
+        // errors so far do not count against it any more (as Postfix's hard error limit).
+        if (200..300).contains(&reply.code) {
+            self.errors = 0;
+        }
         self.reply(&mut out, reply);
         out.extend(self.resume());
         out
