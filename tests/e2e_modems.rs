@@ -708,6 +708,36 @@ fn sigterm_while_sending_waits_for_the_answer() {
     }
 }
 
+/// A SIM that is barred or has no credit (`+CMS ERROR: 8`, `0xC1`: causes about this modem's
+/// subscription, not about the message) does not fail the messages it was given: they go out
+/// through the other modem.
+#[test]
+fn a_barred_sim_does_not_fail_the_messages_it_refuses() {
+    let sim = SimProcess::start(2, &["--latency-ms", "2", "--cmgs-latency-ms", "20"]);
+    let g = Gateway::start("", &format!("{SENDING}\n{}", sim.modem_config(6)));
+    sim.control(json!({"cmd": "fail_next", "modem": "modem0", "code": 8, "count": 2}));
+    sim.control(json!({"cmd": "fail_next", "modem": "modem1", "code": 193, "count": 1}));
+    for k in 1..=6 {
+        smtp_send(&g, &[format!("+3365000000{k}@sms")], "b", "court");
+    }
+    wait_until("all sent", Duration::from_secs(60), || unfinished(&g) == 0);
+    for req in requests(&g) {
+        for r in &req.recipients {
+            assert!(
+                matches!(r.state.as_str(), "sent" | "delivered"),
+                "{}: {}: {:?}",
+                r.number,
+                r.state,
+                r.events
+            );
+        }
+    }
+    let mut numbers: Vec<String> = sim.records().iter().map(|r| r.dest.clone()).collect();
+    numbers.sort();
+    numbers.dedup();
+    assert_eq!(numbers.len(), 6, "{numbers:?}");
+}
+
 #[test]
 fn per_sim_rate_limit_spaces_the_sends() {
     let sim = SimProcess::start(2, &["--latency-ms", "2", "--cmgs-latency-ms", "20"]);

@@ -156,10 +156,14 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// Sending the same message again (on any modem) may succeed.
+    /// Sending the same message again (on any modem) may succeed: a temporary cause, or one
+    /// about this modem's SIM or subscription (barred, no credit, no SC subscription), which
+    /// another modem's SIM may not have.
     pub fn is_temporary(&self) -> bool {
         match self {
-            SendError::Cms { class, .. } => *class == CmsClass::Temporary,
+            SendError::Cms { code, class } => {
+                *class == CmsClass::Temporary || at::cms_blames_modem(*code)
+            }
             // No reason given: the bounded retry schedule decides.
             SendError::CmsText(_) | SendError::Refused(_) => true,
             SendError::NotReady(_) | SendError::BeforePdu(_) => true,
