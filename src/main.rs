@@ -473,14 +473,19 @@ async fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         .map(|m| m.driver.command_timeout + m.driver.send_timeout)
         .max()
         .unwrap_or_default();
-    if tokio::time::timeout(
-        longest_send + std::time::Duration::from_secs(5),
-        modems.wait(),
-    )
-    .await
-    .is_err()
-    {
+    // Likewise a part submitted to an SMPP provider: its bind waits a moment for the answer.
+    let (modems_done, providers_done) = tokio::join!(
+        tokio::time::timeout(
+            longest_send + std::time::Duration::from_secs(5),
+            modems.wait(),
+        ),
+        tokio::time::timeout(std::time::Duration::from_secs(10), peers.providers.wait()),
+    );
+    if modems_done.is_err() {
         warn!("a modem did not finish its send in time; its part will be `uncertain`");
+    }
+    if providers_done.is_err() {
+        warn!("an SMPP provider's bind did not stop in time");
     }
     Ok(())
 }

@@ -322,8 +322,14 @@ mod smsc {
     }
 
     /// What to answer for a destination: statuses in turn (the last one repeats); 0 takes it
-    /// under the id `<hex counter>` and sends a receipt naming it in decimal.
+    /// under the id `<hex counter>` and sends a receipt naming it in decimal; [`DROP`] and
+    /// [`SLOW`] are not statuses.
     pub type Script = HashMap<String, Vec<u32>>;
+
+    /// No answer: the connection is closed once the submit is read.
+    pub const DROP: u32 = 0xFFFF_0001;
+    /// Taken (as 0), but answered a second later, with no receipt.
+    pub const SLOW: u32 = 0xFFFF_0002;
 
     pub struct Smsc {
         pub port: u16,
@@ -444,6 +450,31 @@ mod smsc {
                         }
                     };
                     seen.lock().unwrap().push(seen_of(sm, status));
+                    if status == DROP {
+                        return;
+                    }
+                    if status == SLOW {
+                        let tx = tx.clone();
+                        let id = {
+                            let mut c = counter.lock().unwrap();
+                            *c += 1;
+                            *c
+                        };
+                        tokio::spawn(async move {
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            let resp = SubmitSmResp::builder()
+                                .message_id(COctetString::from_string(format!("{id:X}")).unwrap())
+                                .build();
+                            let _ = tx
+                                .send(Command::new(
+                                    CommandStatus::EsmeRok,
+                                    seq,
+                                    Pdu::SubmitSmResp(resp),
+                                ))
+                                .await;
+                        });
+                        continue;
+                    }
                     let id = if status == 0 {
                         let mut c = counter.lock().unwrap();
                         *c += 1;
@@ -644,6 +675,84 @@ reconnect_max_ms = 500
         || uk.sent_to_number("+33600000009") == 1,
     );
     assert!(uk.log_has(&["SMPP provider bind failed", "provider=cheap"]));
+}
+
+/// A part the provider never answers (it drops the connection) was submitted, and may have
+/// been taken: it is placed again after the lost bind, within `[sending]`'s attempts, and
+/// then `uncertain`, never submitted again. A part whose answer is on its way when the
+/// gateway stops gets that answer recorded before the gateway exits, and is not submitted
+/// again after the restart.
+#[test]
+fn unanswered_parts_are_tried_within_the_attempts_and_a_stop_waits_for_answers() {
+    let dropped = "33600000011";
+    let slow = "33600000012";
+    let mut script = smsc::Script::new();
+    script.insert(dropped.into(), vec![smsc::DROP]);
+    script.insert(slow.into(), vec![smsc::SLOW]);
+    let smsc = smsc::Smsc::start(script);
+    let mut uk = Node::new("uk");
+    uk.configure_as(
+        "none",
+        &format!(
+            r#"
+[sending]
+max_attempts = 3
+retry_base_secs = 1
+retry_max_secs = 1
+
+{modems}
+[[channel]]
+name = "cheap"
+kind = "smpp"
+site = "uk"
+tariff = {{ "33" = 0.01 }}
+[channel.smpp]
+address = "127.0.0.1:{port}"
+system_id = "uk-gw"
+password = "pw"
+enquire_link_ms = 500
+missed_keepalives = 3
+reconnect_max_ms = 300
+"#,
+            modems = modems_channel("uk"),
+            port = smsc.port,
+        ),
+    );
+    uk.start();
+    wait_until("the node binds", Duration::from_secs(20), || {
+        uk.log_has(&["bound to SMPP provider", "provider=cheap"])
+    });
+    let state = |uk: &Node, n: &str| {
+        uk.entry(&format!("+{n}"))
+            .map(|e| e["state"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    let submits = |n: &str| smsc.seen().iter().filter(|s| s.dest == n).count();
+
+    uk.mail_one(&format!("+{dropped}"), "into the void");
+    wait_until("the part is uncertain", Duration::from_secs(30), || {
+        state(&uk, dropped) == "uncertain"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(submits(dropped), 3, "{}", uk.events(&format!("+{dropped}")));
+    assert!(uk.sent().is_empty(), "{:?}", uk.sent());
+
+    uk.mail_one(&format!("+{slow}"), "answered late");
+    wait_until("the part is submitted", Duration::from_secs(20), || {
+        submits(slow) == 1
+    });
+    uk.signal("-TERM");
+    wait_until("the node stops", Duration::from_secs(20), || uk.exited());
+    uk.start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        state(&uk, slow),
+        "sent",
+        "{}",
+        uk.events(&format!("+{slow}"))
+    );
+    assert_eq!(submits(slow), 1);
+    assert!(uk.sent().is_empty(), "{:?}", uk.sent());
 }
 
 // ---------------------------------------------------------------------------------------------

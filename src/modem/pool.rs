@@ -782,7 +782,9 @@ impl Worker {
     }
 }
 
-fn backoff(cfg: &PoolConfig, attempts: i64) -> Duration {
+/// The wait before the attempt after `attempts`: `retry_base`, doubled at each attempt, up to
+/// `retry_max`.
+pub(crate) fn backoff(cfg: &PoolConfig, attempts: i64) -> Duration {
     let exp = u32::try_from(attempts.saturating_sub(1))
         .unwrap_or(u32::MAX)
         .min(16);

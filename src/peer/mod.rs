@@ -46,6 +46,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::queue::Store;
@@ -57,6 +58,9 @@ pub struct Peers {
     /// Where the SMPP server listens.
     pub listening: Vec<SocketAddr>,
     pub placement: Option<Arc<placement::Placement>>,
+    /// The binds to providers: when the gateway stops, each waits a moment for the answers
+    /// to what it submitted, so that they are recorded.
+    pub providers: TaskTracker,
 }
 
 /// Starts the SMPP server (with `[smpp]`) and a link per `[peer.smpp]`, and installs the
@@ -71,10 +75,11 @@ pub async fn start(
 ) -> anyhow::Result<Peers> {
     let Some(smpp) = cfg.smpp.clone() else {
         // No SMPP server and no peer links; providers may still be bound.
-        let placement = start_providers(cfg, store, &router, Vec::new(), shutdown)?;
+        let (placement, providers) = start_providers(cfg, store, &router, Vec::new(), shutdown)?;
         return Ok(Peers {
             listening: Vec::new(),
             placement,
+            providers,
         });
     };
     let accounts = server::Accounts {
@@ -117,7 +122,7 @@ pub async fn start(
             .with_providers(cfg.provider_links.iter().map(|l| l.name.clone()).collect()),
     );
     placement.load_taken_back(handover::load_taken_back(store).await?);
-    provider::start(
+    let providers = provider::start(
         cfg,
         store,
         placement.clone(),
@@ -154,6 +159,7 @@ pub async fn start(
     Ok(Peers {
         listening,
         placement: placed.then_some(placement),
+        providers,
     })
 }
 
@@ -164,18 +170,18 @@ fn start_providers(
     router: &Arc<Router>,
     peers: Vec<String>,
     shutdown: CancellationToken,
-) -> anyhow::Result<Option<Arc<placement::Placement>>> {
+) -> anyhow::Result<(Option<Arc<placement::Placement>>, TaskTracker)> {
     let names: Vec<String> = cfg.provider_links.iter().map(|l| l.name.clone()).collect();
     let placement = Arc::new(
         placement::Placement::new(router.clone(), peers, Arc::new(handover::Inbound::open()))
             .with_providers(names.clone()),
     );
-    provider::start(cfg, store, placement.clone(), router.state(), shutdown);
+    let binds = provider::start(cfg, store, placement.clone(), router.state(), shutdown);
     if names.is_empty() {
-        return Ok(None);
+        return Ok((None, binds));
     }
     if !crate::queue::dispatch::set_placement(placement.clone()) {
         anyhow::bail!("the placement of messages was installed twice in one process");
     }
-    Ok(Some(placement))
+    Ok((Some(placement), binds))
 }

@@ -50,13 +50,14 @@ use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use sqlx::Row;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::client::{self, BindFailure, Client, cstr};
 use super::config::ProviderLink;
 use super::placement::{Facts, Place, Placement};
 use super::session::{Keepalive, Reconnect, Tick, Window};
-use crate::modem::pool::PoolConfig;
+use crate::modem::pool::{self, PoolConfig};
 use crate::queue::{Change, QueueError, Store, now_ms};
 use crate::route::RouterState;
 use crate::sms::Encoding;
@@ -112,6 +113,10 @@ pub enum SubmitError {
 
 /// Longest short_message (SMPP 3.4 §4.4.1: 0 to 254 octets).
 const MAX_SHORT_MESSAGE: usize = 254;
+
+/// How long a bind waits, when the gateway stops, for the answers to the parts it submitted
+/// (at most the keepalive's patience).
+const STOP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The `submit_sm` of one part, as an ordinary SMSC client sends it.
 pub fn submit_part(
@@ -530,16 +535,38 @@ pub async fn run(p: Arc<Provider>, shutdown: CancellationToken) {
         if p.state.set_channel_up(&name, false) {
             warn!(provider = %name, reason = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), "SMPP provider down: routing around it");
         }
-        // Submitted without an answer: placed again.
+        // Submitted without an answer: the provider may have taken it or not. Placed again,
+        // as an attempt that failed for now, within `[sending]`'s attempts and backoff, and
+        // `uncertain` after the last. When the gateway stops, it stays `sending`: the next
+        // start finds it `uncertain` and never sends it again (invariant 3), since sending it
+        // again after every restart could send it many times.
         let unanswered: Vec<InFlight> = window.drain();
+        let stopping = matches!(result, Err(BindError::Shutdown)) || shutdown.is_cancelled();
         let mut changes = Vec::new();
-        for f in &unanswered {
-            changes.push(Change::Retry {
-                part: f.part.part,
-                at: now_ms(),
-                reason: format!(
-                    "the bind to SMPP provider {name} was lost before it answered for this part; placed again (the provider may have taken it)"
-                ),
+        if stopping && !unanswered.is_empty() {
+            warn!(provider = %name, parts = unanswered.len(), "parts submitted to the SMPP provider had no answer when the gateway stopped; they will be uncertain");
+        }
+        for f in unanswered.iter().filter(|_| !stopping) {
+            let attempts = f.part.attempts + 1;
+            let lost = format!(
+                "the bind to SMPP provider {name} was lost before it answered for this part"
+            );
+            changes.push(match retry_wait(&p.sending, attempts) {
+                Some(wait) => Change::Retry {
+                    part: f.part.part,
+                    at: now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2),
+                    reason: format!(
+                        "{lost}; attempt {attempts} of {}, placed again in {}s (the provider may have taken it)",
+                        p.sending.max_attempts,
+                        wait.as_secs()
+                    ),
+                },
+                None => Change::Uncertain {
+                    part: f.part.part,
+                    reason: format!(
+                        "{lost}, at each of {attempts} attempts; it may have been sent, so it is not sent again"
+                    ),
+                },
             });
         }
         if !changes.is_empty()
@@ -626,8 +653,22 @@ async fn session(
     // slot forever; after the keepalive's patience the bind is dropped and the part placed
     // again.
     let mut submitted: HashMap<u32, tokio::time::Instant> = HashMap::new();
+    // Set when the gateway stops: nothing more is submitted, and the answers to what was are
+    // awaited until then, so that they are recorded rather than left unknown.
+    let mut stopping: Option<tokio::time::Instant> = None;
     loop {
-        while !window.is_full() {
+        if let Some(until) = stopping
+            && (window.is_empty() || tokio::time::Instant::now() >= until)
+        {
+            let s = seq.advance();
+            let _ = send(
+                &mut framed,
+                Command::new(CommandStatus::EsmeRok, s, Pdu::Unbind),
+            )
+            .await;
+            return Err(BindError::Shutdown);
+        }
+        while stopping.is_none() && !window.is_full() {
             if staged.is_empty() {
                 let Some(job) = p.queues.next(name) else {
                     break;
@@ -690,11 +731,10 @@ async fn session(
         }
         let wanted = wake.notified();
         tokio::select! {
-            _ = shutdown.cancelled() => {
-                let s = seq.advance();
-                let _ = send(&mut framed, Command::new(CommandStatus::EsmeRok, s, Pdu::Unbind)).await;
-                return Err(BindError::Shutdown);
+            _ = shutdown.cancelled(), if stopping.is_none() => {
+                stopping = Some(tokio::time::Instant::now() + patience.min(STOP_PATIENCE));
             }
+            _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)), if stopping.is_some() => {}
             _ = tick.tick() => {
                 if submitted.values().any(|at| at.elapsed() > patience) {
                     return Err(BindError::NoResponse(patience));
@@ -784,15 +824,7 @@ async fn answered(p: &Provider, open: &mut HashMap<i64, usize>, part: &PartJob, 
         Verdict::Temporary(why) => {
             // `attempts` was read before this attempt's `sending` added one.
             let attempts = part.attempts + 1;
-            if attempts < i64::from(p.sending.max_attempts) {
-                let exp = u32::try_from(attempts.saturating_sub(1))
-                    .unwrap_or(u32::MAX)
-                    .min(16);
-                let wait = p
-                    .sending
-                    .retry_base
-                    .saturating_mul(1u32 << exp)
-                    .min(p.sending.retry_max);
+            if let Some(wait) = retry_wait(&p.sending, attempts) {
                 Change::Retry {
                     part: part.part,
                     at: now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2),
@@ -822,6 +854,12 @@ async fn answered(p: &Provider, open: &mut HashMap<i64, usize>, part: &PartJob, 
         warn!(provider = %name, part = part.part, error = %e, "cannot record the provider's answer");
     }
     finish_one(p, open, part.recipient);
+}
+
+/// How long to wait before attempt `attempts + 1` of a part ([`pool::backoff`], as on a
+/// modem), or `None` when `attempts` were all `[sending]` allows.
+fn retry_wait(sending: &PoolConfig, attempts: i64) -> Option<Duration> {
+    (attempts < i64::from(sending.max_attempts)).then(|| pool::backoff(sending, attempts))
 }
 
 /// A `deliver_sm`: a receipt is recorded before it is acknowledged.
@@ -867,7 +905,9 @@ pub fn start(
     placement: Arc<Placement>,
     state: &RouterState,
     shutdown: CancellationToken,
-) {
+) -> TaskTracker {
+    let binds = TaskTracker::new();
+    binds.close();
     for c in &cfg.routing.channels {
         if c.kind == crate::route::ChannelKind::Smpp
             && c.site == cfg.site.name
@@ -878,7 +918,7 @@ pub fn start(
         }
     }
     if cfg.provider_links.is_empty() {
-        return;
+        return binds;
     }
     let names: Vec<String> = cfg.provider_links.iter().map(|l| l.name.clone()).collect();
     let queues = Arc::new(Queues::new(&names));
@@ -898,8 +938,9 @@ pub fn start(
             state: state.clone(),
             sending: cfg.sending.clone(),
         });
-        tokio::spawn(run(p, shutdown.clone()));
+        binds.spawn(run(p, shutdown.clone()));
     }
+    binds
 }
 
 #[cfg(test)]
