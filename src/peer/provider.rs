@@ -290,6 +290,11 @@ impl Queues {
         self.lock().per_provider.get_mut(provider)?.pop_front()
     }
 
+    /// The messages listed or being sent now.
+    fn busy(&self) -> HashSet<i64> {
+        self.lock().busy.clone()
+    }
+
     /// Every part of the message is answered (or put back): it may be listed again.
     pub fn done(&self, recipient: i64) {
         self.lock().busy.remove(&recipient);
@@ -362,9 +367,15 @@ pub async fn feed(
     shutdown: CancellationToken,
 ) {
     loop {
+        // Taken before the query: a message being sent while the query reads may be finished
+        // by the time its rows come back, and those rows are then stale (parts taken since).
+        let busy = queues.busy();
         match due(&store, 500).await {
             Ok(rows) => {
-                for r in rows {
+                for r in rows
+                    .into_iter()
+                    .filter(|r| !busy.contains(&r.job.recipient))
+                {
                     if let Some(p) = owner(&r, &placement, &providers) {
                         queues.push(&p, r.job);
                     }
