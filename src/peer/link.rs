@@ -268,27 +268,29 @@ async fn on_command(link: &Link, window: &mut Window<Item>, cmd: Command) -> Opt
                 // groups these commits.
                 tokio::spawn(async move {
                     let rid = item.recipient;
-                    match store
+                    // The peer holds it and `Taken` keeps anyone here from sending it; no
+                    // confirmation goes out without the record, so the peer, asking, hears
+                    // nothing yet (or, after a restart here, "not yours"). The record is
+                    // tried again until it is written (it is idempotent): left unwritten,
+                    // the message would wait at both sites until a restart here. A failure
+                    // need not be this message's own: a batch that fails fails all its jobs.
+                    let mut wait = Duration::from_millis(200);
+                    while let Err(e) = store
                         .change(Change::Forwarded {
                             recipient: rid,
                             peer: peer.clone(),
-                            remote_id,
+                            remote_id: remote_id.clone(),
                         })
                         .await
                     {
-                        Ok(()) => {
-                            placement.finished(rid);
-                            forwarder.done(rid);
-                            // Recorded: the peer may send it now (`handover`).
-                            forwarder.verdicts(&peer, vec![item.origin_id], Vec::new());
-                        }
-                        // The peer holds it and `Taken` keeps anyone here from sending it;
-                        // no confirmation goes out without the record, so the peer, asking,
-                        // hears nothing yet (or, after a restart here, "not yours").
-                        Err(e) => {
-                            warn!(peer = %peer, error = %e, "cannot record a forwarded message")
-                        }
+                        warn!(peer = %peer, error = %e, "cannot record a forwarded message; trying again");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(10));
                     }
+                    placement.finished(rid);
+                    forwarder.done(rid);
+                    // Recorded: the peer may send it now (`handover`).
+                    forwarder.verdicts(&peer, vec![item.origin_id], Vec::new());
                 });
             } else if matches!(
                 status,
