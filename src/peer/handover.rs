@@ -330,9 +330,13 @@ pub trait Binds: Send + Sync {
     fn send_data_sm(&self, peer: &str, d: rusmpp::pdus::DataSm) -> bool;
 }
 
+/// Held messages read per round of questions.
+const ASK_ROWS: i64 = 4000;
+
 /// The receiving site's loop: asks each origin about the messages held longer than
 /// [`ASK_AFTER`], on the origin's bind here, and records the first asking as an event.
 pub async fn ask_loop(store: Store, binds: Arc<dyn Binds>, shutdown: CancellationToken) {
+    let mut after = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -341,13 +345,22 @@ pub async fn ask_loop(store: Store, binds: Arc<dyn Binds>, shutdown: Cancellatio
         let Some(inbound) = INBOUND.get() else {
             continue;
         };
-        if let Err(e) = ask_once(&store, inbound, binds.as_ref()).await {
+        if let Err(e) = ask_once(&store, inbound, binds.as_ref(), &mut after).await {
             warn!(error = %e, "cannot read the held messages to ask their origins about");
         }
     }
 }
 
-async fn ask_once(store: &Store, inbound: &Inbound, binds: &dyn Binds) -> Result<(), QueueError> {
+/// One round of questions, over the held messages after recipient id `after`, at most
+/// [`ASK_ROWS`] of them; `after` moves on to the last one read, and back to the start at the
+/// end, so that many messages held for good (an origin decommissioned) cannot keep the newer
+/// ones from being asked about.
+async fn ask_once(
+    store: &Store,
+    inbound: &Inbound,
+    binds: &dyn Binds,
+    after: &mut i64,
+) -> Result<(), QueueError> {
     let now_ms = crate::queue::now_ms();
     let rows: Vec<(i64, String, String, i64, Option<String>)> = sqlx::query_as(
         "SELECT r.id, q.client, q.message_id, q.received_at, h.state
@@ -355,11 +368,17 @@ async fn ask_once(store: &Store, inbound: &Inbound, binds: &dyn Binds) -> Result
          LEFT JOIN handovers_in h ON h.recipient_id = r.id
          WHERE q.source = 'peer' AND r.state IN ('accepted', 'routed')
            AND (h.state IS NULL OR h.state = 'held') AND q.client IS NOT NULL
-           AND q.message_id IS NOT NULL
-         ORDER BY r.id LIMIT 4000",
+           AND q.message_id IS NOT NULL AND r.id > ?1
+         ORDER BY r.id LIMIT ?2",
     )
+    .bind(*after)
+    .bind(ASK_ROWS)
     .fetch_all(store.reader())
     .await?;
+    *after = match rows.last() {
+        Some((rid, ..)) if rows.len() as i64 == ASK_ROWS => *rid,
+        _ => 0,
+    };
     let now = Instant::now();
     let mut per_peer: HashMap<String, Vec<(i64, String)>> = HashMap::new();
     let mut first_asks = Vec::new();
