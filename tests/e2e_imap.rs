@@ -547,7 +547,7 @@ tls = "none"
 
     wait_for(
         Duration::from_secs(30),
-        || dv.count("INBOX") == 0 && sink.mails().len() >= 5,
+        || dv.count("INBOX") == 0 && sink.mails().len() >= 3,
         || {
             format!(
                 "INBOX {} left, {} replies\n{}",
@@ -580,23 +580,21 @@ tls = "none"
     );
 
     std::thread::sleep(Duration::from_secs(1));
+    // The two mails DMARC did not verify get no reply: it would go to an address anyone can
+    // forge (the forged one's Return-Path is not its sender's).
     let replies = sink.mails();
-    assert_eq!(replies.len(), 5, "{replies:#?}");
+    assert_eq!(replies.len(), 3, "{replies:#?}");
+    assert!(
+        !replies
+            .iter()
+            .any(|r| r["rcpt_tos"][0] == "bounces@evil.example"),
+        "{replies:#?}"
+    );
     let expect: &[(&str, &str, &str)] = &[
         (
             "eve@evil.example",
             "stranger@test",
             "eve@evil.example is not one of the senders allowed to send SMS (rule: allowed-senders)",
-        ),
-        (
-            "bounces@evil.example",
-            "forged@test",
-            "dan@example.com could not be verified: the mail server mx.test found DMARC fail (rule: dmarc)",
-        ),
-        (
-            "anne@example.com",
-            "foreign-verdict@test",
-            "no DMARC result from the mail server mx.test (rule: dmarc)",
         ),
         (
             "boss@example.com",

@@ -363,8 +363,12 @@ pub fn read_mail(
         Ok(pin) => pin,
         Err(refusal) => {
             let reason = format!("Not allowed to send SMS: {refusal}");
+            // A mail that fails DMARC, or carries no verdict to trust, is not from whom it
+            // says: a reply would go to whatever address it names, which anyone can set
+            // (backscatter). It fails in the mailbox's failed folder, with its reason, alone.
+            let notice_reason = (refusal.rule != "dmarc").then(|| reason.clone());
             return Reading {
-                notice_reason: Some(reason.clone()),
+                notice_reason,
                 decision: Decision::Fail { reason },
             };
         }

@@ -415,6 +415,38 @@ fn sender_rules_table() {
     }
 }
 
+/// A mail DMARC did not verify fails with its reason and no reply: its addresses may be anyone's.
+/// One refused by another rule replies with it.
+#[test]
+fn a_mail_dmarc_does_not_verify_gets_no_reply() {
+    let cfg = config();
+    let rules = senders(&[], &["x.fr"], Some("mx.x.fr"));
+    let cases: &[(&str, bool)] = &[
+        (
+            "Return-Path: <victim@y.org>\r\nAuthentication-Results: mx.x.fr; dmarc=fail header.from=x.fr\r\nFrom: jean@x.fr",
+            false,
+        ),
+        ("Return-Path: <victim@y.org>\r\nFrom: jean@x.fr", false),
+        (
+            "Return-Path: <eve@evil.example>\r\nAuthentication-Results: mx.x.fr; dmarc=pass header.from=evil.example\r\nFrom: eve@evil.example",
+            true,
+        ),
+    ];
+    for (headers, replied) in cases {
+        let raw = mail(
+            &format!("{headers}\r\nTo: Paul@+33477858589@sms\r\nSubject: hi"),
+            "x",
+        );
+        let o = origin(&raw);
+        let reading = read_mail(&raw, &o, "box", &rules, &cfg, 10);
+        assert!(
+            matches!(reading.decision, Decision::Fail { .. }),
+            "{headers:?}"
+        );
+        assert_eq!(notice(&reading, &o).is_some(), *replied, "{headers:?}");
+    }
+}
+
 #[test]
 fn dmarc_result_reads_the_named_server_only() {
     let cases: &[(&str, Option<&str>)] = &[
