@@ -547,6 +547,44 @@ mod smsc {
     }
 }
 
+/// The uk node, its French numbers routed to the scripted SMSC on `port` (channel `cheap`),
+/// three attempts per part with waits of 1 s up to `retry_max_secs`; started and bound.
+fn bound_to_cheap_smsc(port: u16, retry_max_secs: u64) -> Node {
+    let mut uk = Node::new("uk");
+    uk.configure_as(
+        "none",
+        &format!(
+            r#"
+[sending]
+max_attempts = 3
+retry_base_secs = 1
+retry_max_secs = {retry_max_secs}
+
+{modems}
+[[channel]]
+name = "cheap"
+kind = "smpp"
+site = "uk"
+tariff = {{ "33" = 0.01 }}
+[channel.smpp]
+address = "127.0.0.1:{port}"
+system_id = "uk-gw"
+password = "pw"
+source_addr = "Example"
+enquire_link_ms = 500
+missed_keepalives = 3
+reconnect_max_ms = 300
+"#,
+            modems = modems_channel("uk"),
+        ),
+    );
+    uk.start();
+    wait_until("the node binds", Duration::from_secs(20), || {
+        uk.log_has(&["bound to SMPP provider", "provider=cheap"])
+    });
+    uk
+}
+
 /// A provider's `submit_sm_resp` statuses, classified: throttled (0x58) is tried again after
 /// the `[sending]` backoff and then taken; an invalid destination address (0x0B) fails the
 /// message with the status; a two-part message goes as two `submit_sm` with the concatenation
@@ -563,39 +601,7 @@ fn provider_statuses_retry_or_fail_as_classified_and_a_dead_provider_drops_out()
     script.insert(throttled.into(), vec![0x58, 0]);
     script.insert(invalid.into(), vec![0x0B]);
     let mut smsc = smsc::Smsc::start(script);
-    let mut uk = Node::new("uk");
-    uk.configure_as(
-        "none",
-        &format!(
-            r#"
-[sending]
-max_attempts = 3
-retry_base_secs = 1
-retry_max_secs = 2
-
-{modems}
-[[channel]]
-name = "cheap"
-kind = "smpp"
-site = "uk"
-tariff = {{ "33" = 0.01 }}
-[channel.smpp]
-address = "127.0.0.1:{port}"
-system_id = "uk-gw"
-password = "pw"
-source_addr = "Example"
-enquire_link_ms = 500
-missed_keepalives = 3
-reconnect_max_ms = 500
-"#,
-            modems = modems_channel("uk"),
-            port = smsc.port,
-        ),
-    );
-    uk.start();
-    wait_until("the node binds", Duration::from_secs(20), || {
-        uk.log_has(&["bound to SMPP provider", "provider=cheap"])
-    });
+    let uk = bound_to_cheap_smsc(smsc.port, 2);
     uk.mail_one(&format!("+{throttled}"), "throttled first");
     uk.mail_one(&format!("+{invalid}"), "to a bad address");
     let text = "A message long enough for two parts: ".to_string() + &"0123456789".repeat(15);
@@ -690,38 +696,7 @@ fn unanswered_parts_are_tried_within_the_attempts_and_a_stop_waits_for_answers()
     script.insert(dropped.into(), vec![smsc::DROP]);
     script.insert(slow.into(), vec![smsc::SLOW]);
     let smsc = smsc::Smsc::start(script);
-    let mut uk = Node::new("uk");
-    uk.configure_as(
-        "none",
-        &format!(
-            r#"
-[sending]
-max_attempts = 3
-retry_base_secs = 1
-retry_max_secs = 1
-
-{modems}
-[[channel]]
-name = "cheap"
-kind = "smpp"
-site = "uk"
-tariff = {{ "33" = 0.01 }}
-[channel.smpp]
-address = "127.0.0.1:{port}"
-system_id = "uk-gw"
-password = "pw"
-enquire_link_ms = 500
-missed_keepalives = 3
-reconnect_max_ms = 300
-"#,
-            modems = modems_channel("uk"),
-            port = smsc.port,
-        ),
-    );
-    uk.start();
-    wait_until("the node binds", Duration::from_secs(20), || {
-        uk.log_has(&["bound to SMPP provider", "provider=cheap"])
-    });
+    let mut uk = bound_to_cheap_smsc(smsc.port, 1);
     let state = |uk: &Node, n: &str| {
         uk.entry(&format!("+{n}"))
             .map(|e| e["state"].as_str().unwrap_or_default().to_string())
