@@ -897,16 +897,7 @@ async fn a_job_of_changes_is_all_or_none() {
         .await
         .unwrap_err();
     assert!(matches!(err, QueueError::NoSuchPart(999_999)), "{err}");
-    let state = |id: i64| {
-        let pool = store.reader().clone();
-        async move {
-            sqlx::query_scalar::<_, String>("SELECT state FROM parts WHERE id = ?1")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
+    let state = |part: i64| part_state(&store, part);
     assert_eq!(state(p1).await, "sending");
     store
         .changes(vec![
@@ -1876,6 +1867,15 @@ async fn receipts_due_are_found_through_their_own_index() {
 }
 
 /// A connection of the test's own that runs the writer's queries as the writer does.
+/// The state of `part`, as the store's readers see it.
+async fn part_state(store: &Store, part: i64) -> String {
+    sqlx::query_scalar("SELECT state FROM parts WHERE id = ?1")
+        .bind(part)
+        .fetch_one(store.reader())
+        .await
+        .unwrap()
+}
+
 async fn writer_conn(path: &Path) -> SqliteConnection {
     let mut conn = SqliteConnection::connect_with(&options(path))
         .await
@@ -1914,16 +1914,7 @@ async fn a_part_of_a_failed_message_is_neither_sent_nor_retried() {
         part,
         channel: "modem0".into(),
     };
-    let state = |part: i64| {
-        let pool = store.reader().clone();
-        async move {
-            sqlx::query_scalar::<_, String>("SELECT state FROM parts WHERE id = ?1")
-                .bind(part)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
+    let state = |part: i64| part_state(&store, part);
     // Part 1 sent, part 2 on the air, then part 1's report fails it, and part 3 with it.
     mark_sending(&store, p[0], "modem0").await;
     store.change(sent(p[0])).await.unwrap();
