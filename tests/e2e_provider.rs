@@ -330,6 +330,8 @@ mod smsc {
     pub const DROP: u32 = 0xFFFF_0001;
     /// Taken (as 0), but answered a second later, with no receipt.
     pub const SLOW: u32 = 0xFFFF_0002;
+    /// Never answered, while the connection stays up and keepalives are answered.
+    pub const SILENT: u32 = 0xFFFF_0003;
 
     pub struct Smsc {
         pub port: u16,
@@ -419,7 +421,9 @@ mod smsc {
             let seq = cmd.sequence_number();
             let reply = match (cmd.id(), cmd.pdu()) {
                 (CommandId::BindTransceiver, Some(Pdu::BindTransceiver(b))) => {
-                    let ok = b.system_id.as_str() == "uk-gw" && b.password.as_str() == "pw";
+                    // A provider's client ("uk-gw"), or site uk's peer link.
+                    let ok = matches!(b.system_id.as_str(), "uk-gw" | "uk")
+                        && b.password.as_str() == "pw";
                     let status = if ok {
                         CommandStatus::EsmeRok
                     } else {
@@ -452,6 +456,9 @@ mod smsc {
                     seen.lock().unwrap().push(seen_of(sm, status));
                     if status == DROP {
                         return;
+                    }
+                    if status == SILENT {
+                        continue;
                     }
                     if status == SLOW {
                         let tx = tx.clone();
@@ -728,6 +735,69 @@ fn unanswered_parts_are_tried_within_the_attempts_and_a_stop_waits_for_answers()
     );
     assert_eq!(submits(slow), 1);
     assert!(uk.sent().is_empty(), "{:?}", uk.sent());
+}
+
+/// A peer site that answers keepalives but never a `submit_sm` would hold the message for
+/// ever: after the keepalive's patience the link is dropped, the message is taken back, and
+/// this site's own modem sends it.
+#[test]
+fn a_peer_that_never_answers_a_submit_loses_the_message_to_this_site() {
+    let number = "33600000021";
+    let mut script = smsc::Script::new();
+    // As a provider's client writes it, and as a peer link does.
+    script.insert(number.into(), vec![smsc::SILENT]);
+    script.insert(format!("+{number}"), vec![smsc::SILENT]);
+    let smsc = smsc::Smsc::start(script);
+    let mut uk = Node::new("uk");
+    uk.configure_as(
+        "none",
+        &format!(
+            r#"
+[smpp]
+listen = ["127.0.0.1:{smpp}"]
+enquire_link_ms = 500
+missed_keepalives = 3
+reconnect_max_ms = 300
+
+{modems}
+[[channel]]
+name = "fr-modems"
+kind = "modems"
+site = "fr"
+tariff = {{ "33" = 0.01 }}
+
+[[peer]]
+name = "fr"
+forwarding_cost = 0.002
+[peer.smpp]
+address = "127.0.0.1:{port}"
+password = "pw"
+password_hash = "{hash}"
+"#,
+            smpp = uk.smpp,
+            modems = modems_channel("uk"),
+            port = smsc.port,
+            hash = hash_password("pw-fruk"),
+        ),
+    );
+    uk.start();
+    wait_until("the link binds", Duration::from_secs(20), || {
+        uk.log_has(&["bound to peer site", "peer=fr"])
+    });
+    uk.mail_one(&format!("+{number}"), "answer me");
+    wait_until("the peer has it", Duration::from_secs(20), || {
+        smsc.seen()
+            .iter()
+            .any(|s| s.dest.trim_start_matches('+') == number)
+    });
+    wait_until("the message goes out here", Duration::from_secs(20), || {
+        uk.sent_to_number(&format!("+{number}")) == 1
+    });
+    assert!(
+        uk.log_has(&["did not answer a submit_sm", "peer=fr"]),
+        "{}",
+        uk.log()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@
 //! The peer holds what it stores until this site confirms it, and this site takes back what a
 //! lost link left unanswered ([`super::handover`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ enum LinkError {
     Closed,
     #[error("the peer answered nothing for {0} keepalive intervals")]
     Silent(u32),
+    #[error("the peer did not answer a submit_sm within {0:?}")]
+    NoResponse(Duration),
     #[error("the link failed: {0}")]
     Io(String),
     #[error("stopping")]
@@ -159,6 +162,11 @@ async fn session(
     // then be declared down up to one interval late. This deadline, `missed_keepalives`
     // intervals after the peer last said anything, is the exact bound.
     let mut last_heard = tokio::time::Instant::now();
+    // When each submit in flight went (SMPP 3.4 §2.7: a response timer per request). A peer
+    // that answers enquire_link but not a submit would hold the message and its window slot
+    // for ever; after the keepalive's patience the link is dropped, and its unanswered
+    // messages are taken back and placed again.
+    let mut submitted: HashMap<u32, tokio::time::Instant> = HashMap::new();
     loop {
         // Fill the window first: a busy link keeps `window` submits in flight.
         while !window.is_full() {
@@ -180,6 +188,7 @@ async fn session(
                     let s = seq.advance();
                     // `open` cannot refuse here: the window was checked above.
                     let _ = window.open(s, item);
+                    submitted.insert(s, tokio::time::Instant::now());
                     send(
                         &mut framed,
                         Command::new(CommandStatus::EsmeRok, s, Pdu::SubmitSm(submit)),
@@ -214,6 +223,9 @@ async fn session(
                 return Err(LinkError::Shutdown);
             }
             _ = tick.tick() => {
+                if submitted.values().any(|at| at.elapsed() > patience) {
+                    return Err(LinkError::NoResponse(patience));
+                }
                 match keepalive.tick(&mut seq) {
                     Tick::Dead { missed } => return Err(LinkError::Silent(missed)),
                     Tick::Send(s) => {
@@ -236,6 +248,9 @@ async fn session(
                 };
                 keepalive.heard();
                 last_heard = tokio::time::Instant::now();
+                if matches!(cmd.id(), CommandId::SubmitSmResp | CommandId::GenericNack) {
+                    submitted.remove(&cmd.sequence_number());
+                }
                 if let Some(reply) = on_command(link, window, cmd).await {
                     send(&mut framed, reply).await?;
                 }
