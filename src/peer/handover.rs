@@ -345,21 +345,22 @@ pub async fn ask_loop(store: Store, binds: Arc<dyn Binds>, shutdown: Cancellatio
         let Some(inbound) = INBOUND.get() else {
             continue;
         };
-        if let Err(e) = ask_once(&store, inbound, binds.as_ref(), &mut after).await {
+        if let Err(e) = ask_once(&store, inbound, binds.as_ref(), &mut after, ASK_ROWS).await {
             warn!(error = %e, "cannot read the held messages to ask their origins about");
         }
     }
 }
 
 /// One round of questions, over the held messages after recipient id `after`, at most
-/// [`ASK_ROWS`] of them; `after` moves on to the last one read, and back to the start at the
-/// end, so that many messages held for good (an origin decommissioned) cannot keep the newer
-/// ones from being asked about.
+/// `limit` of them ([`ASK_ROWS`]); `after` moves on to the last one read, and back to the start
+/// at the end, so that many messages held for good (an origin decommissioned) cannot keep the
+/// newer ones from being asked about.
 async fn ask_once(
     store: &Store,
     inbound: &Inbound,
     binds: &dyn Binds,
     after: &mut i64,
+    limit: i64,
 ) -> Result<(), QueueError> {
     let now_ms = crate::queue::now_ms();
     let rows: Vec<(i64, String, String, i64, Option<String>)> = sqlx::query_as(
@@ -372,11 +373,11 @@ async fn ask_once(
          ORDER BY r.id LIMIT ?2",
     )
     .bind(*after)
-    .bind(ASK_ROWS)
+    .bind(limit)
     .fetch_all(store.reader())
     .await?;
     *after = match rows.last() {
-        Some((rid, ..)) if rows.len() as i64 == ASK_ROWS => *rid,
+        Some((rid, ..)) if rows.len() as i64 == limit => *rid,
         _ => 0,
     };
     let now = Instant::now();
@@ -641,5 +642,61 @@ mod tests {
         for (held, since, due) in cases {
             assert_eq!(ask_due(*held, *since), *due, "{held:?} {since:?}");
         }
+    }
+
+    /// Asks nothing, records what it was asked to send.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Binds for Recorder {
+        fn send_data_sm(&self, peer: &str, d: rusmpp::pdus::DataSm) -> bool {
+            assert_eq!(peer, "lyon");
+            let h = message::parse_handover(&d).expect("a hand-over data_sm");
+            lock(&self.0).extend(h.ask);
+            true
+        }
+    }
+
+    /// Regression: each round read the first 4,000 held messages by id, so that as many held
+    /// for good (their origin decommissioned) kept every newer one from being asked about.
+    #[tokio::test]
+    async fn each_round_asks_about_the_held_messages_after_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).await.unwrap();
+        for i in 0..7 {
+            let number = format!("+3361234500{i}");
+            let origin_id = format!("m{i}");
+            let mut req = crate::queue::testing::request_to(&number, 1, Some(&origin_id));
+            req.source = crate::queue::Source::Peer;
+            req.client = Some("lyon".into());
+            store.accept(req).await.unwrap();
+        }
+        // Received ten seconds ago: held long enough to be asked about (`ASK_AFTER`).
+        let admin = Store::open_for_admin(store.path()).await.unwrap();
+        sqlx::query("UPDATE requests SET received_at = received_at - 10000")
+            .execute(&admin)
+            .await
+            .unwrap();
+        let inbound = Inbound::holding();
+        let binds = Recorder::default();
+        let mut after = 0;
+        let mut rounds = Vec::new();
+        for _ in 0..4 {
+            ask_once(&store, &inbound, &binds, &mut after, 3)
+                .await
+                .unwrap();
+            rounds.push(std::mem::take(&mut *lock(&binds.0)));
+        }
+        // Three at a time, on from the last; then from the start again, where the messages
+        // asked about a moment ago are not due yet (`ASK_EVERY`).
+        let want: [&[&str]; 4] = [&["m0", "m1", "m2"], &["m3", "m4", "m5"], &["m6"], &[]];
+        assert_eq!(rounds, want);
+        // Each was recorded as held when first asked about.
+        let held: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM handovers_in WHERE state = 'held'")
+                .fetch_one(store.reader())
+                .await
+                .unwrap();
+        assert_eq!(held, 7);
     }
 }
