@@ -1,24 +1,28 @@
 //! The hand-over of forwarded messages with real processes (`peer::handover`): a peer that dies
 //! between committing a forwarded message and answering for it never sends it, and the origin
-//! sends it once; an ordinary forward is held, confirmed and sent by the peer once. The
-//! simulators' record files are the ground truth.
+//! sends it once; an ordinary forward is held, confirmed and sent by the peer once; a forward
+//! the origin cannot record at first is recorded later and then sent. The simulators' record
+//! files are the ground truth.
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::sim::wait_until;
 use common::sites::{Node, counts, hashes, numbers};
 
 /// The UK and French sites, linked both ways, the French one with the fault-injection setting
-/// `fault`; both started and bound to each other.
+/// `fault` (none if empty); both started and bound to each other.
 fn uk_and_fr(fault: &str) -> (Node, Node) {
     let mut uk = Node::new("uk");
     let mut fr = Node::new("fr");
     let h = hashes(&["uk", "fr"]);
     uk.configure(&[&uk, &fr], &h);
     fr.configure(&[&uk, &fr], &h);
-    fr.env = vec![("MAIL2SMS_FAULT_INJECTION".into(), fault.into())];
+    if !fault.is_empty() {
+        fr.env = vec![("MAIL2SMS_FAULT_INJECTION".into(), fault.into())];
+    }
     fr.start();
     uk.start();
     wait_until("uk binds to fr", Duration::from_secs(20), || {
@@ -150,12 +154,7 @@ fn a_confirmation_lost_with_the_peer_is_asked_for_again() {
         || fr.exited(),
     );
     // The UK recorded it as France's: `sent` through the peer, never taken back.
-    let entry = uk
-        .queue()
-        .into_iter()
-        .find(|e| e["number"] == n[0].as_str())
-        .unwrap();
-    assert_eq!(entry["state"], "sent", "{entry}\n{}", uk.log());
+    let entry = recorded_as_sent(&uk, &n[0]);
     fr.env.clear();
     fr.start();
     wait_until(
@@ -164,10 +163,83 @@ fn a_confirmation_lost_with_the_peer_is_asked_for_again() {
         || fr.sent_to(&n) == 1,
     );
     assert!(fr.log().contains("asking the origin site"), "{}", fr.log());
-    std::thread::sleep(Duration::from_secs(2));
-    let c = counts(&[&uk, &fr]);
-    assert_eq!(c.get(n[0].trim_start_matches('+')), Some(&1), "{c:?}");
-    assert_eq!(uk.sent_to(&n), 0, "{}", uk.log());
+    sent_once_by_the_peer(&uk, &fr, &n);
     let uk_status = uk.status(entry["request"].as_str().unwrap_or_default());
     assert!(!uk_status.contains("taken back"), "{uk_status}");
+}
+
+/// `origin`'s queue entry for `number`, which says `sent` (through the peer).
+fn recorded_as_sent(origin: &Node, number: &str) -> serde_json::Value {
+    let entry = origin
+        .queue()
+        .into_iter()
+        .find(|e| e["number"] == number)
+        .unwrap();
+    assert_eq!(entry["state"], "sent", "{entry}\n{}", origin.log());
+    entry
+}
+
+/// A moment after `peer` sent `n`'s one number an SMS: it got that one only, none from `origin`.
+fn sent_once_by_the_peer(origin: &Node, peer: &Node, n: &[String]) {
+    std::thread::sleep(Duration::from_secs(2));
+    let c = counts(&[origin, peer]);
+    assert_eq!(c.get(n[0].trim_start_matches('+')), Some(&1), "{c:?}");
+    assert_eq!(origin.sent_to(n), 0, "{}", origin.log());
+}
+
+/// Runs `sql` on `node`'s store from another process (Python's sqlite3), as an admin would.
+fn store_script(node: &Node, sql: &str) {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], timeout=30)\n\
+             c.executescript(sys.argv[2])\n\
+             c.close()",
+        ])
+        .arg(node.path("queue.db"))
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The UK site forwards a message to France, which stores it and answers, but the UK's store
+/// refuses the record of the forward for a while (a trigger stands in for a full disk). The UK
+/// tries again until it is written; France, asking meanwhile, is told to wait, and sends the
+/// message once the record is in and the UK confirms it. Regression: a failed record was only
+/// logged, and the message stayed held at both sites until the UK restarted.
+#[test]
+fn a_forward_the_origin_cannot_record_yet_is_sent_once_it_is_recorded() {
+    let (uk, fr) = uk_and_fr("");
+    store_script(
+        &uk,
+        "CREATE TRIGGER refuse_forwards BEFORE INSERT ON forwards
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    );
+    let n = numbers("336", 600, 1);
+    uk.mail(&n, "recorded late");
+    wait_until(
+        "the UK site fails to record the forward",
+        Duration::from_secs(20),
+        || {
+            uk.log()
+                .contains("cannot record a forwarded message; trying again")
+        },
+    );
+    // France holds it while its origin has no record, however often it asks.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(fr.sent_to(&n), 0, "{}", fr.log());
+    store_script(&uk, "DROP TRIGGER refuse_forwards;");
+    wait_until(
+        "the French modem sends it once the UK recorded it",
+        Duration::from_secs(30),
+        || fr.sent_to(&n) == 1,
+    );
+    sent_once_by_the_peer(&uk, &fr, &n);
+    recorded_as_sent(&uk, &n[0]);
 }
