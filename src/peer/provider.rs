@@ -367,26 +367,37 @@ pub async fn feed(
     shutdown: CancellationToken,
 ) {
     loop {
-        // Taken before the query: a message being sent while the query reads may be finished
-        // by the time its rows come back, and those rows are then stale (parts taken since).
-        let busy = queues.busy();
-        match due(&store, 500).await {
-            Ok(rows) => {
-                for r in rows
-                    .into_iter()
-                    .filter(|r| !busy.contains(&r.job.recipient))
-                {
-                    if let Some(p) = owner(&r, &placement, &providers) {
-                        queues.push(&p, r.job);
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot read the queue for the SMPP providers"),
-        }
+        feed_once(due(&store, 500), &placement, &queues, &providers).await;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
+    }
+}
+
+/// One reading of the queue (`read`, not started yet): lists each message it returns on its
+/// provider, but none that was listed or being sent when the reading began. The set is taken
+/// before the query: a message being sent while the query reads may be finished by the time its
+/// rows come back, and those rows are then stale (parts taken since).
+async fn feed_once(
+    read: impl Future<Output = Result<Vec<Due>, QueueError>>,
+    placement: &Placement,
+    queues: &Queues,
+    providers: &[String],
+) {
+    let busy = queues.busy();
+    match read.await {
+        Ok(rows) => {
+            for r in rows
+                .into_iter()
+                .filter(|r| !busy.contains(&r.job.recipient))
+            {
+                if let Some(p) = owner(&r, placement, providers) {
+                    queues.push(&p, r.job);
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the queue for the SMPP providers"),
     }
 }
 
@@ -957,6 +968,53 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the feeder checked which messages were busy after its query returned, so a
+    /// message whose parts a bind took, submitted and finished while the query read came back
+    /// from it as queued, and was listed and submitted again.
+    #[tokio::test]
+    async fn rows_read_while_their_message_was_being_sent_are_not_listed() {
+        let cfg = crate::config::parse(
+            std::path::Path::new("gw.toml"),
+            "[site]\nname = \"uk\"\ndefault_country = \"GB\"\nsms_domains = [\"sms\"]\n\
+             [store]\npath = \"q.db\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let router = crate::route::Router::new(&cfg.routing, RouterState::new()).unwrap();
+        let inbound = Arc::new(super::super::handover::Inbound::open());
+        let placement = Placement::new(Arc::new(router), Vec::new(), inbound);
+        let providers = vec!["acme".to_string()];
+        let queues = Queues::new(&providers);
+        // A message started on the provider, with parts left to send.
+        let due = |recipient| Due {
+            job: Job {
+                recipient,
+                number: "+33612345678".into(),
+                parts: Vec::new(),
+            },
+            encoding: Encoding::Gsm7,
+            sent_on: Some(channel_of("acme")),
+            tried_elsewhere: false,
+            from_peer: false,
+            all_parts: 2,
+        };
+        // Message 7 is being sent (listed, then taken by the bind); message 8 is not.
+        assert!(queues.push("acme", due(7).job));
+        assert!(queues.next("acme").is_some());
+        // The query reads both while the send of 7 finishes.
+        let read = async {
+            queues.done(7);
+            Ok(vec![due(7), due(8)])
+        };
+        feed_once(read, &placement, &queues, &providers).await;
+        let listed: Vec<i64> = std::iter::from_fn(|| queues.next("acme"))
+            .map(|j| j.recipient)
+            .collect();
+        assert_eq!(listed, [8]);
+        // The next reading, begun after the send finished, lists 7 again if it is still due.
+        feed_once(async { Ok(vec![due(7)]) }, &placement, &queues, &providers).await;
+        assert_eq!(queues.next("acme").map(|j| j.recipient), Some(7));
+    }
 
     fn src(addr: &str, ton: u8, npi: u8) -> Source {
         Source {
