@@ -644,7 +644,7 @@ mod tests {
         }
     }
 
-    /// Asks nothing, records what it was asked to send.
+    /// The binds to the peer "lyon": records the ids each question asks about.
     #[derive(Default)]
     struct Recorder(Mutex<Vec<String>>);
 
