@@ -120,6 +120,10 @@ pub struct Smtp {
     pub max_recipients: usize,
     pub max_connections: usize,
     pub idle_timeout: std::time::Duration,
+    /// Failed AUTH attempts a client address may make within `auth_lockout` before its AUTH is
+    /// refused unchecked (`intake::smtp::auth`).
+    pub auth_failures_per_client: u32,
+    pub auth_lockout: std::time::Duration,
     /// How long a shutdown waits for sessions that are in the middle of a mail.
     pub shutdown_grace: std::time::Duration,
     pub tls: Option<TlsFiles>,
@@ -523,6 +527,8 @@ struct RawSmtp {
     max_connections: usize,
     idle_timeout_secs: u64,
     shutdown_grace_secs: u64,
+    auth_failures_per_client: u32,
+    auth_lockout_secs: u64,
     tls: Option<RawTls>,
     users: Vec<RawUser>,
     trusted_networks: Vec<String>,
@@ -539,6 +545,10 @@ impl Default for RawSmtp {
             // RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for a command.
             idle_timeout_secs: 300,
             shutdown_grace_secs: 10,
+            // A user who mistypes a password a few times is not locked out; a guesser gets ten
+            // tries per address in a quarter of an hour.
+            auth_failures_per_client: 10,
+            auth_lockout_secs: 900,
             tls: None,
             users: Vec::new(),
             trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
@@ -801,6 +811,11 @@ impl RawConfig {
         positive("smtp.max_recipients", m.max_recipients)?;
         positive("smtp.max_connections", m.max_connections)?;
         positive("smtp.idle_timeout_secs", m.idle_timeout_secs as usize)?;
+        positive(
+            "smtp.auth_failures_per_client",
+            m.auth_failures_per_client as usize,
+        )?;
+        positive("smtp.auth_lockout_secs", m.auth_lockout_secs as usize)?;
         let tls = match m.tls {
             None => None,
             Some(t) => {
@@ -1414,6 +1429,8 @@ impl RawConfig {
                 max_recipients: m.max_recipients,
                 max_connections: m.max_connections,
                 idle_timeout: std::time::Duration::from_secs(m.idle_timeout_secs),
+                auth_failures_per_client: m.auth_failures_per_client,
+                auth_lockout: std::time::Duration::from_secs(m.auth_lockout_secs),
                 shutdown_grace: std::time::Duration::from_secs(m.shutdown_grace_secs),
                 tls,
                 users,
@@ -1538,6 +1555,12 @@ path = "data/queue.db"
                 "smtp.users[0].password_hash",
                 9,
                 "PHC",
+            ),
+            (
+                "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"]\n[store]\npath = \"q.db\"\n[smtp]\nauth_failures_per_client = 0\n",
+                "smtp.auth_failures_per_client",
+                8,
+                "greater than 0",
             ),
             (
                 "[site]\nname = \"x\"\ndefault_country = \"FR\"\nsms_domains = [\"sms\"]\n[store]\npath = \"q.db\"\n[sms]\nmax_parts = 0\n",

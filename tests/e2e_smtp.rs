@@ -375,6 +375,86 @@ fn starttls_then_auth_is_required_from_untrusted_clients() {
     assert_eq!(st["auth_user"], "alice");
 }
 
+/// A client address that failed AUTH `auth_failures_per_client` times is refused unchecked,
+/// right password included, on every new connection, until its first failure is
+/// `auth_lockout_secs` old; then the right password works again.
+#[test]
+fn a_client_that_keeps_failing_auth_is_locked_out_for_a_while() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = common::self_signed_cert(certs.path());
+    let hash = common::hash_password("s3cret pass");
+    let lockout = Duration::from_secs(6);
+    let smtp = format!(
+        "trusted_networks = []\nauth_failures_per_client = 3\nauth_lockout_secs = {}\n\
+         [smtp.tls]\ncertificate = \"{}\"\nkey = \"{}\"\n\
+         [[smtp.users]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n",
+        lockout.as_secs(),
+        cert.display(),
+        key.display()
+    );
+    let g = Gateway::start(&smtp, "");
+    let attempt = |password: &str| {
+        swaks(
+            &g,
+            &[
+                "--to",
+                "Paul@+33477858589@sms",
+                "--tls",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "alice",
+                "--auth-password",
+                password,
+                "--body",
+                "after the lockout",
+            ],
+        )
+    };
+    let first_failure = std::time::Instant::now();
+    // Three guesses, one connection each: the session's own limit never comes into play.
+    for guess in ["password", "123456", "alice"] {
+        let (ok, out) = attempt(guess);
+        assert!(!ok && out.contains("535 5.7.8"), "{out}");
+    }
+    // The right password now gets a temporary refusal, unchecked.
+    let (ok, out) = attempt("s3cret pass");
+    assert!(
+        !ok && out.contains("454 4.7.0 Too many failed authentications from your address"),
+        "{out}"
+    );
+    assert!(
+        first_failure.elapsed() < lockout,
+        "the attempts took too long to test anything"
+    );
+    assert!(g.queue().is_empty());
+    // Refused attempts do not extend the lockout: once it is over, alice gets in.
+    let deadline = first_failure + lockout + Duration::from_secs(30);
+    let accepted_after = loop {
+        let (ok, out) = attempt("s3cret pass");
+        if ok {
+            break first_failure.elapsed();
+        }
+        assert!(out.contains("454 4.7.0"), "{out}");
+        assert!(std::time::Instant::now() < deadline, "still refused: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        accepted_after >= lockout,
+        "accepted {accepted_after:?} after the first failure"
+    );
+    let q = g.queue();
+    assert_eq!(q.len(), 1, "{q:#?}");
+    let text = q[0]["text"].as_str().unwrap_or_default();
+    assert!(text.ends_with(": after the lockout"), "{text}");
+    // The log says which client reached its limit.
+    assert!(
+        g.log().contains("reached its limit of failures"),
+        "{}",
+        g.log()
+    );
+}
+
 #[test]
 fn dsn_parameters_are_stored_with_the_request() {
     let g = Gateway::start("", "");

@@ -5,12 +5,13 @@
 //! open. On shutdown, sessions between commands get `421 4.3.2` at once; a session in the
 //! middle of a mail is given `shutdown_grace` to finish it.
 
+pub mod auth;
 pub mod session;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -32,6 +33,7 @@ struct Shared {
     intake: Intake,
     tls: Option<TlsAcceptor>,
     idle_timeout: Duration,
+    auth: auth::AuthGuard,
 }
 
 /// A running listener.
@@ -67,6 +69,11 @@ impl Listener {
             intake,
             tls,
             idle_timeout: config.smtp.idle_timeout,
+            auth: auth::AuthGuard::new(
+                config.smtp.auth_failures_per_client,
+                config.smtp.auth_lockout,
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
         });
         let limit = Arc::new(Semaphore::new(config.smtp.max_connections));
         let tracker = TaskTracker::new();
@@ -242,9 +249,24 @@ async fn connection(
                         session.tls_started();
                     }
                     Output::CheckAuth { user, password } => {
-                        let ok = check_password(&shared.config, &user, &password).await;
-                        if !ok {
+                        let ip = peer.ip();
+                        if let Err(wait) = shared.auth.admit(ip, Instant::now()) {
+                            info!(%peer, %user, "SMTP AUTH refused unchecked: too many failures from this client");
+                            pending.extend(session.auth_refused(wait));
+                            continue;
+                        }
+                        let ok = check_password(shared, &user, &password).await;
+                        if ok {
+                            shared.auth.succeeded(ip);
+                        } else {
                             info!(%peer, %user, "SMTP AUTH failed");
+                            if shared.auth.failed(ip, Instant::now()) {
+                                warn!(
+                                    %peer,
+                                    lockout_secs = shared.config.smtp.auth_lockout.as_secs(),
+                                    "SMTP AUTH: this client reached its limit of failures; its AUTH is refused for the lockout"
+                                );
+                            }
                         }
                         pending.extend(session.auth_result(ok.then_some(user)));
                     }
@@ -290,12 +312,14 @@ async fn connection(
 }
 
 /// Verifies a password against the configured Argon2 hash, off the async threads (Argon2 is
-/// deliberately slow). An unknown user costs the same as a wrong password.
-async fn check_password(config: &Config, user: &str, password: &str) -> bool {
+/// deliberately slow) and in turn with other checks ([`auth::AuthGuard::check`]). An unknown
+/// user costs the same as a wrong password.
+async fn check_password(shared: &Shared, user: &str, password: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
     // A fixed hash to verify against when the user does not exist, so timing does not tell.
     const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0v1bq0uNgh5tw1WrL0H2lPfM5fdOZpHCbBqmP3HNXDA";
-    let hash = config
+    let hash = shared
+        .config
         .smtp
         .users
         .iter()
@@ -304,15 +328,16 @@ async fn check_password(config: &Config, user: &str, password: &str) -> bool {
     let known = hash.is_some();
     let hash = hash.unwrap_or_else(|| DUMMY.to_string());
     let password = password.to_string();
-    tokio::task::spawn_blocking(move || {
-        let Ok(parsed) = PasswordHash::new(&hash) else {
-            return false;
-        };
-        argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-            && known
-    })
-    .await
-    .unwrap_or(false)
+    shared
+        .auth
+        .check(move || {
+            let Ok(parsed) = PasswordHash::new(&hash) else {
+                return false;
+            };
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+                && known
+        })
+        .await
 }

@@ -10,6 +10,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
@@ -892,6 +893,27 @@ impl Session {
                     );
                 }
             }
+        }
+        out.extend(self.resume());
+        out
+    }
+
+    /// The I/O layer did not check the credentials of the last [`Output::CheckAuth`]: this
+    /// client address failed too often lately (see [`super::auth`]), and may try again in
+    /// `retry_after`. It counts as a failure of this session too.
+    pub fn auth_refused(&mut self, retry_after: Duration) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.phase = Phase::Command;
+        self.auth_failures += 1;
+        let minutes = retry_after.as_secs().div_ceil(60).max(1);
+        let text = format!(
+            "Too many failed authentications from your address; try again in {minutes} minute{}",
+            if minutes == 1 { "" } else { "s" }
+        );
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            self.close(&mut out, Reply::new(421, (4, 7, 0), text));
+        } else {
+            self.error(&mut out, Reply::new(454, (4, 7, 0), text));
         }
         out.extend(self.resume());
         out

@@ -31,6 +31,8 @@ struct Harness {
     session: Session,
     delivered: Vec<(Envelope, Vec<u8>)>,
     closed: bool,
+    /// Set: this client failed too often lately, and AUTH is refused unchecked for this long.
+    locked: Option<Duration>,
 }
 
 impl Harness {
@@ -39,6 +41,7 @@ impl Harness {
             session: Session::new(config(), "192.0.2.7".parse().unwrap(), trusted),
             delivered: Vec::new(),
             closed: false,
+            locked: None,
         }
     }
 
@@ -52,6 +55,9 @@ impl Harness {
                     Output::Send(b) => wire.extend_from_slice(&b),
                     Output::Close => self.closed = true,
                     Output::StartTls => self.session.tls_started(),
+                    Output::CheckAuth { .. } if self.locked.is_some() => {
+                        next.extend(self.session.auth_refused(self.locked.unwrap_or_default()));
+                    }
                     Output::CheckAuth { user, password } => {
                         let ok = user == "alice" && password == "secret";
                         next.extend(self.session.auth_result(ok.then_some(user)));
@@ -421,6 +427,32 @@ fn three_failed_auths_close_the_session() {
         last = h.send(b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n");
     }
     assert!(last.starts_with("421 "), "{last}");
+    assert!(h.closed);
+}
+
+#[test]
+fn a_client_refused_unchecked_is_told_when_to_try_again_and_is_not_authenticated() {
+    let mut h = Harness::new(false);
+    h.locked = Some(Duration::from_secs(241));
+    h.send(b"EHLO c\r\nSTARTTLS\r\n");
+    h.send(b"EHLO c\r\n");
+    // alice's right password, refused unchecked.
+    let r = h.send(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert_eq!(
+        r,
+        "454 4.7.0 Too many failed authentications from your address; try again in 5 minutes\r\n"
+    );
+    let r = h.send(b"MAIL FROM:<alice@example.com>\r\n");
+    assert!(r.starts_with("530 5.7.0"), "{r}");
+    // It counts as one of the session's failed attempts.
+    h.send(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert!(!h.closed);
+    h.locked = Some(Duration::from_secs(1));
+    let r = h.send(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert!(
+        r.starts_with("421 4.7.0") && r.contains("in 1 minute\r\n"),
+        "{r}"
+    );
     assert!(h.closed);
 }
 
