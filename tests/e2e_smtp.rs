@@ -462,8 +462,9 @@ fn dsn_parameters_are_stored_with_the_request() {
     let r = exchange(
         &mut s,
         "EHLO c\r\nMAIL FROM:<a@example.com> RET=HDRS ENVID=QQ314159\r\n\
-         RCPT TO:<Paul@+33477858589@sms> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Paul@+2B33477858589@sms\r\nDATA\r\n",
-        4,
+         RCPT TO:<Paul@+33477858589@sms> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Paul@+2B33477858589@sms\r\n\
+         RCPT TO:<+33612345678@sms> ORCPT=utf-8;Andr\\x{E9}@\\x{2B}33612345678@sms\r\nDATA\r\n",
+        5,
     );
     assert!(
         r.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
@@ -479,6 +480,9 @@ fn dsn_parameters_are_stored_with_the_request() {
     let e = entry(&q, "+33477858589");
     assert_eq!(e["dsn_notify"], "SUCCESS,DELAY");
     assert_eq!(e["dsn_orcpt"], "Paul@+33477858589@sms");
+    // RFC 6533: an ORCPT of type utf-8, decoded and kept with its type.
+    let e2 = entry(&q, "+33612345678");
+    assert_eq!(e2["dsn_orcpt"], "utf-8;André@+33612345678@sms");
     assert_eq!(e["message_id"], "dsn1@example.com");
     let st = g.cli(&["status", e["request"].as_str().unwrap(), "--json"]);
     let st: Value = serde_json::from_slice(&st.stdout).unwrap();

@@ -332,6 +332,31 @@ fn ascii(s: &str) -> String {
         .collect()
 }
 
+/// A recipient field's value: `rfc822;addr`, or for an address with characters beyond ASCII
+/// (given with SMTPUTF8) `utf-8;` and its `utf-8-addr-xtext` (RFC 6533 §3), as a
+/// `message/delivery-status` part must stay ASCII.
+fn recipient_field(addr: &str) -> String {
+    if addr.is_ascii() {
+        format!("rfc822;{}", ascii(addr))
+    } else {
+        format!("utf-8;{}", utf8_addr_xtext(addr))
+    }
+}
+
+/// RFC 6533 §3 `utf-8-addr-xtext`: what is not a QCHAR (printable ASCII but `+`, `=` and
+/// `\`) is written `\x{HEX}`.
+fn utf8_addr_xtext(addr: &str) -> String {
+    let mut out = String::with_capacity(addr.len());
+    for c in addr.chars() {
+        if c.is_ascii_graphic() && !matches!(c, '+' | '=' | '\\') {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{{{:X}}}", u32::from(c)));
+        }
+    }
+    out
+}
+
 /// RFC 5322 date of Unix ms.
 fn rfc5322(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -349,17 +374,19 @@ pub fn delivery_status(reporting_mta: &str, r: &PendingReply, now: i64) -> Strin
     }
     s.push_str(&format!("Arrival-Date: {}\r\n\r\n", rfc5322(r.received_at)));
     if let Some(orcpt) = r.orcpt.as_deref().filter(|o| !o.is_empty()) {
-        // Stored as given: `rfc822;addr` (RFC 3461 §4.2).
-        let orcpt = if orcpt.contains(';') {
-            orcpt.to_string()
-        } else {
-            format!("rfc822;{orcpt}")
+        // Stored as decoded: `addr` or `rfc822;addr` (RFC 3461 §4.2), `utf-8;addr` (RFC 6533).
+        let field = match orcpt.split_once(';') {
+            Some((kind, addr)) if kind.eq_ignore_ascii_case("utf-8") => {
+                format!("utf-8;{}", utf8_addr_xtext(addr))
+            }
+            Some(_) => ascii(orcpt),
+            None => recipient_field(orcpt),
         };
-        s.push_str(&format!("Original-Recipient: {}\r\n", ascii(&orcpt)));
+        s.push_str(&format!("Original-Recipient: {field}\r\n"));
     }
     s.push_str(&format!(
-        "Final-Recipient: rfc822;{}\r\n",
-        ascii(&r.address)
+        "Final-Recipient: {}\r\n",
+        recipient_field(&r.address)
     ));
     s.push_str(&format!("Action: {}\r\n", r.action));
     s.push_str(&format!(

@@ -122,7 +122,8 @@ pub struct EnvelopeRecipient {
     pub recipient: Recipient,
     /// RFC 3461 NOTIFY, e.g. `SUCCESS,FAILURE`; `None` when not given.
     pub notify: Option<String>,
-    /// RFC 3461 ORCPT, as given (`rfc822;user@example.com`).
+    /// RFC 3461 ORCPT, decoded: the address of an `rfc822;…` ORCPT, or `utf-8;` and the
+    /// address of an RFC 6533 `utf-8;…` one.
     pub orcpt: Option<String>,
 }
 
@@ -663,6 +664,15 @@ impl Session {
                 ),
             );
         };
+        let (utf8_orcpt, params_line) = match take_utf8_orcpt(&params_line) {
+            Ok(taken) => taken,
+            Err(e) => {
+                return self.error(
+                    out,
+                    Reply::new(501, (5, 5, 4), format!("Invalid ORCPT parameter: {e}")),
+                );
+            }
+        };
         // smtp-proto refuses the Domino form `Paul@+33477858589@sms` (two unquoted @); it is
         // given a placeholder address so that it still parses the DSN parameters.
         let to = match Request::parse(&mut params_line.iter()) {
@@ -708,7 +718,9 @@ impl Session {
             raw: raw.clone(),
             recipient,
             notify,
-            orcpt: to.orcpt.map(|o| o.into_owned()),
+            orcpt: utf8_orcpt
+                .map(|a| format!("utf-8;{a}"))
+                .or_else(|| to.orcpt.map(|o| o.into_owned())),
         });
         self.reply(
             out,
@@ -1000,6 +1012,97 @@ fn split_rcpt(line: &[u8]) -> Option<(String, Vec<u8>)> {
     let mut placeholder = b"RCPT TO:<x@x>".to_vec();
     placeholder.extend_from_slice(params.as_bytes());
     Some((raw, placeholder))
+}
+
+/// Takes an `ORCPT=utf-8;…` parameter (RFC 6533 §3, which smtp-proto refuses: it reads only
+/// `rfc822`) out of a RCPT line's parameters, decoded. Returns the address, if there was one,
+/// and the line without it for smtp-proto to read the rest.
+fn take_utf8_orcpt(line: &[u8]) -> Result<(Option<String>, Vec<u8>), &'static str> {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return Ok((None, line.to_vec()));
+    };
+    let mut found = None;
+    let mut kept: Vec<&str> = Vec::new();
+    for token in text.split(' ') {
+        let value = token
+            .get(..6)
+            .filter(|k| k.eq_ignore_ascii_case("ORCPT="))
+            .and_then(|_| token.get(6..))
+            .and_then(|v| v.split_once(';'))
+            .filter(|(kind, _)| kind.eq_ignore_ascii_case("utf-8"));
+        match value {
+            Some((_, addr)) => {
+                if found.is_some() {
+                    return Err("given twice");
+                }
+                found = Some(decode_utf8_addr(addr.trim_end_matches(['\r', '\n']))?);
+                if token.ends_with('\n') {
+                    kept.push("\r\n");
+                }
+            }
+            None => kept.push(token),
+        }
+    }
+    if found.is_none() {
+        return Ok((None, line.to_vec()));
+    }
+    let mut rebuilt = String::with_capacity(text.len());
+    for (i, t) in kept.iter().enumerate() {
+        if i > 0 && *t != "\r\n" {
+            rebuilt.push(' ');
+        }
+        rebuilt.push_str(t);
+    }
+    Ok((found, rebuilt.into_bytes()))
+}
+
+/// RFC 6533 §3: `utf-8-addr-xtext` or `utf-8-addr-unitext`, where `\x{HEX}` stands for the
+/// Unicode character HEX; `+HH` (RFC 3461 xtext) is read too for an ASCII character, as some
+/// clients write it. The value is at most 500 characters (RFC 3461 §4.2).
+fn decode_utf8_addr(s: &str) -> Result<String, &'static str> {
+    if s.is_empty() {
+        return Err("empty address");
+    }
+    if s.len() > 500 {
+        return Err("longer than 500 characters");
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let rest = chars.as_str();
+                let hex = rest
+                    .strip_prefix("x{")
+                    .and_then(|r| r.split_once('}'))
+                    .map(|(hex, _)| hex)
+                    .filter(|h| (1..=6).contains(&h.len()))
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .ok_or("a backslash not followed by x{HEX}")?;
+                let ch = u32::from_str_radix(hex, 16)
+                    .ok()
+                    .and_then(char::from_u32)
+                    .ok_or("x{HEX} is not a Unicode character")?;
+                out.push(ch);
+                chars = rest[hex.len() + 3..].chars();
+            }
+            '+' => {
+                let rest = chars.as_str();
+                let ch = rest
+                    .get(..2)
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .filter(u8::is_ascii)
+                    .ok_or("a + not followed by two hexadecimal digits of an ASCII character")?;
+                out.push(char::from(ch));
+                chars = rest[2..].chars();
+            }
+            '=' | ' ' => return Err("a character that must be written x{HEX}"),
+            c if c.is_control() => return Err("a control character"),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
 }
 
 fn notify_string(flags: u64) -> Option<String> {

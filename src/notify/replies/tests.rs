@@ -308,6 +308,55 @@ fn delivery_status_fields() {
 }
 
 #[test]
+fn addresses_beyond_ascii_are_written_as_rfc_6533_utf8_addr_xtext() {
+    // (recipient address, ORCPT as stored, Original-Recipient, Final-Recipient)
+    let cases = [
+        (
+            "André@+33612345678@sms",
+            Some("utf-8;André@+33612345678@sms"),
+            Some("utf-8;Andr\\x{E9}@\\x{2B}33612345678@sms"),
+            "utf-8;Andr\\x{E9}@\\x{2B}33612345678@sms",
+        ),
+        (
+            "Paul@+33612345678@sms",
+            Some("Paul@+33612345678@sms"),
+            Some("rfc822;Paul@+33612345678@sms"),
+            "rfc822;Paul@+33612345678@sms",
+        ),
+        (
+            "Paul@+33612345678@sms",
+            Some("UTF-8;a=b\\c@sms"),
+            Some("utf-8;a\\x{3D}b\\x{5C}c@sms"),
+            "rfc822;Paul@+33612345678@sms",
+        ),
+        (
+            "\u{1F600}@+33612345678@sms",
+            None,
+            None,
+            "utf-8;\\x{1F600}@\\x{2B}33612345678@sms",
+        ),
+    ];
+    for (address, orcpt, original, final_rcpt) in cases {
+        let mut r = pending("delivered", "");
+        r.address = address.into();
+        r.orcpt = orcpt.map(String::from);
+        let s = delivery_status("gw.test", &r, 1_732_184_200_000);
+        match original {
+            Some(o) => assert!(
+                s.contains(&format!("Original-Recipient: {o}\r\n")),
+                "{address}: {s}"
+            ),
+            None => assert!(!s.contains("Original-Recipient"), "{address}: {s}"),
+        }
+        assert!(
+            s.contains(&format!("Final-Recipient: {final_rcpt}\r\n")),
+            "{address}: {s}"
+        );
+        assert!(s.is_ascii());
+    }
+}
+
+#[test]
 fn reply_is_a_threaded_multipart_report() {
     let from: Mailbox = "mail2sms <mailer-daemon@gw.test>".parse().unwrap();
     let r = pending(
