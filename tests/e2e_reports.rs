@@ -452,3 +452,89 @@ fn stored_reports_after_the_reference_wrapped_and_the_rate_limit() {
             .all(|r| r["rcpt_tos"] == json!([alice]))
     );
 }
+
+/// A part the gateway was sending when it was killed becomes `uncertain` at the restart
+/// (invariant 3): a sender who asked to hear of failures gets one reply saying the SMS may
+/// not have been sent and will not be sent again; the other mail is delivered and told so.
+#[test]
+fn a_sender_is_told_when_a_crash_leaves_the_sms_uncertain() {
+    // Slow answers to AT+CMGS, so the gateway can be killed while the part is `sending`.
+    let sim = SimProcess::start(
+        1,
+        &[
+            "--latency-ms",
+            "2",
+            "--cmgs-latency-ms",
+            "4000",
+            "--report",
+            "cds",
+            "--report-delay-ms",
+            "300",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path());
+    let mut g = gateway(&sim, &sink, "", "per_sender_per_hour = 0");
+    let alice = "alice@example.org";
+    let (first, second) = ("<crash1@client.example>", "<crash2@client.example>");
+    send(
+        &g,
+        alice,
+        &["+33640000031@sms"],
+        "SUCCESS,FAILURE",
+        &["--msgid", first],
+    );
+    wait_until("the first part sending", Duration::from_secs(30), || {
+        state_of(&g, "+33640000031") == ["sending"] && sim.records().len() == 1
+    });
+    send(
+        &g,
+        alice,
+        &["+33640000032@sms"],
+        "SUCCESS,FAILURE",
+        &["--msgid", second],
+    );
+    g.kill();
+    sim.control(json!({"cmd": "cmgs_latency", "ms": 30}));
+    g.spawn();
+
+    wait_until("both replies", Duration::from_secs(60), || {
+        sink.replies().len() >= 2
+    });
+    // Time for a wrong second reply to arrive.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(state_of(&g, "+33640000031"), ["uncertain"]);
+    assert_eq!(state_of(&g, "+33640000032"), ["delivered"]);
+    let uncertain = sink.about("+33640000031@sms");
+    assert_eq!(uncertain.len(), 1, "{uncertain:#?}");
+    let r = &uncertain[0];
+    assert_reply(r, alice, first, "+33640000031@sms", "failed", "5.0.0");
+    assert_eq!(
+        r["subject"], "SMS to +33640000031 may not have been sent: status please",
+        "{r}"
+    );
+    let human = r["human"].as_str().unwrap_or_default();
+    assert!(
+        human.contains("may not have arrived whole") && human.contains("send your mail again"),
+        "{human}"
+    );
+    let diagnostic = r["recipients"][0]["diagnostic_code"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        diagnostic.contains("may or may not have been sent"),
+        "{diagnostic}"
+    );
+    let delivered = sink.about("+33640000032@sms");
+    assert_eq!(delivered.len(), 1, "{delivered:#?}");
+    assert_reply(
+        &delivered[0],
+        alice,
+        second,
+        "+33640000032@sms",
+        "delivered",
+        "2.0.0",
+    );
+    // The simulated network got each SMS once.
+    assert_eq!(sim.records().len(), 2);
+}

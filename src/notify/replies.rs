@@ -188,7 +188,7 @@ pub fn decide(f: &Facts<'_>, cfg: &RepliesConfig) -> Result<(), String> {
     }
     match (f.action, f.state) {
         ("relayed", _) if !cfg.relayed => Err("replies on handing to the network are off".into()),
-        ("relayed" | "delayed", "delivered" | "failed") => Err(format!(
+        ("relayed" | "delayed", "delivered" | "failed" | "uncertain") => Err(format!(
             "the message was {} before this reply went out",
             f.state
         )),
@@ -250,6 +250,9 @@ pub struct TemplateContext {
     pub request_id: String,
     pub received_at: String,
     pub event_at: String,
+    /// A `failed` reply about a message of which a part may or may not have left (the
+    /// recipient is `uncertain`): it is not sent again, and the sender may send the mail again.
+    pub uncertain: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -299,7 +302,13 @@ pub fn render(
 
 /// Renders every action with sample values, so that a broken template is found at start.
 pub fn check_templates(templates: &Path, language: &str) -> Result<(), TemplateError> {
-    for action in ["relayed", "delivered", "failed", "delayed"] {
+    for (action, uncertain) in [
+        ("relayed", false),
+        ("delivered", false),
+        ("failed", false),
+        ("failed", true),
+        ("delayed", false),
+    ] {
         let ctx = TemplateContext {
             action: action.into(),
             status: status_code(action, "").into(),
@@ -313,6 +322,7 @@ pub fn check_templates(templates: &Path, language: &str) -> Result<(), TemplateE
             request_id: "0".into(),
             received_at: format_ms(0),
             event_at: format_ms(0),
+            uncertain,
         };
         render(templates, language, &ctx)?;
     }
@@ -592,6 +602,7 @@ async fn attempt(store: &Store, notifier: &Notifier, cfg: &RepliesConfig, r: Pen
         request_id: r.request_id.clone(),
         received_at: format_ms(r.received_at),
         event_at: format_ms(r.created_at),
+        uncertain: r.action == "failed" && r.state == "uncertain",
     };
     let result = match render(&cfg.templates, &cfg.language, &ctx) {
         // A template being edited may be broken for a moment: try again later.

@@ -588,11 +588,13 @@ fn change_statements(kind: Kind) -> (String, String) {
                      WHERE p.id = ?1{queued}),
                 (SELECT recipient_id FROM parts WHERE id = ?1), ?1, '{state}', {reason}{only}"
     );
-    // Only these can leave a recipient sent or failed (delivered comes from a report): the
-    // reply they may owe is written by the same query.
+    // Only these can leave a recipient sent, failed or uncertain (delivered comes from a
+    // report): the reply they may owe is written by the same query.
     let reply = match kind {
-        Kind::Sent | Kind::Fail => format!(";\n{}", super::replies::RECORD_SQL),
-        Kind::Sending | Kind::Retry | Kind::Uncertain | Kind::Release => String::new(),
+        Kind::Sent | Kind::Fail | Kind::Uncertain => {
+            format!(";\n{}", super::replies::RECORD_SQL)
+        }
+        Kind::Sending | Kind::Retry | Kind::Release => String::new(),
     };
     (event, format!("{update};\n{}{reply}", &*SUMMARY_SQL))
 }

@@ -1,12 +1,14 @@
 //! The `status_replies` table: the status replies (RFC 3464 DSNs) owed to senders.
 //!
 //! A row is written inside the writer's transaction that makes a recipient `sent` (Action
-//! `relayed`: handed to the network), `delivered` (every part's status report said so) or
-//! `failed`, so the reply is as durable as the change that causes it and is never sent for a
-//! change that was rolled back. `UNIQUE (recipient_id, action)` makes it one reply per message
-//! event: a message of three parts becomes `delivered` once, after its last part's report,
-//! however many reports (late, duplicated, reordered) arrive. Mail from the null sender gets
-//! no row at all (RFC 3461 §5.2.1, RFC 3834 §2).
+//! `relayed`: handed to the network), `delivered` (every part's status report said so),
+//! `failed`, or `uncertain` (Action `failed`: a part may or may not have left, and is not sent
+//! again; the sender is told so, and may send the mail again), so the reply is as durable as
+//! the change that causes it and is never sent for a change that was rolled back.
+//! `UNIQUE (recipient_id, action)` makes it one reply per message event: a message of three
+//! parts becomes `delivered` once, after its last part's report, however many reports (late,
+//! duplicated, reordered) arrive. Mail from the null sender gets no row at all (RFC 3461
+//! §5.2.1, RFC 3834 §2).
 //!
 //! Whether a row is sent (the sender asked, it is not automatic mail, the rate limit) is
 //! decided by `notify::replies` from the request's stored facts, and recorded here.
@@ -49,7 +51,7 @@ pub(super) const RECORD_SQL: &str = "INSERT OR IGNORE INTO status_replies (creat
                 ELSE 'failed' END AS action
          FROM recipients WHERE id = (SELECT recipient_id FROM parts WHERE id = ?1)) a
      WHERE r.id = (SELECT recipient_id FROM parts WHERE id = ?1)
-       AND r.state IN ('sent', 'delivered', 'failed') AND q.mail_from != ''
+       AND r.state IN ('sent', 'delivered', 'failed', 'uncertain') AND q.mail_from != ''
        AND instr(r.replies, ',' || a.action || ',') > 0";
 
 /// [`RECORD_SQL`] for every recipient whose id is `which` (`IN (…)`), at `now`: the replies
@@ -67,7 +69,8 @@ pub(super) fn record_many_sql(which: &str, now: &str) -> String {
          FROM recipients r JOIN requests q ON q.id = r.request_id
             JOIN (SELECT 'sent' AS state, 'relayed' AS action
                   UNION ALL SELECT 'delivered', 'delivered'
-                  UNION ALL SELECT 'failed', 'failed') a ON a.state = r.state
+                  UNION ALL SELECT 'failed', 'failed'
+                  UNION ALL SELECT 'uncertain', 'failed') a ON a.state = r.state
          WHERE r.id {which} AND q.mail_from != ''
            AND instr(r.replies, ',' || a.action || ',') > 0"
     )

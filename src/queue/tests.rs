@@ -629,6 +629,35 @@ async fn parts_found_sending_after_a_crash_become_uncertain() {
     assert_eq!(work[0].pending.len(), 1);
     assert_eq!(work[0].pending[0].seq, 2);
     assert_eq!(dispatch::recover(&store).await.unwrap(), 0);
+    // The sender is owed a failure reply saying why, once, even when the rest is sent.
+    let replies = owed(&store).await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(
+        (replies[0].0.as_str(), replies[0].1.as_str()),
+        ("+33612345678", "failed")
+    );
+    assert!(
+        replies[0].2.contains("may or may not have been sent"),
+        "{replies:?}"
+    );
+    store
+        .change(Change::Sending {
+            part: work[0].pending[0].id,
+            channel: "modem3".into(),
+        })
+        .await
+        .unwrap();
+    store
+        .change(Change::Sent {
+            part: work[0].pending[0].id,
+            message_ref: Some(9),
+            sim: Some("208150000000001".into()),
+            sent_at: now_ms(),
+            reason: "sent via modem3".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(owed(&store).await, replies);
 }
 
 async fn open_with(policy: QueuePolicy) -> (tempfile::TempDir, Store) {

@@ -198,6 +198,23 @@ fn decisions() {
             "sent",
             Err("not an event"),
         ),
+        // A message that may or may not have left is over: told as a failure, never as late.
+        (
+            "a@b.example",
+            Some("FAILURE"),
+            PLAIN,
+            "failed",
+            "uncertain",
+            Ok(()),
+        ),
+        (
+            "a@b.example",
+            Some("DELAY"),
+            PLAIN,
+            "delayed",
+            "uncertain",
+            Err("was uncertain"),
+        ),
     ];
     for (sender, notify, headers, action, state, want) in cases {
         let f = Facts {
@@ -376,6 +393,7 @@ fn reply_is_a_threaded_multipart_report() {
         request_id: r.request_id.clone(),
         received_at: format_ms(r.received_at),
         event_at: format_ms(r.created_at),
+        uncertain: false,
     };
     let (subject, human) = render(&cfg().templates, "en", &ctx).unwrap();
     assert_eq!(subject, "SMS delivered to +33612345678: Dîner");
@@ -402,6 +420,48 @@ fn reply_is_a_threaded_multipart_report() {
         fr.contains("a été remis au téléphone (ses 3 parties)"),
         "{fr}"
     );
+}
+
+#[test]
+fn a_message_that_may_not_have_left_is_told_so_in_both_languages() {
+    let r = pending(
+        "failed",
+        "the gateway stopped while modem0 had this part and no answer was recorded; it may or may not have been sent, so it is not sent again",
+    );
+    let ctx = TemplateContext {
+        action: r.action.clone(),
+        status: status_code(&r.action, &r.diagnostic).into(),
+        number: r.number.clone(),
+        name: r.name.clone(),
+        address: r.address.clone(),
+        sms_text: r.text.clone(),
+        parts: 3,
+        subject: None,
+        diagnostic: r.diagnostic.clone(),
+        request_id: r.request_id.clone(),
+        received_at: format_ms(r.received_at),
+        event_at: format_ms(r.created_at),
+        uncertain: true,
+    };
+    let (subject, human) = render(&cfg().templates, "en", &ctx).unwrap();
+    assert_eq!(subject, "SMS to +33612345678 may not have been sent");
+    assert!(
+        human.contains("(+33612345678) may not have arrived whole")
+            && human.contains("send your mail again")
+            && !human.contains("could not be delivered"),
+        "{human}"
+    );
+    let (subject, fr) = render(&cfg().templates, "fr", &ctx).unwrap();
+    assert_eq!(subject, "SMS au +33612345678 peut-être pas envoyé");
+    assert!(fr.contains("n'est peut-être pas arrivé"), "{fr}");
+    // Not for a failure that is sure.
+    let sure = TemplateContext {
+        uncertain: false,
+        ..ctx
+    };
+    let (subject, human) = render(&cfg().templates, "en", &sure).unwrap();
+    assert_eq!(subject, "SMS to +33612345678 failed");
+    assert!(human.contains("could not be delivered"), "{human}");
 }
 
 #[test]
