@@ -95,21 +95,28 @@ fn assert_reply(r: &Value, to: &str, msgid: &str, address: &str, action: &str, s
     assert!(human.contains("automatic reply"), "{human}");
 }
 
-#[test]
-fn replies_for_delivered_failed_delayed_and_a_three_part_sms_and_never_to_automatic_mail() {
-    let sim = SimProcess::start(
+/// One simulated modem whose network reports each SMS (`+CDS`) 300 ms after it, answering
+/// `AT+CMGS` after `cmgs_latency_ms`.
+fn reporting_sim(cmgs_latency_ms: u64) -> SimProcess {
+    let latency = cmgs_latency_ms.to_string();
+    SimProcess::start(
         1,
         &[
             "--latency-ms",
             "2",
             "--cmgs-latency-ms",
-            "30",
+            &latency,
             "--report",
             "cds",
             "--report-delay-ms",
             "300",
         ],
-    );
+    )
+}
+
+#[test]
+fn replies_for_delivered_failed_delayed_and_a_three_part_sms_and_never_to_automatic_mail() {
+    let sim = reporting_sim(30);
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path());
     let g = gateway(&sim, &sink, "", "delay_secs = 3\nper_sender_per_hour = 0");
@@ -459,19 +466,7 @@ fn stored_reports_after_the_reference_wrapped_and_the_rate_limit() {
 #[test]
 fn a_sender_is_told_when_a_crash_leaves_the_sms_uncertain() {
     // Slow answers to AT+CMGS, so the gateway can be killed while the part is `sending`.
-    let sim = SimProcess::start(
-        1,
-        &[
-            "--latency-ms",
-            "2",
-            "--cmgs-latency-ms",
-            "4000",
-            "--report",
-            "cds",
-            "--report-delay-ms",
-            "300",
-        ],
-    );
+    let sim = reporting_sim(4000);
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start(dir.path());
     let mut g = gateway(&sim, &sink, "", "per_sender_per_hour = 0");

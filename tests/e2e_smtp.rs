@@ -42,6 +42,21 @@ fn swaks(g: &Gateway, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// swaks as alice: STARTTLS, then AUTH `mechanism` with `password`, then `rest`.
+fn swaks_as_alice(g: &Gateway, mechanism: &str, password: &str, rest: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "--tls",
+        "--auth",
+        mechanism,
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        password,
+    ];
+    args.extend_from_slice(rest);
+    swaks(g, &args)
+}
+
 fn entry<'a>(q: &'a [Value], number: &str) -> &'a Value {
     q.iter()
         .find(|e| e["number"] == number)
@@ -315,37 +330,14 @@ fn starttls_then_auth_is_required_from_untrusted_clients() {
     );
     assert!(!ok, "{out}");
     // Wrong password over TLS.
-    let (ok, out) = swaks(
-        &g,
-        &[
-            "--to",
-            "Anne@+33612345678@sms",
-            "--tls",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            "alice",
-            "--auth-password",
-            "wrong",
-        ],
-    );
+    let (ok, out) = swaks_as_alice(&g, "PLAIN", "wrong", &["--to", "Anne@+33612345678@sms"]);
     assert!(!ok && out.contains("535 5.7.8"), "{out}");
     // swaks: STARTTLS then AUTH LOGIN.
-    let (ok, out) = swaks(
+    let (ok, out) = swaks_as_alice(
         &g,
-        &[
-            "--to",
-            "Paul@+33477858589@sms",
-            "--tls",
-            "--auth",
-            "LOGIN",
-            "--auth-user",
-            "alice",
-            "--auth-password",
-            "s3cret pass",
-            "--body",
-            "over TLS",
-        ],
+        "LOGIN",
+        "s3cret pass",
+        &["--to", "Paul@+33477858589@sms", "--body", "over TLS"],
     );
     assert!(ok, "{out}");
     // smtplib: STARTTLS then AUTH PLAIN.
@@ -394,18 +386,13 @@ fn a_client_that_keeps_failing_auth_is_locked_out_for_a_while() {
     );
     let g = Gateway::start(&smtp, "");
     let attempt = |password: &str| {
-        swaks(
+        swaks_as_alice(
             &g,
+            "PLAIN",
+            password,
             &[
                 "--to",
                 "Paul@+33477858589@sms",
-                "--tls",
-                "--auth",
-                "PLAIN",
-                "--auth-user",
-                "alice",
-                "--auth-password",
-                password,
                 "--body",
                 "after the lockout",
             ],

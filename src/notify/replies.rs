@@ -255,6 +255,27 @@ pub struct TemplateContext {
     pub uncertain: bool,
 }
 
+impl TemplateContext {
+    /// The values of the reply `r`.
+    pub fn of(r: &PendingReply) -> TemplateContext {
+        TemplateContext {
+            action: r.action.clone(),
+            status: status_code(&r.action, &r.diagnostic).into(),
+            number: r.number.clone(),
+            name: r.name.clone(),
+            address: r.address.clone(),
+            sms_text: r.text.clone(),
+            parts: r.part_count,
+            subject: r.subject.clone(),
+            diagnostic: r.diagnostic.clone(),
+            request_id: r.request_id.clone(),
+            received_at: format_ms(r.received_at),
+            event_at: format_ms(r.created_at),
+            uncertain: r.action == "failed" && r.state == "uncertain",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("cannot read the template {path}: {source}")]
@@ -589,21 +610,7 @@ async fn attempt(store: &Store, notifier: &Notifier, cfg: &RepliesConfig, r: Pen
         return;
     }
     let now = now_ms();
-    let ctx = TemplateContext {
-        action: r.action.clone(),
-        status: status_code(&r.action, &r.diagnostic).into(),
-        number: r.number.clone(),
-        name: r.name.clone(),
-        address: r.address.clone(),
-        sms_text: r.text.clone(),
-        parts: r.part_count,
-        subject: r.subject.clone(),
-        diagnostic: r.diagnostic.clone(),
-        request_id: r.request_id.clone(),
-        received_at: format_ms(r.received_at),
-        event_at: format_ms(r.created_at),
-        uncertain: r.action == "failed" && r.state == "uncertain",
-    };
+    let ctx = TemplateContext::of(&r);
     let result = match render(&cfg.templates, &cfg.language, &ctx) {
         // A template being edited may be broken for a moment: try again later.
         Err(e) => Err(NotifyError::Relay {

@@ -380,21 +380,8 @@ fn reply_is_a_threaded_multipart_report() {
         "delivered",
         "status report via modem0 (TP-MR 3, TP-ST 0x00): delivered",
     );
-    let ctx = TemplateContext {
-        action: r.action.clone(),
-        status: "2.0.0".into(),
-        number: r.number.clone(),
-        name: r.name.clone(),
-        address: r.address.clone(),
-        sms_text: r.text.clone(),
-        parts: 3,
-        subject: r.subject.clone(),
-        diagnostic: r.diagnostic.clone(),
-        request_id: r.request_id.clone(),
-        received_at: format_ms(r.received_at),
-        event_at: format_ms(r.created_at),
-        uncertain: false,
-    };
+    let ctx = TemplateContext::of(&r);
+    assert_eq!(ctx.status, "2.0.0");
     let (subject, human) = render(&cfg().templates, "en", &ctx).unwrap();
     assert_eq!(subject, "SMS delivered to +33612345678: Dîner");
     assert!(
@@ -424,25 +411,14 @@ fn reply_is_a_threaded_multipart_report() {
 
 #[test]
 fn a_message_that_may_not_have_left_is_told_so_in_both_languages() {
-    let r = pending(
+    let mut r = pending(
         "failed",
         "the gateway stopped while modem0 had this part and no answer was recorded; it may or may not have been sent, so it is not sent again",
     );
-    let ctx = TemplateContext {
-        action: r.action.clone(),
-        status: status_code(&r.action, &r.diagnostic).into(),
-        number: r.number.clone(),
-        name: r.name.clone(),
-        address: r.address.clone(),
-        sms_text: r.text.clone(),
-        parts: 3,
-        subject: None,
-        diagnostic: r.diagnostic.clone(),
-        request_id: r.request_id.clone(),
-        received_at: format_ms(r.received_at),
-        event_at: format_ms(r.created_at),
-        uncertain: true,
-    };
+    r.state = "uncertain".into();
+    r.subject = None;
+    let ctx = TemplateContext::of(&r);
+    assert!(ctx.uncertain);
     let (subject, human) = render(&cfg().templates, "en", &ctx).unwrap();
     assert_eq!(subject, "SMS to +33612345678 may not have been sent");
     assert!(
@@ -455,10 +431,9 @@ fn a_message_that_may_not_have_left_is_told_so_in_both_languages() {
     assert_eq!(subject, "SMS au +33612345678 peut-être pas envoyé");
     assert!(fr.contains("n'est peut-être pas arrivé"), "{fr}");
     // Not for a failure that is sure.
-    let sure = TemplateContext {
-        uncertain: false,
-        ..ctx
-    };
+    r.state = "failed".into();
+    let sure = TemplateContext::of(&r);
+    assert!(!sure.uncertain);
     let (subject, human) = render(&cfg().templates, "en", &sure).unwrap();
     assert_eq!(subject, "SMS to +33612345678 failed");
     assert!(human.contains("could not be delivered"), "{human}");
