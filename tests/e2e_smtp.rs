@@ -385,6 +385,14 @@ fn a_client_that_keeps_failing_auth_is_locked_out_for_a_while() {
         key.display()
     );
     let g = Gateway::start(&smtp, "");
+    let checked = g.cli(&["check-config", g.config.to_str().unwrap()]);
+    let checked = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.contains(
+            "SMTP AUTH: a client address is refused unchecked after 3 failures within 6 s"
+        ),
+        "{checked}"
+    );
     let attempt = |password: &str| {
         swaks_as_alice(
             &g,

@@ -32,6 +32,14 @@ pub fn describe_config(c: &Config) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if !c.smtp.users.is_empty() {
+        let _ = writeln!(
+            s,
+            "SMTP AUTH: a client address is refused unchecked after {} failures within {} s",
+            c.smtp.auth_failures_per_client,
+            c.smtp.auth_lockout.as_secs()
+        );
+    }
     let _ = writeln!(s, "queue store: {}", c.store.path.display());
     let _ = writeln!(
         s,
