@@ -458,8 +458,9 @@ fn dsn_parameters_are_stored_with_the_request() {
         &mut s,
         "EHLO c\r\nMAIL FROM:<a@example.com> RET=HDRS ENVID=QQ314159\r\n\
          RCPT TO:<Paul@+33477858589@sms> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;Paul@+2B33477858589@sms\r\n\
-         RCPT TO:<+33612345678@sms> ORCPT=utf-8;Andr\\x{E9}@\\x{2B}33612345678@sms\r\nDATA\r\n",
-        5,
+         RCPT TO:<+33612345678@sms> ORCPT=utf-8;Andr\\x{E9}@\\x{2B}33612345678@sms\r\n\
+         RCPT TO:<+33612345679@sms> ORCPT=x400;/C+3DFR/S+3DMia/\r\nDATA\r\n",
+        6,
     );
     assert!(
         r.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
@@ -478,6 +479,9 @@ fn dsn_parameters_are_stored_with_the_request() {
     // RFC 6533: an ORCPT of type utf-8, decoded and kept with its type.
     let e2 = entry(&q, "+33612345678");
     assert_eq!(e2["dsn_orcpt"], "utf-8;André@+33612345678@sms");
+    // Any other type (RFC 3461 §4.2), xtext decoded, kept with its type.
+    let e3 = entry(&q, "+33612345679");
+    assert_eq!(e3["dsn_orcpt"], "x400;/C=FR/S=Mia/");
     assert_eq!(e["message_id"], "dsn1@example.com");
     let st = g.cli(&["status", e["request"].as_str().unwrap(), "--json"]);
     let st: Value = serde_json::from_slice(&st.stdout).unwrap();

@@ -405,7 +405,8 @@ pub fn delivery_status(reporting_mta: &str, r: &PendingReply, now: i64) -> Strin
     }
     s.push_str(&format!("Arrival-Date: {}\r\n\r\n", rfc5322(r.received_at)));
     if let Some(orcpt) = r.orcpt.as_deref().filter(|o| !o.is_empty()) {
-        // Stored as decoded: `addr` or `rfc822;addr` (RFC 3461 §4.2), `utf-8;addr` (RFC 6533).
+        // Stored as decoded: `addr` or `rfc822;addr` (RFC 3461 §4.2), `utf-8;addr` (RFC 6533),
+        // `type;addr` for another type (`x400`, `unknown`).
         let field = match orcpt.split_once(';') {
             Some((kind, addr)) if kind.eq_ignore_ascii_case("utf-8") => {
                 format!("utf-8;{}", utf8_addr_xtext(addr))

@@ -122,8 +122,8 @@ pub struct EnvelopeRecipient {
     pub recipient: Recipient,
     /// RFC 3461 NOTIFY, e.g. `SUCCESS,FAILURE`; `None` when not given.
     pub notify: Option<String>,
-    /// RFC 3461 ORCPT, decoded: the address of an `rfc822;…` ORCPT, or `utf-8;` and the
-    /// address of an RFC 6533 `utf-8;…` one.
+    /// RFC 3461 ORCPT, decoded: the address of an `rfc822;…` ORCPT, or the type, `;` and the
+    /// address of any other (`utf-8;…`, RFC 6533; `x400;…`; …).
     pub orcpt: Option<String>,
 }
 
@@ -664,7 +664,7 @@ impl Session {
                 ),
             );
         };
-        let (utf8_orcpt, params_line) = match take_utf8_orcpt(&params_line) {
+        let (orcpt, params_line) = match take_orcpt(&params_line) {
             Ok(taken) => taken,
             Err(e) => {
                 return self.error(
@@ -718,9 +718,7 @@ impl Session {
             raw: raw.clone(),
             recipient,
             notify,
-            orcpt: utf8_orcpt
-                .map(|a| format!("utf-8;{a}"))
-                .or_else(|| to.orcpt.map(|o| o.into_owned())),
+            orcpt: orcpt.or_else(|| to.orcpt.map(|o| o.into_owned())),
         });
         self.reply(
             out,
@@ -1014,33 +1012,49 @@ fn split_rcpt(line: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((raw, placeholder))
 }
 
-/// Takes an `ORCPT=utf-8;…` parameter (RFC 6533 §3, which smtp-proto refuses: it reads only
-/// `rfc822`) out of a RCPT line's parameters, decoded. Returns the address, if there was one,
-/// and the line without it for smtp-proto to read the rest.
-fn take_utf8_orcpt(line: &[u8]) -> Result<(Option<String>, Vec<u8>), &'static str> {
+/// Takes an ORCPT parameter of any type but `rfc822` (RFC 3461 §4.2) out of a RCPT line's
+/// parameters: smtp-proto reads only `rfc822` and refuses the rest (`utf-8`, RFC 6533 §3;
+/// `x400`, `unknown`, …), and a refused RCPT would bounce the mail at the relaying MTA for a
+/// parameter that only feeds the status reply. Returns the type and its decoded address as
+/// `type;address` (`utf-8` in lower case, others as given), if there was one, and the line
+/// without it for smtp-proto to read the rest, `rfc822` included.
+fn take_orcpt(line: &[u8]) -> Result<(Option<String>, Vec<u8>), &'static str> {
     let Ok(text) = std::str::from_utf8(line) else {
         return Ok((None, line.to_vec()));
     };
     let mut found = None;
+    let mut given = 0;
     let mut kept: Vec<&str> = Vec::new();
     for token in text.split(' ') {
-        let value = token
+        let Some(value) = token
             .get(..6)
             .filter(|k| k.eq_ignore_ascii_case("ORCPT="))
             .and_then(|_| token.get(6..))
-            .and_then(|v| v.split_once(';'))
-            .filter(|(kind, _)| kind.eq_ignore_ascii_case("utf-8"));
-        match value {
-            Some((_, addr)) => {
-                if found.is_some() {
-                    return Err("given twice");
-                }
-                found = Some(decode_utf8_addr(addr.trim_end_matches(['\r', '\n']))?);
-                if token.ends_with('\n') {
-                    kept.push("\r\n");
-                }
-            }
-            None => kept.push(token),
+        else {
+            kept.push(token);
+            continue;
+        };
+        given += 1;
+        if given > 1 {
+            return Err("given twice");
+        }
+        let value = value.trim_end_matches(['\r', '\n']);
+        let (kind, addr) = value
+            .split_once(';')
+            .ok_or("no `;` after the address type")?;
+        if kind.eq_ignore_ascii_case("rfc822") {
+            kept.push(token);
+            continue;
+        }
+        found = Some(if kind.eq_ignore_ascii_case("utf-8") {
+            format!("utf-8;{}", decode_utf8_addr(addr)?)
+        } else if !kind.is_empty() && kind.bytes().all(is_atext) {
+            format!("{kind};{}", decode_xtext(addr)?)
+        } else {
+            return Err("the address type is not an atom");
+        });
+        if token.ends_with('\n') {
+            kept.push("\r\n");
         }
     }
     if found.is_none() {
@@ -1054,6 +1068,49 @@ fn take_utf8_orcpt(line: &[u8]) -> Result<(Option<String>, Vec<u8>), &'static st
         rebuilt.push_str(t);
     }
     Ok((found, rebuilt.into_bytes()))
+}
+
+/// RFC 5322 §3.2.3 `atext`: what an `addr-type` atom (RFC 3461 §4.2) is made of.
+fn is_atext(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
+}
+
+/// RFC 3461 §4 `xtext`: printable ASCII but `+` and `=`, and `+HH` for any octet. The
+/// address is at most 500 characters (§4.2); a control character, or an octet that is not
+/// UTF-8, is refused (the address is written back into a status reply's header).
+fn decode_xtext(s: &str) -> Result<String, &'static str> {
+    if s.is_empty() {
+        return Err("empty address");
+    }
+    if s.len() > 500 {
+        return Err("longer than 500 characters");
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => {
+                let hex = [bytes.next(), bytes.next()];
+                let octet = match hex {
+                    [Some(h), Some(l)] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                        std::str::from_utf8(&[h, l])
+                            .ok()
+                            .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    }
+                    _ => None,
+                }
+                .ok_or("a + not followed by two hexadecimal digits")?;
+                out.push(octet);
+            }
+            b'!'..=b'~' if b != b'=' => out.push(b),
+            _ => return Err("a character that must be written +HH"),
+        }
+    }
+    let text = String::from_utf8(out).map_err(|_| "octets that are not UTF-8")?;
+    if text.chars().any(char::is_control) {
+        return Err("a control character");
+    }
+    Ok(text)
 }
 
 /// RFC 6533 §3: `utf-8-addr-xtext` or `utf-8-addr-unitext`, where `\x{HEX}` stands for the

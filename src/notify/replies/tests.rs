@@ -346,6 +346,19 @@ fn addresses_beyond_ascii_are_written_as_rfc_6533_utf8_addr_xtext() {
             Some("utf-8;a\\x{3D}b\\x{5C}c@sms"),
             "rfc822;Paul@+33612345678@sms",
         ),
+        // Another type is written as it came, decoded (RFC 3464 §2.3.1), in ASCII.
+        (
+            "Paul@+33612345678@sms",
+            Some("x400;/C=FR/ADMD= /S=Paul/"),
+            Some("x400;/C=FR/ADMD= /S=Paul/"),
+            "rfc822;Paul@+33612345678@sms",
+        ),
+        (
+            "Paul@+33612345678@sms",
+            Some("X-Local;a\u{e9}"),
+            Some("X-Local;a?"),
+            "rfc822;Paul@+33612345678@sms",
+        ),
         (
             "\u{1F600}@+33612345678@sms",
             None,

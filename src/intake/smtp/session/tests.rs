@@ -457,23 +457,23 @@ fn a_client_refused_unchecked_is_told_when_to_try_again_and_is_not_authenticated
 }
 
 #[test]
-fn a_utf8_orcpt_is_taken_from_the_parameters_and_decoded() {
+fn an_orcpt_smtp_proto_cannot_read_is_taken_from_the_parameters_and_decoded() {
     // (parameters after the address, the ORCPT taken, the parameters left for smtp-proto)
     let ok: &[(&str, Option<&str>, &str)] = &[
         (
             " NOTIFY=SUCCESS ORCPT=utf-8;Andr\\x{E9}@\\x{2B}33612345678@sms\r\n",
-            Some("André@+33612345678@sms"),
+            Some("utf-8;André@+33612345678@sms"),
             " NOTIFY=SUCCESS\r\n",
         ),
         (
             " orcpt=UTF-8;Andr\u{e9}@sms NOTIFY=NEVER\r\n",
-            Some("André@sms"),
+            Some("utf-8;André@sms"),
             " NOTIFY=NEVER\r\n",
         ),
-        (" ORCPT=utf-8;a+2Bb@sms\r\n", Some("a+b@sms"), "\r\n"),
+        (" ORCPT=utf-8;a+2Bb@sms\r\n", Some("utf-8;a+b@sms"), "\r\n"),
         (
             " ORCPT=utf-8;\\x{1F600}@sms\r\n",
-            Some("\u{1F600}@sms"),
+            Some("utf-8;\u{1F600}@sms"),
             "\r\n",
         ),
         (
@@ -482,10 +482,26 @@ fn a_utf8_orcpt_is_taken_from_the_parameters_and_decoded() {
             " ORCPT=rfc822;a+2Bb@sms\r\n",
         ),
         ("\r\n", None, "\r\n"),
+        // Other types (RFC 3461 §4.2: an atom, then xtext) are kept with their type.
+        (
+            " ORCPT=x400;/C+3DFR/ADMD+3D+20/PRMD+3Dacme/S+3DPaul/ NOTIFY=FAILURE\r\n",
+            Some("x400;/C=FR/ADMD= /PRMD=acme/S=Paul/"),
+            " NOTIFY=FAILURE\r\n",
+        ),
+        (
+            " ORCPT=unknown;Paul+2B33477858589\r\n",
+            Some("unknown;Paul+33477858589"),
+            "\r\n",
+        ),
+        (
+            " ORCPT=X-Local;a+C3+A9\r\n",
+            Some("X-Local;a\u{e9}"),
+            "\r\n",
+        ),
     ];
     for (params, orcpt, left) in ok {
         let line = format!("RCPT TO:<x@x>{params}");
-        let (got, rest) = take_utf8_orcpt(line.as_bytes()).expect(params);
+        let (got, rest) = take_orcpt(line.as_bytes()).expect(params);
         assert_eq!(got.as_deref(), *orcpt, "{params:?}");
         assert_eq!(
             String::from_utf8(rest).unwrap(),
@@ -505,30 +521,50 @@ fn a_utf8_orcpt_is_taken_from_the_parameters_and_decoded() {
         " ORCPT=utf-8;a=b@sms\r\n",
         " ORCPT=utf-8;a\tb@sms\r\n",
         " ORCPT=utf-8;a@sms ORCPT=utf-8;b@sms\r\n",
+        " ORCPT=rfc822;a@sms ORCPT=x400;b\r\n",
+        " ORCPT=x400\r\n",
+        " ORCPT=;a@sms\r\n",
+        " ORCPT=x(400);a\r\n",
+        " ORCPT=x400;\r\n",
+        " ORCPT=x400;a=b\r\n",
+        " ORCPT=x400;a+0Db\r\n",
+        " ORCPT=x400;a+0\r\n",
+        " ORCPT=x400;a+FFb\r\n",
     ];
     for params in refused {
         let line = format!("RCPT TO:<x@x>{params}");
-        assert!(take_utf8_orcpt(line.as_bytes()).is_err(), "{params:?}");
+        assert!(take_orcpt(line.as_bytes()).is_err(), "{params:?}");
     }
     let long = format!("RCPT TO:<x@x> ORCPT=utf-8;{}@sms\r\n", "a".repeat(500));
-    assert!(take_utf8_orcpt(long.as_bytes()).is_err());
+    assert!(take_orcpt(long.as_bytes()).is_err());
+    let long = format!("RCPT TO:<x@x> ORCPT=x400;{}\r\n", "a".repeat(501));
+    assert!(take_orcpt(long.as_bytes()).is_err());
 }
 
 #[test]
-fn a_utf8_orcpt_is_stored_with_its_type_and_a_bad_one_refused() {
+fn an_orcpt_beyond_rfc822_is_stored_with_its_type_and_a_bad_one_refused() {
     let mut h = Harness::new(true);
     h.send(b"EHLO c\r\nMAIL FROM:<a@example.com> SMTPUTF8\r\n");
     let r = h.send("RCPT TO:<Paul@+33477858589@sms> NOTIFY=FAILURE ORCPT=utf-8;P\\x{E2}ul@\\x{2B}33477858589@sms\r\n".as_bytes());
     assert!(r.starts_with("250 2.1.5"), "{r}");
     let r = h.send(b"RCPT TO:<+33612345678@sms> ORCPT=utf-8;a\\x{D800}@sms\r\n");
     assert!(r.starts_with("501 5.5.4 Invalid ORCPT parameter"), "{r}");
+    let r = h.send(b"RCPT TO:<+33612345678@sms> ORCPT=x400;/S+3DMia/C+3DFR/ NOTIFY=NEVER\r\n");
+    assert!(r.starts_with("250 2.1.5"), "{r}");
+    let r = h.send(b"RCPT TO:<+33612345679@sms> ORCPT=x400;a=b\r\n");
+    assert!(r.starts_with("501 5.5.4 Invalid ORCPT parameter"), "{r}");
     h.send(b"DATA\r\nSubject: s\r\n\r\nb\r\n.\r\n");
     let (env, _) = &h.delivered[0];
-    assert_eq!(env.recipients.len(), 1);
+    assert_eq!(env.recipients.len(), 2);
     assert_eq!(
         env.recipients[0].orcpt.as_deref(),
         Some("utf-8;P\u{e2}ul@+33477858589@sms")
     );
+    assert_eq!(
+        env.recipients[1].orcpt.as_deref(),
+        Some("x400;/S=Mia/C=FR/")
+    );
+    assert_eq!(env.recipients[1].notify.as_deref(), Some("NEVER"));
     assert_eq!(env.recipients[0].notify.as_deref(), Some("FAILURE"));
 }
 
