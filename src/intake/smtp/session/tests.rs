@@ -686,3 +686,78 @@ fn replies_are_written_as_rfc_5321_lines() {
         );
     }
 }
+
+/// A pipelined dialogue of two mails: DSN parameters, a refused recipient among accepted ones,
+/// dot-stuffed lines, a bare-LF dot that must not end the data, a lone CR, the null sender.
+const TWO_MAILS: &[u8] = b"EHLO client.example\r\n\
+MAIL FROM:<john@example.com> SIZE=300 RET=HDRS ENVID=e1\r\n\
+RCPT TO:<Paul@+33477858589@sms> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Paul@+2B33477858589@sms\r\n\
+RCPT TO:<paul@example.org>\r\n\
+RCPT TO:<+33612345678@sms>\r\n\
+DATA\r\n\
+Subject: one\r\n\r\n..stuffed\r\n.x\r\nbare\n.\nLF\r\na lone\rCR\r\n.\r\n\
+NOOP\r\n\
+MAIL FROM:<>\r\n\
+RCPT TO:<0612345679@sms>\r\n\
+DATA\r\n\
+Subject: two\r\n\r\nsecond\r\n.\r\n\
+RSET\r\n\
+QUIT\r\n";
+
+/// The replies on the wire, the mails delivered and whether the session closed, with the
+/// client's bytes arriving in these reads.
+fn run_in_reads(reads: &[&[u8]]) -> (String, Vec<(Envelope, Vec<u8>)>, bool) {
+    let mut h = Harness::new(true);
+    let mut wire = String::new();
+    for read in reads {
+        wire.push_str(&h.send(read));
+    }
+    (wire, h.delivered, h.closed)
+}
+
+/// TCP keeps no line boundaries: however the client's bytes are cut into reads, the session
+/// gives the same replies and delivers the same mails. [`TWO_MAILS`] fed whole, byte by byte,
+/// and cut in two at every offset.
+#[test]
+fn replies_and_mail_do_not_depend_on_how_the_input_is_cut() {
+    let whole = run_in_reads(&[TWO_MAILS]);
+    let (wire, delivered, closed) = &whole;
+    assert_eq!(delivered.len(), 2, "{wire}");
+    assert_eq!(
+        delivered[0].1,
+        // RFC 5321 §4.5.2: a line's first period is taken away, `.x` as well as `..`.
+        b"Subject: one\r\n\r\n.stuffed\r\nx\r\nbare\n.\nLF\r\na lone\rCR\r\n"
+    );
+    assert_eq!(delivered[0].0.recipients.len(), 2);
+    assert_eq!(delivered[1].0.mail_from, "");
+    assert!(wire.contains("550 5.7.1"), "{wire}");
+    assert!(
+        wire.ends_with("221 2.0.0 gw.example.com closing connection\r\n") && *closed,
+        "{wire}"
+    );
+    let bytes: Vec<&[u8]> = TWO_MAILS.chunks(1).collect();
+    assert_eq!(run_in_reads(&bytes), whole, "byte by byte");
+    for cut in 1..TWO_MAILS.len() {
+        let (a, b) = TWO_MAILS.split_at(cut);
+        assert_eq!(run_in_reads(&[a, b]), whole, "cut at {cut}");
+    }
+}
+
+proptest::proptest! {
+    /// The same, cut at up to 12 random places.
+    #[test]
+    fn replies_and_mail_are_the_same_whatever_the_reads(
+        mut cuts in proptest::collection::vec(1..TWO_MAILS.len(), 0..12)
+    ) {
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut reads = Vec::new();
+        let mut start = 0;
+        for cut in cuts {
+            reads.push(&TWO_MAILS[start..cut]);
+            start = cut;
+        }
+        reads.push(&TWO_MAILS[start..]);
+        proptest::prop_assert_eq!(run_in_reads(&reads), run_in_reads(&[TWO_MAILS]));
+    }
+}
