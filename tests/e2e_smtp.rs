@@ -690,3 +690,125 @@ fn a_log_that_cannot_be_written_does_not_stop_the_gateway() {
     let status = g.stop();
     assert!(status.success(), "{status}");
 }
+
+/// One mail over one connection; the reply to its final dot.
+fn send_one(g: &Gateway, n: usize, body: &str) -> String {
+    let mut s = connect(g);
+    let r = exchange(
+        &mut s,
+        "EHLO c\r\nMAIL FROM:<john@example.com>\r\nRCPT TO:<+33612345678@sms>\r\nDATA\r\n",
+        4,
+    );
+    assert!(
+        r.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
+        "{r}"
+    );
+    let r = exchange(
+        &mut s,
+        &format!("Message-ID: <full-{n}@example.com>\r\nSubject: n{n}\r\n\r\n{body}\r\n.\r\n"),
+        1,
+    );
+    let _ = s.write_all(b"QUIT\r\n");
+    r
+}
+
+/// A full disk under the store: the mail that does not fit gets `452 4.3.1` (the client keeps
+/// it and tries again later: nothing told `250` is lost), the gateway goes on, and once space is
+/// freed the next mail is queued, without a restart. The store is on a 4 MiB tmpfs mounted in a
+/// mount namespace of the gateway's own (`unshare`: tests run as root, as CI does), filled up
+/// by a file the test writes and then deletes through `/proc/PID/root`.
+#[test]
+fn a_full_disk_gets_452_and_mail_is_queued_again_once_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let port = common::free_port();
+    let config = dir.path().join("mail2sms.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[site]\nname = \"test\"\nhostname = \"gw.test\"\ndefault_country = \"FR\"\n\
+             sms_domains = [\"sms\"]\n[store]\npath = \"store/queue.db\"\n\
+             [smtp]\nlisten = [\"127.0.0.1:{port}\"]\ntrusted_networks = [\"127.0.0.0/8\"]\n\
+             [quotas]\nsender_parts_per_hour = 0\nsender_parts_per_day = 0\n\
+             domain_parts_per_hour = 0\ndomain_parts_per_day = 0\n[guard]\nenabled = false\n"
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+    let mut g = Gateway {
+        dir,
+        config: config.clone(),
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        child: None,
+    };
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=4m tmpfs "$1" && exec "$2" --config "$3" run"#)
+        .arg("sh")
+        .arg(&store)
+        .arg(common::BIN)
+        .arg(&config);
+    g.launch(cmd, log);
+    let pid = g.child.as_ref().unwrap().id();
+    // The gateway's view of its store directory (the tmpfs), from outside its namespace.
+    let seen = std::path::PathBuf::from(format!("/proc/{pid}/root{}", store.display()));
+    assert!(
+        seen.join("queue.db").exists(),
+        "the store is not on the tmpfs"
+    );
+    let body = "All hands meeting moved to 3pm in room 4. ".repeat(20);
+    assert!(send_one(&g, 0, &body).starts_with("250 2.0.0"));
+    // Fill the tmpfs.
+    let filler = seen.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 16 * 1024];
+    let err = loop {
+        if let Err(e) = f.write_all(&chunk) {
+            break e;
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(28), "ENOSPC: {err}");
+    drop(f);
+    // A mail may still be queued in room the WAL already has; the first that needs more gets 452.
+    let mut queued = 1;
+    let refused = (1..300)
+        .map(|n| (n, send_one(&g, n, &body)))
+        .find(|(_, r)| !r.starts_with("250 "))
+        .map(|(n, r)| {
+            queued = n;
+            r
+        })
+        .expect("a full disk refuses mail");
+    assert!(
+        refused.starts_with(
+            "452 4.3.1 Insufficient system storage: the gateway's disk is full; try again later"
+        ),
+        "{refused}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let r = send_one(&g, queued, &body);
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    // Every mail told 250 is in the queue, once; the refused one only as sent again.
+    let out = run(Command::new("nsenter")
+        .args(["--mount", "--target", &pid.to_string()])
+        .arg(common::BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["queue", "--json"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let q: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(q.len(), queued + 1, "{q:?}");
+    assert!(
+        g.log()
+            .contains("could not queue a mail: the store's disk is full"),
+        "{}",
+        g.log()
+    );
+    let status = g.stop();
+    assert!(status.success(), "{status}");
+}

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::parse::body::{self, BodyError};
@@ -116,10 +116,7 @@ impl Intake {
                     format!("Quota reached: {q}; try again later"),
                 )
             }
-            Err(e) => {
-                warn!(%client, error = %e, "could not queue a mail");
-                Reply::new(451, (4, 3, 0), "Local error while queuing; try again later")
-            }
+            Err(e) => store_failure(&client, &e),
         }
     }
 
@@ -281,4 +278,22 @@ pub fn header_block(data: &[u8]) -> &[u8] {
         (a, b) => a.or(b).unwrap_or(data.len()),
     };
     &data[..end]
+}
+
+/// The reply to a mail the store could not take: temporary, so that the client keeps the mail
+/// and tries again (nothing it was told is accepted is lost). A full disk says so, in the
+/// words of RFC 3463 (`4.3.1`, mail system full) and RFC 5321 (`452`, insufficient system
+/// storage), and is logged as an error: it lasts until an admin frees space.
+fn store_failure(client: &str, e: &QueueError) -> Reply {
+    if e.is_storage_full() {
+        error!(%client, error = %e, "could not queue a mail: the store's disk is full");
+        Reply::new(
+            452,
+            (4, 3, 1),
+            "Insufficient system storage: the gateway's disk is full; try again later",
+        )
+    } else {
+        warn!(%client, error = %e, "could not queue a mail");
+        Reply::new(451, (4, 3, 0), "Local error while queuing; try again later")
+    }
 }

@@ -76,6 +76,24 @@ pub enum QueueError {
     Broken(String),
 }
 
+impl QueueError {
+    /// Whether the store could not write for want of space (SQLite's `SQLITE_FULL`: the disk, or
+    /// the file system's quota, is full). Nothing of the failed transaction was kept, and the
+    /// next one can succeed as soon as space is freed.
+    pub fn is_storage_full(&self) -> bool {
+        // SQLITE_FULL (13) has no extended codes; the writer's batch errors keep the driver's
+        // sentence only, which quotes the code: `(code: 13) database or disk is full`.
+        const FULL: &str = "(code: 13)";
+        match self {
+            QueueError::Db(sqlx::Error::Database(e)) => e.code().as_deref() == Some("13"),
+            QueueError::Db(sqlx::Error::Io(e)) => e.kind() == std::io::ErrorKind::StorageFull,
+            QueueError::Db(e) => e.to_string().contains(FULL),
+            QueueError::Broken(msg) => msg.contains(FULL),
+            _ => false,
+        }
+    }
+}
+
 /// Where a request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

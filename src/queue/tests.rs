@@ -2024,3 +2024,45 @@ async fn a_part_of_a_failed_message_is_neither_sent_nor_retried() {
         "no event for the part that stays failed"
     );
 }
+
+/// SQLite's "database or disk is full" is told apart from other failures, both as the driver
+/// gives it and as the writer keeps it (its sentence only), so that intake can say `452 4.3.1`.
+/// A real SQLITE_FULL: a store file capped at a few pages, written past them.
+#[tokio::test]
+async fn a_full_disk_is_told_apart_from_other_store_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = SqliteConnection::connect_with(&options(&dir.path().join("full.db")))
+        .await
+        .unwrap();
+    sqlx::query("PRAGMA max_page_count = 8")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE t (k TEXT UNIQUE, b BLOB)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut full = None;
+    for i in 0..100 {
+        if let Err(e) = sqlx::query("INSERT INTO t VALUES (?1, zeroblob(4000))")
+            .bind(i.to_string())
+            .execute(&mut conn)
+            .await
+        {
+            full = Some(e);
+            break;
+        }
+    }
+    let full = full.expect("a database capped at 8 pages fills up");
+    let kept = format!("commit failed: {}", QueueError::Broken(full.to_string()));
+    assert!(QueueError::Broken(kept).is_storage_full());
+    assert!(QueueError::Db(full).is_storage_full(), "SQLITE_FULL");
+    let unique = sqlx::query("INSERT INTO t VALUES ('0', NULL)")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(!QueueError::Broken(unique.to_string()).is_storage_full());
+    assert!(!QueueError::Db(unique).is_storage_full());
+    assert!(!QueueError::WriterGone.is_storage_full());
+    assert!(!QueueError::Broken("(code: 1300) not full".into()).is_storage_full());
+}

@@ -98,8 +98,15 @@ max_recipients = 5
 
     /// [`spawn`](Self::spawn) with the process's output (its log) going to `log`.
     pub fn spawn_logging_to(&mut self, log: std::fs::File) {
-        let child = Command::new(BIN)
-            .args(["--config", self.config.to_str().unwrap(), "run"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--config", self.config.to_str().unwrap(), "run"]);
+        self.launch(cmd, log);
+    }
+
+    /// Starts `cmd` (which runs the gateway, directly or through a wrapper that `exec`s it),
+    /// its output going to `log`, and waits for the SMTP port.
+    pub fn launch(&mut self, mut cmd: Command, log: std::fs::File) {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
