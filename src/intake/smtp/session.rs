@@ -1046,6 +1046,13 @@ fn take_orcpt(line: &[u8]) -> Result<(Option<String>, Vec<u8>), &'static str> {
             kept.push(token);
             continue;
         }
+        // RFC 3461 §4.2: the value is at most 500 characters.
+        if addr.is_empty() {
+            return Err("empty address");
+        }
+        if addr.len() > 500 {
+            return Err("longer than 500 characters");
+        }
         found = Some(if kind.eq_ignore_ascii_case("utf-8") {
             format!("utf-8;{}", decode_utf8_addr(addr)?)
         } else if !kind.is_empty() && kind.bytes().all(is_atext) {
@@ -1075,16 +1082,10 @@ fn is_atext(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
 }
 
-/// RFC 3461 §4 `xtext`: printable ASCII but `+` and `=`, and `+HH` for any octet. The
-/// address is at most 500 characters (§4.2); a control character, or an octet that is not
-/// UTF-8, is refused (the address is written back into a status reply's header).
+/// RFC 3461 §4 `xtext`: printable ASCII but `+` and `=`, and `+HH` for any octet. A control
+/// character, or octets that are not UTF-8, are refused (the address is written back into a
+/// status reply's header).
 fn decode_xtext(s: &str) -> Result<String, &'static str> {
-    if s.is_empty() {
-        return Err("empty address");
-    }
-    if s.len() > 500 {
-        return Err("longer than 500 characters");
-    }
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
     while let Some(b) = bytes.next() {
@@ -1115,14 +1116,8 @@ fn decode_xtext(s: &str) -> Result<String, &'static str> {
 
 /// RFC 6533 §3: `utf-8-addr-xtext` or `utf-8-addr-unitext`, where `\x{HEX}` stands for the
 /// Unicode character HEX; `+HH` (RFC 3461 xtext) is read too for an ASCII character, as some
-/// clients write it. The value is at most 500 characters (RFC 3461 §4.2).
+/// clients write it.
 fn decode_utf8_addr(s: &str) -> Result<String, &'static str> {
-    if s.is_empty() {
-        return Err("empty address");
-    }
-    if s.len() > 500 {
-        return Err("longer than 500 characters");
-    }
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
