@@ -122,8 +122,8 @@ pub struct EnvelopeRecipient {
     pub recipient: Recipient,
     /// RFC 3461 NOTIFY, e.g. `SUCCESS,FAILURE`; `None` when not given.
     pub notify: Option<String>,
-    /// RFC 3461 ORCPT, decoded: the address of an `rfc822;…` ORCPT, or the type, `;` and the
-    /// address of any other (`utf-8;…`, RFC 6533; `x400;…`; …).
+    /// RFC 3461 ORCPT, decoded (see `take_orcpt`): the address of an `rfc822;…` ORCPT, or the
+    /// type, `;` and the address of any other (`utf-8;…`, RFC 6533; `x400;…`; …).
     pub orcpt: Option<String>,
 }
 
@@ -718,7 +718,7 @@ impl Session {
             raw: raw.clone(),
             recipient,
             notify,
-            orcpt: orcpt.or_else(|| to.orcpt.map(|o| o.into_owned())),
+            orcpt,
         });
         self.reply(
             out,
@@ -1012,12 +1012,13 @@ fn split_rcpt(line: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((raw, placeholder))
 }
 
-/// Takes an ORCPT parameter of any type but `rfc822` (RFC 3461 §4.2) out of a RCPT line's
-/// parameters: smtp-proto reads only `rfc822` and refuses the rest (`utf-8`, RFC 6533 §3;
-/// `x400`, `unknown`, …), and a refused RCPT would bounce the mail at the relaying MTA for a
-/// parameter that only feeds the status reply. Returns the type and its decoded address as
+/// Takes the ORCPT parameter (RFC 3461 §4.2) out of a RCPT line's parameters, decoded.
+/// smtp-proto reads only `rfc822` and refuses the other types (`utf-8`, RFC 6533 §3; `x400`,
+/// `unknown`, …), so that a relaying MTA would bounce the mail for a parameter that only feeds
+/// the status reply; and it decodes `rfc822`'s xtext an octet to a character, a control
+/// character included. Returns the address (`rfc822`) or the type and its address as
 /// `type;address` (`utf-8` in lower case, others as given), if there was one, and the line
-/// without it for smtp-proto to read the rest, `rfc822` included.
+/// without it for smtp-proto to read the rest.
 fn take_orcpt(line: &[u8]) -> Result<(Option<String>, Vec<u8>), &'static str> {
     let Ok(text) = std::str::from_utf8(line) else {
         return Ok((None, line.to_vec()));
@@ -1042,10 +1043,6 @@ fn take_orcpt(line: &[u8]) -> Result<(Option<String>, Vec<u8>), &'static str> {
         let (kind, addr) = value
             .split_once(';')
             .ok_or("no `;` after the address type")?;
-        if kind.eq_ignore_ascii_case("rfc822") {
-            kept.push(token);
-            continue;
-        }
         // RFC 3461 §4.2: the value is at most 500 characters.
         if addr.is_empty() {
             return Err("empty address");
@@ -1053,12 +1050,25 @@ fn take_orcpt(line: &[u8]) -> Result<(Option<String>, Vec<u8>), &'static str> {
         if addr.len() > 500 {
             return Err("longer than 500 characters");
         }
-        found = Some(if kind.eq_ignore_ascii_case("utf-8") {
-            format!("utf-8;{}", decode_utf8_addr(addr)?)
-        } else if !kind.is_empty() && kind.bytes().all(is_atext) {
-            format!("{kind};{}", decode_xtext(addr)?)
-        } else {
+        let utf8 = kind.eq_ignore_ascii_case("utf-8");
+        if !utf8 && (kind.is_empty() || !kind.bytes().all(is_atext)) {
             return Err("the address type is not an atom");
+        }
+        let decoded = if utf8 {
+            decode_utf8_addr(addr)?
+        } else {
+            decode_xtext(addr)?
+        };
+        // However it was written: the address goes back into a status reply's header.
+        if decoded.chars().any(char::is_control) {
+            return Err("a control character");
+        }
+        found = Some(if kind.eq_ignore_ascii_case("rfc822") {
+            decoded
+        } else if utf8 {
+            format!("utf-8;{decoded}")
+        } else {
+            format!("{kind};{decoded}")
         });
         if token.ends_with('\n') {
             kept.push("\r\n");
@@ -1082,9 +1092,8 @@ fn is_atext(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
 }
 
-/// RFC 3461 §4 `xtext`: printable ASCII but `+` and `=`, and `+HH` for any octet. A control
-/// character, or octets that are not UTF-8, are refused (the address is written back into a
-/// status reply's header).
+/// RFC 3461 §4 `xtext`: printable ASCII but `+` and `=`, and `+HH` for any octet; octets
+/// that are not UTF-8 are refused.
 fn decode_xtext(s: &str) -> Result<String, &'static str> {
     let mut out = Vec::with_capacity(s.len());
     let mut bytes = s.bytes();
@@ -1107,11 +1116,7 @@ fn decode_xtext(s: &str) -> Result<String, &'static str> {
             _ => return Err("a character that must be written +HH"),
         }
     }
-    let text = String::from_utf8(out).map_err(|_| "octets that are not UTF-8")?;
-    if text.chars().any(char::is_control) {
-        return Err("a control character");
-    }
-    Ok(text)
+    String::from_utf8(out).map_err(|_| "octets that are not UTF-8")
 }
 
 /// RFC 6533 §3: `utf-8-addr-xtext` or `utf-8-addr-unitext`, where `\x{HEX}` stands for the

@@ -457,7 +457,7 @@ fn a_client_refused_unchecked_is_told_when_to_try_again_and_is_not_authenticated
 }
 
 #[test]
-fn an_orcpt_smtp_proto_cannot_read_is_taken_from_the_parameters_and_decoded() {
+fn an_orcpt_is_taken_from_the_parameters_and_decoded() {
     // (parameters after the address, the ORCPT taken, the parameters left for smtp-proto)
     let ok: &[(&str, Option<&str>, &str)] = &[
         (
@@ -476,10 +476,13 @@ fn an_orcpt_smtp_proto_cannot_read_is_taken_from_the_parameters_and_decoded() {
             Some("utf-8;\u{1F600}@sms"),
             "\r\n",
         ),
+        // rfc822 too, stored without its type as before: smtp-proto decoded `+0D` into a CR
+        // and each octet of UTF-8 into a character of its own.
+        (" ORCPT=rfc822;a+2Bb@sms\r\n", Some("a+b@sms"), "\r\n"),
         (
-            " ORCPT=rfc822;a+2Bb@sms\r\n",
-            None,
-            " ORCPT=rfc822;a+2Bb@sms\r\n",
+            " ORCPT=RFC822;Andr+C3+A9@sms NOTIFY=NEVER\r\n",
+            Some("Andr\u{e9}@sms"),
+            " NOTIFY=NEVER\r\n",
         ),
         ("\r\n", None, "\r\n"),
         // Other types (RFC 3461 §4.2: an atom, then xtext) are kept with their type.
@@ -522,6 +525,11 @@ fn an_orcpt_smtp_proto_cannot_read_is_taken_from_the_parameters_and_decoded() {
         " ORCPT=utf-8;a\tb@sms\r\n",
         " ORCPT=utf-8;a@sms ORCPT=utf-8;b@sms\r\n",
         " ORCPT=rfc822;a@sms ORCPT=x400;b\r\n",
+        " ORCPT=utf-8;a\\x{A}b@sms\r\n",
+        " ORCPT=utf-8;a\\x{85}b@sms\r\n",
+        " ORCPT=rfc822;a+0Db@sms\r\n",
+        " ORCPT=rfc822;a+00b@sms\r\n",
+        " ORCPT=rfc822;\r\n",
         " ORCPT=x400\r\n",
         " ORCPT=;a@sms\r\n",
         " ORCPT=x(400);a\r\n",
@@ -759,5 +767,28 @@ proptest::proptest! {
         }
         reads.push(&TWO_MAILS[start..]);
         proptest::prop_assert_eq!(run_in_reads(&reads), run_in_reads(&[TWO_MAILS]));
+    }
+}
+
+proptest::proptest! {
+    /// Whatever follows `ORCPT=` (any type, broken xtext, `\x{…}` cut short, characters of
+    /// every width, CR), RCPT is answered with one reply, `250` or a refusal, and an ORCPT that
+    /// was taken holds no control character (it is written back into a status reply's header).
+    #[test]
+    fn any_orcpt_value_gets_one_reply_and_no_control_character_is_stored(
+        value in r"(rfc822;|utf-8;|x400;|[a-z]{0,3};)?([ -~é€😀\r]|\+[0-9A-F]{2}|\\x\{[0-9A-F]{1,6}\}){0,20}"
+    ) {
+        let mut h = Harness::new(true);
+        h.send(b"EHLO c\r\nMAIL FROM:<a@example.com>\r\n");
+        let line = format!("RCPT TO:<+33612345678@sms> NOTIFY=FAILURE ORCPT={value}\r\n");
+        let r = h.send(line.as_bytes());
+        proptest::prop_assert!(r.starts_with("250 ") || r.starts_with('5'), "{r}");
+        proptest::prop_assert_eq!(r.matches("\r\n").count(), 1, "{}", r);
+        h.send(b"DATA\r\nSubject: s\r\n\r\nb\r\n.\r\n");
+        if r.starts_with("250 ") {
+            let (env, _) = &h.delivered[0];
+            let orcpt = env.recipients[0].orcpt.clone().unwrap_or_default();
+            proptest::prop_assert!(!orcpt.chars().any(char::is_control), "{:?}", orcpt);
+        }
     }
 }
