@@ -434,6 +434,21 @@ impl Session {
         if is_rcpt(line) {
             return self.rcpt(line, out);
         }
+        // ENVID is xtext, which smtp-proto decodes an octet to a character: read it here.
+        let (mut envid, rest) = if is_mail(line) {
+            match take_envid(line) {
+                Ok(taken) => taken,
+                Err(e) => {
+                    return self.error(
+                        out,
+                        Reply::new(501, (5, 5, 4), format!("Invalid ENVID parameter: {e}")),
+                    );
+                }
+            }
+        } else {
+            (None, Vec::new())
+        };
+        let line = if is_mail(line) { &rest[..] } else { line };
         let request = match Request::parse(&mut line.iter()) {
             Ok(r) => r,
             Err(e) => return self.syntax_error(e, out),
@@ -445,7 +460,7 @@ impl Session {
                 out,
                 Reply::new(500, (5, 5, 1), "LHLO is for LMTP; this is SMTP"),
             ),
-            Request::Mail { from } => self.mail(from, out),
+            Request::Mail { from } => self.mail(from, envid.take(), out),
             Request::Rcpt { .. } => {} // handled above, before smtp-proto sees the address
             Request::Data => self.data(out),
             Request::Bdat { .. } => self.error(
@@ -583,6 +598,7 @@ impl Session {
     fn mail(
         &mut self,
         from: smtp_proto::MailFrom<std::borrow::Cow<'_, str>>,
+        envid: Option<String>,
         out: &mut Vec<Output>,
     ) {
         if self.helo.is_none() {
@@ -643,7 +659,7 @@ impl Session {
         self.envelope = Some(Envelope {
             mail_from: address,
             ret,
-            envid: from.env_id.map(|e| e.into_owned()),
+            envid,
             smtputf8: from.flags & smtp_proto::MAIL_SMTPUTF8 != 0,
             recipients: Vec::new(),
         });
@@ -977,6 +993,10 @@ fn is_rcpt(line: &[u8]) -> bool {
     line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"RCPT")
 }
 
+fn is_mail(line: &[u8]) -> bool {
+    line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL")
+}
+
 /// Splits `RCPT TO:<address> params` into the raw address (quotes and all) and the same line
 /// with a placeholder address, for smtp-proto to read the parameters from.
 fn split_rcpt(line: &[u8]) -> Option<(String, Vec<u8>)> {
@@ -1012,64 +1032,32 @@ fn split_rcpt(line: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((raw, placeholder))
 }
 
-/// Takes the ORCPT parameter (RFC 3461 §4.2) out of a RCPT line's parameters, decoded.
-/// smtp-proto reads only `rfc822` and refuses the other types (`utf-8`, RFC 6533 §3; `x400`,
-/// `unknown`, …), so that a relaying MTA would bounce the mail for a parameter that only feeds
-/// the status reply; and it decodes `rfc822`'s xtext an octet to a character, a control
-/// character included. Returns the address (`rfc822`) or the type and its address as
-/// `type;address` (`utf-8` in lower case, others as given), if there was one, and the line
-/// without it for smtp-proto to read the rest.
-fn take_orcpt(line: &[u8]) -> Result<(Option<String>, Vec<u8>), &'static str> {
+/// A parameter taken out of a command line, decoded (`None`: not given), and the line without
+/// it; or what is wrong with it.
+type Taken = Result<(Option<String>, Vec<u8>), &'static str>;
+
+/// Takes the parameter `name` (`ORCPT=`, `ENVID=`) out of a command line's parameters.
+/// Returns its value, if it was given (once), and the line without it for smtp-proto to read
+/// the rest.
+fn take_param<'a>(line: &'a [u8], name: &str) -> Result<(Option<&'a str>, Vec<u8>), &'static str> {
     let Ok(text) = std::str::from_utf8(line) else {
         return Ok((None, line.to_vec()));
     };
     let mut found = None;
-    let mut given = 0;
     let mut kept: Vec<&str> = Vec::new();
     for token in text.split(' ') {
         let Some(value) = token
-            .get(..6)
-            .filter(|k| k.eq_ignore_ascii_case("ORCPT="))
-            .and_then(|_| token.get(6..))
+            .get(..name.len())
+            .filter(|k| k.eq_ignore_ascii_case(name))
+            .and_then(|_| token.get(name.len()..))
         else {
             kept.push(token);
             continue;
         };
-        given += 1;
-        if given > 1 {
+        if found.is_some() {
             return Err("given twice");
         }
-        let value = value.trim_end_matches(['\r', '\n']);
-        let (kind, addr) = value
-            .split_once(';')
-            .ok_or("no `;` after the address type")?;
-        // RFC 3461 §4.2: the value is at most 500 characters.
-        if addr.is_empty() {
-            return Err("empty address");
-        }
-        if addr.len() > 500 {
-            return Err("longer than 500 characters");
-        }
-        let utf8 = kind.eq_ignore_ascii_case("utf-8");
-        if !utf8 && (kind.is_empty() || !kind.bytes().all(is_atext)) {
-            return Err("the address type is not an atom");
-        }
-        let decoded = if utf8 {
-            decode_utf8_addr(addr)?
-        } else {
-            decode_xtext(addr)?
-        };
-        // However it was written: the address goes back into a status reply's header.
-        if decoded.chars().any(char::is_control) {
-            return Err("a control character");
-        }
-        found = Some(if kind.eq_ignore_ascii_case("rfc822") {
-            decoded
-        } else if utf8 {
-            format!("utf-8;{decoded}")
-        } else {
-            format!("{kind};{decoded}")
-        });
+        found = Some(value.trim_end_matches(['\r', '\n']));
         if token.ends_with('\n') {
             kept.push("\r\n");
         }
@@ -1085,6 +1073,72 @@ fn take_orcpt(line: &[u8]) -> Result<(Option<String>, Vec<u8>), &'static str> {
         rebuilt.push_str(t);
     }
     Ok((found, rebuilt.into_bytes()))
+}
+
+/// Takes the ENVID parameter (RFC 3461 §4.4) out of a MAIL line's parameters, decoded:
+/// xtext, at most 100 characters, with no control character (it is written back into status
+/// replies' `Original-Envelope-Id`).
+fn take_envid(line: &[u8]) -> Taken {
+    let (value, rest) = take_param(line, "ENVID=")?;
+    let Some(value) = value else {
+        return Ok((None, rest));
+    };
+    if value.is_empty() {
+        return Err("empty");
+    }
+    let decoded = decode_xtext(value)?;
+    if decoded.chars().count() > 100 {
+        return Err("longer than 100 characters");
+    }
+    if decoded.chars().any(char::is_control) {
+        return Err("a control character");
+    }
+    Ok((Some(decoded), rest))
+}
+
+/// Takes the ORCPT parameter (RFC 3461 §4.2) out of a RCPT line's parameters, decoded.
+/// smtp-proto reads only `rfc822` and refuses the other types (`utf-8`, RFC 6533 §3; `x400`,
+/// `unknown`, …), so that a relaying MTA would bounce the mail for a parameter that only feeds
+/// the status reply; and it decodes `rfc822`'s xtext an octet to a character, a control
+/// character included. Returns the address (`rfc822`) or the type and its address as
+/// `type;address` (`utf-8` in lower case, others as given), if there was one, and the line
+/// without it for smtp-proto to read the rest.
+fn take_orcpt(line: &[u8]) -> Taken {
+    let (value, rest) = take_param(line, "ORCPT=")?;
+    let Some(value) = value else {
+        return Ok((None, rest));
+    };
+    let (kind, addr) = value
+        .split_once(';')
+        .ok_or("no `;` after the address type")?;
+    // RFC 3461 §4.2: the value is at most 500 characters.
+    if addr.is_empty() {
+        return Err("empty address");
+    }
+    if addr.len() > 500 {
+        return Err("longer than 500 characters");
+    }
+    let utf8 = kind.eq_ignore_ascii_case("utf-8");
+    if !utf8 && (kind.is_empty() || !kind.bytes().all(is_atext)) {
+        return Err("the address type is not an atom");
+    }
+    let decoded = if utf8 {
+        decode_utf8_addr(addr)?
+    } else {
+        decode_xtext(addr)?
+    };
+    // However it was written: the address goes back into a status reply's header.
+    if decoded.chars().any(char::is_control) {
+        return Err("a control character");
+    }
+    let stored = if kind.eq_ignore_ascii_case("rfc822") {
+        decoded
+    } else if utf8 {
+        format!("utf-8;{decoded}")
+    } else {
+        format!("{kind};{decoded}")
+    };
+    Ok((Some(stored), rest))
 }
 
 /// RFC 5322 §3.2.3 `atext`: what an `addr-type` atom (RFC 3461 §4.2) is made of.

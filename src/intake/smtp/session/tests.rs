@@ -456,6 +456,31 @@ fn a_client_refused_unchecked_is_told_when_to_try_again_and_is_not_authenticated
     assert!(h.closed);
 }
 
+/// Runs a parameter taker (`take_orcpt`, `take_envid`) over a command's parameters: each `ok`
+/// row is (parameters, the value taken, the parameters left for smtp-proto); each `refused`
+/// one must be an error.
+fn check_taken(
+    take: fn(&[u8]) -> Taken,
+    command: &str,
+    ok: &[(&str, Option<&str>, &str)],
+    refused: &[&str],
+) {
+    for (params, value, left) in ok {
+        let line = format!("{command}{params}");
+        let (got, rest) = take(line.as_bytes()).expect(params);
+        assert_eq!(got.as_deref(), *value, "{params:?}");
+        assert_eq!(
+            String::from_utf8(rest).unwrap(),
+            format!("{command}{left}"),
+            "{params:?}"
+        );
+    }
+    for params in refused {
+        let line = format!("{command}{params}");
+        assert!(take(line.as_bytes()).is_err(), "{params:?}");
+    }
+}
+
 #[test]
 fn an_orcpt_is_taken_from_the_parameters_and_decoded() {
     // (parameters after the address, the ORCPT taken, the parameters left for smtp-proto)
@@ -502,16 +527,6 @@ fn an_orcpt_is_taken_from_the_parameters_and_decoded() {
             "\r\n",
         ),
     ];
-    for (params, orcpt, left) in ok {
-        let line = format!("RCPT TO:<x@x>{params}");
-        let (got, rest) = take_orcpt(line.as_bytes()).expect(params);
-        assert_eq!(got.as_deref(), *orcpt, "{params:?}");
-        assert_eq!(
-            String::from_utf8(rest).unwrap(),
-            format!("RCPT TO:<x@x>{left}"),
-            "{params:?}"
-        );
-    }
     let refused = [
         " ORCPT=utf-8;\r\n",
         " ORCPT=utf-8;a\\x{D800}@sms\r\n",
@@ -539,10 +554,7 @@ fn an_orcpt_is_taken_from_the_parameters_and_decoded() {
         " ORCPT=x400;a+0\r\n",
         " ORCPT=x400;a+FFb\r\n",
     ];
-    for params in refused {
-        let line = format!("RCPT TO:<x@x>{params}");
-        assert!(take_orcpt(line.as_bytes()).is_err(), "{params:?}");
-    }
+    check_taken(take_orcpt, "RCPT TO:<x@x>", ok, &refused);
     let long = format!("RCPT TO:<x@x> ORCPT=utf-8;{}@sms\r\n", "a".repeat(500));
     assert!(take_orcpt(long.as_bytes()).is_err());
     let long = format!("RCPT TO:<x@x> ORCPT=x400;{}\r\n", "a".repeat(501));
@@ -770,25 +782,78 @@ proptest::proptest! {
     }
 }
 
+#[test]
+fn envid_is_taken_from_the_parameters_and_decoded() {
+    // (parameters after the address, the ENVID taken, the parameters left for smtp-proto)
+    let ok: &[(&str, Option<&str>, &str)] = &[
+        (
+            " ENVID=QQ314159 RET=HDRS\r\n",
+            Some("QQ314159"),
+            " RET=HDRS\r\n",
+        ),
+        (" envid=a+2Bb+3Dc\r\n", Some("a+b=c"), "\r\n"),
+        (" ENVID=Andr+C3+A9\r\n", Some("Andr\u{e9}"), "\r\n"),
+        (" SIZE=10\r\n", None, " SIZE=10\r\n"),
+    ];
+    let long = format!(" ENVID={}\r\n", "a".repeat(101));
+    let refused = [
+        " ENVID=\r\n",
+        " ENVID=a+0Db\r\n",
+        " ENVID=a+00\r\n",
+        " ENVID=a+C2+85\r\n",
+        " ENVID=a=b\r\n",
+        " ENVID=a+C3\r\n",
+        " ENVID=a+4\r\n",
+        " ENVID=a ENVID=b\r\n",
+        &long,
+    ];
+    check_taken(take_envid, "MAIL FROM:<a@b.c>", ok, &refused);
+    let mut h = Harness::new(true);
+    h.send(b"EHLO c\r\n");
+    let r = h.send(b"MAIL FROM:<a@example.com> ENVID=a+0Db\r\n");
+    assert!(
+        r.starts_with("501 5.5.4 Invalid ENVID parameter: a control character"),
+        "{r}"
+    );
+    let r = h.send(b"MAIL FROM:<a@example.com> RET=HDRS ENVID=Andr+C3+A9\r\n");
+    assert!(r.starts_with("250 2.1.0"), "{r}");
+    h.send(b"RCPT TO:<+33612345678@sms>\r\nDATA\r\nSubject: s\r\n\r\nb\r\n.\r\n");
+    assert_eq!(h.delivered[0].0.envid.as_deref(), Some("Andr\u{e9}"));
+    assert_eq!(h.delivered[0].0.ret, Some("hdrs"));
+}
+
 proptest::proptest! {
-    /// Whatever follows `ORCPT=` (any type, broken xtext, `\x{…}` cut short, characters of
-    /// every width, CR), RCPT is answered with one reply, `250` or a refusal, and an ORCPT that
-    /// was taken holds no control character (it is written back into a status reply's header).
+    /// Whatever follows `ENVID=` (broken xtext, characters of every width, CR) and `ORCPT=`
+    /// (any type as well, `\x{…}` cut short), each command is answered with one reply, `250` or
+    /// a refusal, and what was taken holds no control character: both are written back into
+    /// status replies' headers. One mail tries the ENVID, another the ORCPT.
     #[test]
-    fn any_orcpt_value_gets_one_reply_and_no_control_character_is_stored(
-        value in r"(rfc822;|utf-8;|x400;|[a-z]{0,3};)?([ -~é€😀\r]|\+[0-9A-F]{2}|\\x\{[0-9A-F]{1,6}\}){0,20}"
+    fn any_dsn_value_gets_one_reply_and_no_control_character_is_stored(
+        envid in r"([ -~é€😀\r]|\+[0-9A-F]{2}){0,30}",
+        orcpt in r"(rfc822;|utf-8;|x400;|[a-z]{0,3};)?([ -~é€😀\r]|\+[0-9A-F]{2}|\\x\{[0-9A-F]{1,6}\}){0,20}",
     ) {
         let mut h = Harness::new(true);
-        h.send(b"EHLO c\r\nMAIL FROM:<a@example.com>\r\n");
-        let line = format!("RCPT TO:<+33612345678@sms> NOTIFY=FAILURE ORCPT={value}\r\n");
-        let r = h.send(line.as_bytes());
-        proptest::prop_assert!(r.starts_with("250 ") || r.starts_with('5'), "{r}");
-        proptest::prop_assert_eq!(r.matches("\r\n").count(), 1, "{}", r);
-        h.send(b"DATA\r\nSubject: s\r\n\r\nb\r\n.\r\n");
-        if r.starts_with("250 ") {
-            let (env, _) = &h.delivered[0];
-            let orcpt = env.recipients[0].orcpt.clone().unwrap_or_default();
-            proptest::prop_assert!(!orcpt.chars().any(char::is_control), "{:?}", orcpt);
+        h.send(b"EHLO c\r\n");
+        let mut replies = Vec::new();
+        for (mail, rcpt) in [
+            (format!(" ENVID={envid}"), String::new()),
+            (String::new(), format!(" NOTIFY=FAILURE ORCPT={orcpt}")),
+        ] {
+            replies.push(h.send(format!("MAIL FROM:<a@example.com>{mail}\r\n").as_bytes()));
+            replies.push(h.send(format!("RCPT TO:<+33612345678@sms>{rcpt}\r\n").as_bytes()));
+            h.send(b"DATA\r\nSubject: s\r\n\r\nb\r\n.\r\nRSET\r\n");
+        }
+        for r in &replies {
+            proptest::prop_assert!(r.starts_with("250 ") || r.starts_with('5'), "{r}");
+            proptest::prop_assert_eq!(r.matches("\r\n").count(), 1, "{}", r);
+        }
+        for (env, _) in &h.delivered {
+            let stored = [env.envid.clone(), env.recipients[0].orcpt.clone()];
+            proptest::prop_assert!(
+                stored.iter().flatten().all(|v| !v.chars().any(char::is_control)),
+                "{:?}",
+                stored
+            );
         }
     }
 }
