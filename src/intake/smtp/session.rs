@@ -8,6 +8,7 @@
 //! session stops at each of them and resumes when told the outcome, so pipelined commands that
 //! follow a DATA are answered only after that mail's commit (RFC 2920 §3.1 keeps the order).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -435,7 +436,7 @@ impl Session {
             return self.rcpt(line, out);
         }
         // ENVID is xtext, which smtp-proto decodes an octet to a character: read it here.
-        let (mut envid, rest) = if is_mail(line) {
+        let (mut envid, line) = if is_mail(line) {
             match take_envid(line) {
                 Ok(taken) => taken,
                 Err(e) => {
@@ -446,9 +447,8 @@ impl Session {
                 }
             }
         } else {
-            (None, Vec::new())
+            (None, Cow::Borrowed(line))
         };
-        let line = if is_mail(line) { &rest[..] } else { line };
         let request = match Request::parse(&mut line.iter()) {
             Ok(r) => r,
             Err(e) => return self.syntax_error(e, out),
@@ -597,7 +597,7 @@ impl Session {
 
     fn mail(
         &mut self,
-        from: smtp_proto::MailFrom<std::borrow::Cow<'_, str>>,
+        from: smtp_proto::MailFrom<Cow<'_, str>>,
         envid: Option<String>,
         out: &mut Vec<Output>,
     ) {
@@ -1033,15 +1033,18 @@ fn split_rcpt(line: &[u8]) -> Option<(String, Vec<u8>)> {
 }
 
 /// A parameter taken out of a command line, decoded (`None`: not given), and the line without
-/// it; or what is wrong with it.
-type Taken = Result<(Option<String>, Vec<u8>), &'static str>;
+/// it (the line itself, not a copy, when it was not given); or what is wrong with it.
+type Taken<'a> = Result<(Option<String>, Cow<'a, [u8]>), &'static str>;
 
 /// Takes the parameter `name` (`ORCPT=`, `ENVID=`) out of a command line's parameters.
 /// Returns its value, if it was given (once), and the line without it for smtp-proto to read
 /// the rest.
-fn take_param<'a>(line: &'a [u8], name: &str) -> Result<(Option<&'a str>, Vec<u8>), &'static str> {
+fn take_param<'a>(
+    line: &'a [u8],
+    name: &str,
+) -> Result<(Option<&'a str>, Cow<'a, [u8]>), &'static str> {
     let Ok(text) = std::str::from_utf8(line) else {
-        return Ok((None, line.to_vec()));
+        return Ok((None, Cow::Borrowed(line)));
     };
     let mut found = None;
     let mut kept: Vec<&str> = Vec::new();
@@ -1063,7 +1066,7 @@ fn take_param<'a>(line: &'a [u8], name: &str) -> Result<(Option<&'a str>, Vec<u8
         }
     }
     if found.is_none() {
-        return Ok((None, line.to_vec()));
+        return Ok((None, Cow::Borrowed(line)));
     }
     let mut rebuilt = String::with_capacity(text.len());
     for (i, t) in kept.iter().enumerate() {
@@ -1072,13 +1075,13 @@ fn take_param<'a>(line: &'a [u8], name: &str) -> Result<(Option<&'a str>, Vec<u8
         }
         rebuilt.push_str(t);
     }
-    Ok((found, rebuilt.into_bytes()))
+    Ok((found, Cow::Owned(rebuilt.into_bytes())))
 }
 
 /// Takes the ENVID parameter (RFC 3461 §4.4) out of a MAIL line's parameters, decoded:
 /// xtext, at most 100 characters, with no control character (it is written back into status
 /// replies' `Original-Envelope-Id`).
-fn take_envid(line: &[u8]) -> Taken {
+fn take_envid(line: &[u8]) -> Taken<'_> {
     let (value, rest) = take_param(line, "ENVID=")?;
     let Some(value) = value else {
         return Ok((None, rest));
@@ -1103,7 +1106,7 @@ fn take_envid(line: &[u8]) -> Taken {
 /// character included. Returns the address (`rfc822`) or the type and its address as
 /// `type;address` (`utf-8` in lower case, others as given), if there was one, and the line
 /// without it for smtp-proto to read the rest.
-fn take_orcpt(line: &[u8]) -> Taken {
+fn take_orcpt(line: &[u8]) -> Taken<'_> {
     let (value, rest) = take_param(line, "ORCPT=")?;
     let Some(value) = value else {
         return Ok((None, rest));

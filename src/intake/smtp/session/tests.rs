@@ -460,7 +460,7 @@ fn a_client_refused_unchecked_is_told_when_to_try_again_and_is_not_authenticated
 /// row is (parameters, the value taken, the parameters left for smtp-proto); each `refused`
 /// one must be an error.
 fn check_taken(
-    take: fn(&[u8]) -> Taken,
+    take: fn(&[u8]) -> Taken<'_>,
     command: &str,
     ok: &[(&str, Option<&str>, &str)],
     refused: &[&str],
@@ -470,7 +470,7 @@ fn check_taken(
         let (got, rest) = take(line.as_bytes()).expect(params);
         assert_eq!(got.as_deref(), *value, "{params:?}");
         assert_eq!(
-            String::from_utf8(rest).unwrap(),
+            String::from_utf8(rest.into_owned()).unwrap(),
             format!("{command}{left}"),
             "{params:?}"
         );
