@@ -699,6 +699,7 @@ fn site(config: String, smtp: u16) -> Gateway {
         config: path,
         addr: std::net::SocketAddr::from(([127, 0, 0, 1], smtp)),
         child: None,
+        store_tmpfs: None,
     };
     g.spawn();
     g

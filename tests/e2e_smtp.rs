@@ -714,62 +714,14 @@ fn send_one(g: &Gateway, n: usize, body: &str) -> String {
 
 /// A full disk under the store: the mail that does not fit gets `452 4.3.1` (the client keeps
 /// it and tries again later: nothing told `250` is lost), the gateway goes on, and once space is
-/// freed the next mail is queued, without a restart. The store is on a 4 MiB tmpfs mounted in a
-/// mount namespace of the gateway's own (`unshare`: tests run as root, as CI does), filled up
-/// by a file the test writes and then deletes through `/proc/PID/root`.
+/// freed the next mail is queued, without a restart. The store is on a 4 MiB tmpfs of the
+/// gateway's own ([`Gateway::start_on_tmpfs`]), filled up by a file the test then deletes.
 #[test]
 fn a_full_disk_gets_452_and_mail_is_queued_again_once_space_is_freed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    std::fs::create_dir(&store).unwrap();
-    let port = common::free_port();
-    let config = dir.path().join("mail2sms.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[site]\nname = \"test\"\nhostname = \"gw.test\"\ndefault_country = \"FR\"\n\
-             sms_domains = [\"sms\"]\n[store]\npath = \"store/queue.db\"\n\
-             [smtp]\nlisten = [\"127.0.0.1:{port}\"]\ntrusted_networks = [\"127.0.0.0/8\"]\n\
-             [quotas]\nsender_parts_per_hour = 0\nsender_parts_per_day = 0\n\
-             domain_parts_per_hour = 0\ndomain_parts_per_day = 0\n[guard]\nenabled = false\n"
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
-    let mut g = Gateway {
-        dir,
-        config: config.clone(),
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        child: None,
-    };
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(r#"mount -t tmpfs -o size=4m tmpfs "$1" && exec "$2" --config "$3" run"#)
-        .arg("sh")
-        .arg(&store)
-        .arg(common::BIN)
-        .arg(&config);
-    g.launch(cmd, log);
-    let pid = g.child.as_ref().unwrap().id();
-    // The gateway's view of its store directory (the tmpfs), from outside its namespace.
-    let seen = std::path::PathBuf::from(format!("/proc/{pid}/root{}", store.display()));
-    assert!(
-        seen.join("queue.db").exists(),
-        "the store is not on the tmpfs"
-    );
+    let mut g = Gateway::start_on_tmpfs("", "", "4m");
     let body = "All hands meeting moved to 3pm in room 4. ".repeat(20);
     assert!(send_one(&g, 0, &body).starts_with("250 2.0.0"));
-    // Fill the tmpfs.
-    let filler = seen.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let chunk = vec![0u8; 16 * 1024];
-    let err = loop {
-        if let Err(e) = f.write_all(&chunk) {
-            break e;
-        }
-    };
-    assert_eq!(err.raw_os_error(), Some(28), "ENOSPC: {err}");
-    drop(f);
+    let filler = g.fill_store_disk();
     // A mail may still be queued in room the WAL already has; the first that needs more gets 452.
     let mut queued = 1;
     let refused = (1..300)
@@ -790,18 +742,7 @@ fn a_full_disk_gets_452_and_mail_is_queued_again_once_space_is_freed() {
     let r = send_one(&g, queued, &body);
     assert!(r.starts_with("250 2.0.0"), "{r}");
     // Every mail told 250 is in the queue, once; the refused one only as sent again.
-    let out = run(Command::new("nsenter")
-        .args(["--mount", "--target", &pid.to_string()])
-        .arg(common::BIN)
-        .arg("--config")
-        .arg(&config)
-        .args(["queue", "--json"]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let q: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let q = g.queue();
     assert_eq!(q.len(), queued + 1, "{q:?}");
     assert!(
         g.log()

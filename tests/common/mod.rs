@@ -15,6 +15,10 @@ pub struct Gateway {
     pub config: PathBuf,
     pub addr: SocketAddr,
     pub child: Option<Child>,
+    /// The size of the tmpfs the store is on (`store/` beside the config), in a mount namespace
+    /// of the gateway's own: see [`Gateway::start_on_tmpfs`]. `None`: the store is a file
+    /// beside the config.
+    pub store_tmpfs: Option<&'static str>,
 }
 
 /// A port that was free a moment ago, and not handed out before by this process: the kernel
@@ -40,9 +44,29 @@ impl Gateway {
     /// Writes a config (the `extra` TOML is appended: [smtp.tls], users, ...) and starts the
     /// gateway, waiting until it accepts connections.
     pub fn start(smtp_extra: &str, extra: &str) -> Gateway {
+        Gateway::start_with(smtp_extra, extra, None)
+    }
+
+    /// Like [`start`](Self::start), with the store on a tmpfs of `size` (`mount -o size=`)
+    /// mounted on `store/` in a mount namespace of the gateway's own (`unshare`: tests run as
+    /// root, as CI does), so that a test can fill the store's disk
+    /// ([`fill_store_disk`](Self::fill_store_disk)) and not the machine's. The tmpfs lives as
+    /// long as the process: a restart starts with an empty store.
+    pub fn start_on_tmpfs(smtp_extra: &str, extra: &str, size: &'static str) -> Gateway {
+        Gateway::start_with(smtp_extra, extra, Some(size))
+    }
+
+    fn start_with(smtp_extra: &str, extra: &str, store_tmpfs: Option<&'static str>) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("mail2sms.toml");
+        let store = match store_tmpfs {
+            None => "queue.db",
+            Some(_) => {
+                std::fs::create_dir(dir.path().join("store")).unwrap();
+                "store/queue.db"
+            }
+        };
         let text = format!(
             r#"
 [site]
@@ -52,7 +76,7 @@ default_country = "FR"
 sms_domains = ["sms", "sms.example.com"]
 
 [store]
-path = "queue.db"
+path = "{store}"
 
 [smtp]
 listen = ["127.0.0.1:{port}"]
@@ -77,6 +101,7 @@ max_recipients = 5
             config,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child: None,
+            store_tmpfs,
         };
         g.spawn();
         g
@@ -98,9 +123,64 @@ max_recipients = 5
 
     /// [`spawn`](Self::spawn) with the process's output (its log) going to `log`.
     pub fn spawn_logging_to(&mut self, log: std::fs::File) {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--config", self.config.to_str().unwrap(), "run"]);
+        let cmd = match self.store_tmpfs {
+            None => {
+                let mut cmd = Command::new(BIN);
+                cmd.args(["--config", self.config.to_str().unwrap(), "run"]);
+                cmd
+            }
+            Some(size) => {
+                let mut cmd = Command::new("unshare");
+                cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount -t tmpfs -o size="$1" tmpfs "$2" && exec "$3" --config "$4" run"#)
+                    .arg("sh")
+                    .arg(size)
+                    .arg(self.path("store"))
+                    .arg(BIN)
+                    .arg(&self.config);
+                cmd
+            }
+        };
         self.launch(cmd, log);
+        if self.store_tmpfs.is_some() {
+            assert!(
+                self.store_dir().join("queue.db").exists(),
+                "the store is not on the tmpfs"
+            );
+        }
+    }
+
+    /// The directory the store is in, as the gateway sees it (for a store on a tmpfs, through
+    /// `/proc/PID/root`: from outside the gateway's mount namespace).
+    pub fn store_dir(&self) -> PathBuf {
+        match (self.store_tmpfs, &self.child) {
+            (Some(_), Some(c)) => PathBuf::from(format!(
+                "/proc/{}/root{}",
+                c.id(),
+                self.path("store").display()
+            )),
+            (Some(_), None) => panic!("a store on a tmpfs is there only while the gateway runs"),
+            (None, _) => self.dir.path().to_path_buf(),
+        }
+    }
+
+    /// Fills the store's tmpfs with a file until a write fails with ENOSPC; removing the file
+    /// (its path is returned) frees the space.
+    pub fn fill_store_disk(&self) -> PathBuf {
+        assert!(
+            self.store_tmpfs.is_some(),
+            "only a store on a tmpfs is filled"
+        );
+        let filler = self.store_dir().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 16 * 1024];
+        let err = loop {
+            if let Err(e) = f.write_all(&chunk) {
+                break e;
+            }
+        };
+        assert_eq!(err.raw_os_error(), Some(28), "ENOSPC: {err}");
+        filler
     }
 
     /// Starts `cmd` (which runs the gateway, directly or through a wrapper that `exec`s it),
@@ -146,9 +226,19 @@ max_recipients = 5
         c.wait().unwrap()
     }
 
+    /// Runs the CLI on this gateway's config (for a store on a tmpfs, in the gateway's mount
+    /// namespace, with `nsenter`).
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--config")
+        let mut cmd = match (self.store_tmpfs, &self.child) {
+            (Some(_), Some(c)) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.args(["--mount", "--target", &c.id().to_string()])
+                    .arg(BIN);
+                cmd
+            }
+            _ => Command::new(BIN),
+        };
+        cmd.arg("--config")
             .arg(&self.config)
             .args(args)
             .output()
