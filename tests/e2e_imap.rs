@@ -790,3 +790,68 @@ fn a_passive_mailbox_is_watched_only_while_its_peer_is_down() {
         eprintln!("{l}");
     }
 }
+
+/// Invariant 1 on a full disk: a mail the store cannot take stays in the mailbox (not moved to
+/// Processed, not lost) and the log says why, as an error; once space is freed it is queued and
+/// moved, each exactly once, without a restart. The store is on a 4 MiB tmpfs of the gateway's
+/// own ([`Gateway::start_on_tmpfs`]), filled by a file the test then deletes.
+#[test]
+fn a_full_disk_leaves_mail_in_the_mailbox_until_there_is_room() {
+    let dv = Dovecot::start(Options::default());
+    let g = Gateway::start_on_tmpfs(
+        "",
+        &dv.mailbox_toml("INBOX", "starttls", "batch = 50"),
+        "4m",
+    );
+    dv.client(&["append", "INBOX", "1", "roomy"]);
+    wait_for(
+        Duration::from_secs(30),
+        || dv.count("INBOX") == 0 && queued(&g).len() == 1,
+        || format!("INBOX {} left\n{}", dv.count("INBOX"), g.log()),
+    );
+    let filler = g.fill_store_disk();
+    // A few may still be queued in room the WAL already has; the first that needs more fails.
+    dv.client(&["append", "INBOX", "100", "full"]);
+    let full = "could not queue mail from the mailbox: the store's disk is full; the mail stays in the mailbox until there is room";
+    wait_for(
+        Duration::from_secs(30),
+        || log_of(&g).contains(full),
+        || format!("no full-disk error in the log\n{}", g.log()),
+    );
+    // Nothing is moved that is not queued: every mail is in the queue or still in the INBOX.
+    let inbox = dv.ids("INBOX");
+    assert!(!inbox.is_empty(), "the full disk took every mail");
+    let waiting = queued(&g);
+    for id in &inbox {
+        assert!(
+            !waiting.contains_key(id),
+            "{id} is queued and still in the INBOX"
+        );
+    }
+    let processed = dv.ids("Processed");
+    assert_eq!(
+        processed.len() + inbox.len(),
+        101,
+        "{processed:?} {inbox:?}"
+    );
+    assert_eq!(waiting.len(), processed.len());
+
+    std::fs::remove_file(&filler).unwrap();
+    let mut ids = expected("roomy", 1);
+    ids.extend(expected("full", 100));
+    wait_for(
+        Duration::from_secs(60),
+        || dv.count("INBOX") == 0 && queued(&g).len() == 101,
+        || {
+            format!(
+                "INBOX {} left, {} queued\n{}",
+                dv.count("INBOX"),
+                queued(&g).len(),
+                g.log()
+            )
+        },
+    );
+    assert_exactly_once("queue", &queued(&g), &ids);
+    assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
+    assert_eq!(dv.count("Failed"), 0);
+}

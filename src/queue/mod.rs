@@ -638,17 +638,24 @@ async fn commit_batch(
     {
         return commit_accepts(conn, batch, limits).await;
     }
+    // The transaction and the savepoints are plain SQL, as on the other paths, not sqlx's
+    // `Transaction`: sqlx counts the transactions it opened, and when a `COMMIT` fails in a way
+    // that makes SQLite roll back by itself (a full disk, `SQLITE_FULL`, as `SQLITE_IOERR` or
+    // `SQLITE_BUSY`), sqlx's `ROLLBACK` fails and its count stays at one: every later
+    // `begin_with` is then refused ("non-zero transaction depth"), and the store would take no
+    // more writes until a restart (`e2e_imap::a_full_disk_leaves_mail_in_the_mailbox_until_
+    // there_is_room`).
     let mut results: Vec<Result<Outcome, QueueError>> = Vec::with_capacity(batch.len());
-    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
-        Err(e) => {
-            let msg = e.to_string();
-            return batch
-                .iter()
-                .map(|_| Err(QueueError::Db(sqlx::Error::Protocol(msg.clone()))))
-                .collect();
-        }
-    };
+    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        // A transaction a failure left open (its `ROLLBACK` failed too) ends here, so that
+        // the next batch can begin.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let msg = e.to_string();
+        return batch
+            .iter()
+            .map(|_| Err(QueueError::Db(sqlx::Error::Protocol(msg.clone()))))
+            .collect();
+    }
     for job in batch {
         // The hot paths run without a savepoint (two more trips to the store's thread, and a
         // sub-journal copy of every page they touch). A state change is one query with its
@@ -657,12 +664,12 @@ async fn commit_batch(
         // refused, and fails the whole batch when its write fails half-way (`Broken`).
         let unsaved = match job {
             Job::Change(changes, _, _) => Some(
-                dispatch::apply(&mut tx, changes)
+                dispatch::apply(conn, changes)
                     .await
                     .map(|()| Outcome::Changed),
             ),
             Job::Accept(req, _) => Some(
-                insert_request(&mut tx, req, limits)
+                insert_request(conn, req, limits)
                     .await
                     .map(Outcome::Accepted),
             ),
@@ -670,7 +677,7 @@ async fn commit_batch(
         };
         match unsaved {
             Some(Err(QueueError::Broken(msg))) => {
-                let _ = tx.rollback().await;
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
                 return batch
                     .iter()
                     .map(|_| Err(QueueError::Broken(msg.clone())))
@@ -682,18 +689,21 @@ async fn commit_batch(
             }
             None => {}
         }
+        let saved = sqlx::query("SAVEPOINT job").execute(&mut *conn).await;
+        if let Err(e) = saved {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return fail_batch(batch, &e.to_string());
+        }
+        let sp = &mut *conn;
         let r = async {
-            let mut sp = Connection::begin(&mut *tx).await?;
             let r = match job {
-                Job::Accept(req, _) => {
-                    Outcome::Accepted(insert_request(&mut sp, req, limits).await?)
-                }
+                Job::Accept(req, _) => Outcome::Accepted(insert_request(sp, req, limits).await?),
                 Job::Change(changes, _, _) => {
-                    dispatch::apply(&mut sp, changes).await?;
+                    dispatch::apply(sp, changes).await?;
                     Outcome::Changed
                 }
                 Job::Report(report, matching, _) => {
-                    Outcome::Reported(reports::apply(&mut sp, report, *matching).await?)
+                    Outcome::Reported(reports::apply(sp, report, *matching).await?)
                 }
                 Job::Modems(snapshots, configured, _) => {
                     let now = now_ms();
@@ -719,16 +729,26 @@ async fn commit_batch(
                     }
                     Outcome::Changed
                 }
-                Job::Imap(op, _) => Outcome::Imap(imap::apply(&mut sp, op, limits).await?),
-                Job::Replies(op, _) => Outcome::Replies(replies::apply(&mut sp, op).await?),
+                Job::Imap(op, _) => Outcome::Imap(imap::apply(sp, op, limits).await?),
+                Job::Replies(op, _) => Outcome::Replies(replies::apply(sp, op).await?),
             };
-            sp.commit().await?;
             Ok::<_, QueueError>(r)
         }
         .await;
+        // A job that failed leaves nothing of itself in the batch's transaction.
+        let ended = match r {
+            Ok(_) => "RELEASE job",
+            Err(_) => "ROLLBACK TO job; RELEASE job",
+        };
+        if let Err(e) = sqlx::query(ended).execute(&mut *conn).await {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return fail_batch(batch, &e.to_string());
+        }
         results.push(r);
     }
-    if let Err(e) = tx.commit().await {
+    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
+        // Whether SQLite rolled back by itself or not, nothing of the batch is kept.
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         let msg = e.to_string();
         return batch
             .iter()

@@ -2066,3 +2066,51 @@ async fn a_full_disk_is_told_apart_from_other_store_failures() {
     assert!(!QueueError::WriterGone.is_storage_full());
     assert!(!QueueError::Broken("(code: 1300) not full".into()).is_storage_full());
 }
+
+/// In a batch on the general path, a job that fails after writing part of itself leaves none of
+/// it (its savepoint is rolled back), the others of the batch are committed, and the writer's
+/// next batch begins as usual. The failure is a trigger that refuses one modem's row, after the
+/// same job wrote another.
+#[tokio::test]
+async fn a_job_that_fails_half_way_leaves_nothing_and_the_batch_commits_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    drop(Store::open(&path).await.unwrap());
+    let mut conn = writer_conn(&path).await;
+    sqlx::query(
+        "CREATE TRIGGER refuse_bad BEFORE INSERT ON modems WHEN NEW.name = 'bad'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let modems = |names: &[&str]| {
+        let (tx, _rx) = oneshot::channel();
+        let rows = names.iter().map(|n| (n.to_string(), "{}".to_string()));
+        Job::Modems(rows.collect(), None, tx)
+    };
+    let names = async |conn: &mut SqliteConnection| -> Vec<String> {
+        sqlx::query_scalar("SELECT name FROM modems ORDER BY name")
+            .fetch_all(conn)
+            .await
+            .unwrap()
+    };
+    let policy = QueuePolicy::unlimited(OwedReplies::All);
+    let batch = [
+        modems(&["first"]),
+        modems(&["half", "bad"]),
+        modems(&["last"]),
+    ];
+    let results = commit_batch(&mut conn, &batch, &policy).await;
+    assert!(results[0].is_ok(), "{:?}", results[0].as_ref().err());
+    assert!(
+        matches!(&results[1], Err(e) if e.to_string().contains("refused by the test")),
+        "{:?}",
+        results[1].as_ref().err()
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2].as_ref().err());
+    assert_eq!(names(&mut conn).await, ["first", "last"]);
+    let results = commit_batch(&mut conn, &[modems(&["next"])], &policy).await;
+    assert!(results[0].is_ok(), "{:?}", results[0].as_ref().err());
+    assert_eq!(names(&mut conn).await, ["first", "last", "next"]);
+}

@@ -91,7 +91,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Intake;
 use crate::peer::passive::Standby;
@@ -344,6 +344,14 @@ impl Watcher {
                     }
                     continue;
                 }
+                // As SMTP's `452 4.3.1`: it lasts until an admin frees space, so it is an
+                // error, and it says where the mail is meanwhile (invariant 1: not moved).
+                Err(ImapError::Queue(e)) if e.is_storage_full() => error!(
+                    mailbox = %self.cfg.name,
+                    error = %e,
+                    retry_in = ?backoff,
+                    "could not queue mail from the mailbox: the store's disk is full; the mail stays in the mailbox until there is room"
+                ),
                 Err(e) => warn!(
                     mailbox = %self.cfg.name,
                     error = %e,
