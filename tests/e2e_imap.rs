@@ -58,6 +58,25 @@ fn assert_exactly_once(what: &str, counts: &HashMap<String, usize>, ids: &[Strin
     assert_eq!(counts.len(), ids.len(), "{what}: unexpected ids present");
 }
 
+/// Waits (up to `limit`) until the INBOX is empty and as many mails as `ids` are queued, then
+/// checks that each of `ids` is in the queue once and in Processed once.
+fn assert_each_taken_once(dv: &Dovecot, g: &Gateway, ids: &[String], limit: Duration) {
+    wait_for(
+        limit,
+        || dv.count("INBOX") == 0 && queued(g).len() == ids.len(),
+        || {
+            format!(
+                "INBOX {} left, {} queued\n{}",
+                dv.count("INBOX"),
+                queued(g).len(),
+                g.log()
+            )
+        },
+    );
+    assert_exactly_once("queue", &queued(g), ids);
+    assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), ids);
+}
+
 /// The gateway's log without terminal colour codes (`ESC [ ... m`).
 fn log_of(g: &Gateway) -> String {
     let raw = g.log();
@@ -113,20 +132,7 @@ fn thousand_mails_through_twenty_sigkills_are_each_queued_once_and_moved() {
     );
 
     let ids = expected("kill", 1000);
-    wait_for(
-        Duration::from_secs(60),
-        || dv.count("INBOX") == 0 && queued(&g).len() == 1000,
-        || {
-            format!(
-                "INBOX {} left, {} queued\n{}",
-                dv.count("INBOX"),
-                queued(&g).len(),
-                g.log()
-            )
-        },
-    );
-    assert_exactly_once("queue", &queued(&g), &ids);
-    assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
+    assert_each_taken_once(&dv, &g, &ids, Duration::from_secs(60));
     assert_eq!(dv.count("Failed"), 0);
     let log = log_of(&g);
     eprintln!(
@@ -146,20 +152,7 @@ fn dovecot_restart_mid_run_is_survived() {
     dv.client(&["append", "INBOX", "150", "after"]);
     let mut ids = expected("before", 300);
     ids.extend(expected("after", 150));
-    wait_for(
-        Duration::from_secs(40),
-        || dv.count("INBOX") == 0 && queued(&g).len() == 450,
-        || {
-            format!(
-                "INBOX {} left, {} queued\n{}",
-                dv.count("INBOX"),
-                queued(&g).len(),
-                g.log()
-            )
-        },
-    );
-    assert_exactly_once("queue", &queued(&g), &ids);
-    assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
+    assert_each_taken_once(&dv, &g, &ids, Duration::from_secs(40));
     let log = log_of(&g);
     assert!(log.contains("reconnecting"), "no reconnect seen:\n{log}");
     assert!(
@@ -254,20 +247,7 @@ fn server_without_idle_and_move_is_polled_and_copied() {
     let g = Gateway::start("", &dv.mailbox_toml("INBOX", "starttls", "poll_secs = 1"));
     dv.client(&["append", "INBOX", "60", "poll"]);
     let ids = expected("poll", 60);
-    wait_for(
-        Duration::from_secs(30),
-        || dv.count("INBOX") == 0 && queued(&g).len() == 60,
-        || {
-            format!(
-                "INBOX {} left, {} queued\n{}",
-                dv.count("INBOX"),
-                queued(&g).len(),
-                g.log()
-            )
-        },
-    );
-    assert_exactly_once("queue", &queued(&g), &ids);
-    assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
+    assert_each_taken_once(&dv, &g, &ids, Duration::from_secs(30));
     let log = log_of(&g);
     assert!(log.contains("polling"), "not polling:\n{log}");
     assert!(log.contains("moves=false"), "MOVE was offered:\n{log}");
@@ -839,19 +819,6 @@ fn a_full_disk_leaves_mail_in_the_mailbox_until_there_is_room() {
     std::fs::remove_file(&filler).unwrap();
     let mut ids = expected("roomy", 1);
     ids.extend(expected("full", 100));
-    wait_for(
-        Duration::from_secs(60),
-        || dv.count("INBOX") == 0 && queued(&g).len() == 101,
-        || {
-            format!(
-                "INBOX {} left, {} queued\n{}",
-                dv.count("INBOX"),
-                queued(&g).len(),
-                g.log()
-            )
-        },
-    );
-    assert_exactly_once("queue", &queued(&g), &ids);
-    assert_exactly_once("Processed", &count_ids(&dv.ids("Processed")), &ids);
+    assert_each_taken_once(&dv, &g, &ids, Duration::from_secs(60));
     assert_eq!(dv.count("Failed"), 0);
 }
