@@ -767,3 +767,104 @@ fn per_sim_rate_limit_spaces_the_sends() {
     assert!(span >= 1000 * gaps.len() as u64 - 100, "gaps {gaps:?} ms");
     assert!(sim.records().iter().all(|r| r.modem == "modem0"));
 }
+
+/// Invariant 3 on a full disk: a part that cannot be marked `sending` on disk is not handed to
+/// the modem; once space is freed it is marked and sent, once, with the mails queued before the
+/// disk filled. The store is on a 4 MiB tmpfs of the gateway's own
+/// ([`Gateway::start_on_tmpfs`]). The modem is unplugged while mail is queued and the disk is
+/// filled (and the store's room used up: mail until `452`), then plugged back, so that its
+/// first sends meet the full disk.
+#[test]
+fn a_part_that_cannot_be_marked_sending_on_a_full_disk_waits_for_room_and_is_sent_once() {
+    let sim = SimProcess::start(1, &["--latency-ms", "2", "--cmgs-latency-ms", "30"]);
+    let g = Gateway::start_on_tmpfs("", &format!("{SENDING}\n{}", sim.modem_config(6)), "4m");
+    smtp_send(
+        &g,
+        &["+33620000000@sms".into()],
+        "first",
+        "Sent before the disk fills.",
+    );
+    wait_until(
+        "the first SMS sent and recorded",
+        Duration::from_secs(30),
+        || sim.records().len() == 1 && unfinished(&g) == 0,
+    );
+    sim.control(json!({"cmd": "unplug", "modem": "modem0"}));
+    wait_until("the modem seen unplugged", Duration::from_secs(30), || {
+        g.log().contains("state=Unplugged")
+    });
+    for k in 1..=3 {
+        smtp_send(
+            &g,
+            &[format!("+3362000000{k}@sms")],
+            "queued",
+            &format!("Queued while the modem is out, {k}."),
+        );
+    }
+    let filler = g.fill_store_disk();
+    // Mail until the store refuses one: its room (what the WAL file already had) is used up.
+    let acked = g.path("acked.txt");
+    let port = g.addr.port().to_string();
+    let out = common::python(
+        "smtp_client.py",
+        &[
+            "load",
+            "127.0.0.1",
+            &port,
+            "1",
+            "300",
+            acked.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = "could not queue a mail: the store's disk is full";
+    assert!(g.log().contains(refused), "{}", g.log());
+    sim.control(json!({"cmd": "replug", "modem": "modem0"}));
+    wait_until(
+        "a part that could not be marked",
+        Duration::from_secs(30),
+        || {
+            g.log()
+                .contains("cannot mark a part sending: the store's disk is full; not sending it")
+        },
+    );
+    // The worker waits between attempts instead of taking the same message again at once.
+    std::thread::sleep(Duration::from_secs(2));
+    let attempts = g.log().matches("cannot mark a part sending").count();
+    assert!(
+        attempts <= 4,
+        "{attempts} attempts in about 2 s:\n{}",
+        g.log()
+    );
+    assert_eq!(sim.records().len(), 1, "sent without a mark on disk");
+
+    std::fs::remove_file(&filler).unwrap();
+    let queue = g.queue();
+    wait_until("every recipient final", Duration::from_secs(60), || {
+        unfinished(&g) == 0
+    });
+    let records = sim.records();
+    eprintln!(
+        "{} mails queued after the disk filled, before the first 452",
+        std::fs::read_to_string(&acked)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    );
+    assert_eq!(records.len(), queue.len(), "{records:?}");
+    for e in g.queue() {
+        let number = e["number"].as_str().unwrap();
+        let n = records.iter().filter(|r| r.dest == number).count();
+        assert_eq!(n, 1, "{number} sent {n} times");
+        assert!(
+            matches!(e["state"].as_str(), Some("sent" | "delivered")),
+            "{e}\n{}\n{}",
+            String::from_utf8_lossy(&g.cli(&["status", e["request"].as_str().unwrap()]).stdout),
+            g.log()
+        );
+    }
+}

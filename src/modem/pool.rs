@@ -42,7 +42,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::driver::{Modem, SendError};
 use super::pdu::{self, SubmitOptions, SubmitPdu};
@@ -278,6 +278,11 @@ fn release(inner: &Inner, recipient: i64) {
 /// on modems that take seconds per SMS, the commit still comes soon after the mark.
 const MAX_LINGER: Duration = Duration::from_millis(250);
 
+/// How long a worker waits, after the store failed to take a mark, before it takes another
+/// message: a part is sent only once marked (invariant 3), and a store that cannot write (a
+/// full disk) is not retried in a loop.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
 /// A message this modem is sending: its parts' PDUs and the parts still to send, in order.
 struct Message {
     work: Work,
@@ -319,6 +324,9 @@ struct Worker {
     /// How long this modem's recent sends took (a moving average): a part marked ahead lets its
     /// commit wait half of that for company.
     send_time: Option<Duration>,
+    /// The store failed to take this worker's last mark: it waits [`STORE_RETRY`] before it
+    /// takes another message.
+    store_failed: AtomicBool,
 }
 
 async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
@@ -331,6 +339,7 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
         last_send: None,
         owed: None,
         send_time: None,
+        store_failed: AtomicBool::new(false),
     };
     let inner = w.inner.clone();
     let mut next = Next::None;
@@ -338,6 +347,15 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
         if shutdown.is_cancelled() {
             w.settle(&mut next, "the gateway is stopping").await;
             return;
+        }
+        if w.store_failed.swap(false, Ordering::Relaxed) {
+            // The message it could not mark went back to the list, and would be taken again
+            // at once: on a full disk, the worker would spin and fill the log.
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(STORE_RETRY) => {}
+            }
+            continue;
         }
         if !modem.is_ready() {
             w.settle(&mut next, "its modem is not ready").await;
@@ -483,7 +501,12 @@ impl Worker {
                 false
             }
             Err(e) => {
-                warn!(error = %e, "cannot mark a part sending; not sending it");
+                self.store_failed.store(true, Ordering::Relaxed);
+                if e.is_storage_full() {
+                    error!(modem = %self.name(), error = %e, retry_in = ?STORE_RETRY, "cannot mark a part sending: the store's disk is full; not sending it");
+                } else {
+                    warn!(modem = %self.name(), error = %e, retry_in = ?STORE_RETRY, "cannot mark a part sending; not sending it");
+                }
                 false
             }
             Ok(()) => true,
