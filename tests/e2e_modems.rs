@@ -802,27 +802,7 @@ fn a_part_that_cannot_be_marked_sending_on_a_full_disk_waits_for_room_and_is_sen
         );
     }
     let filler = g.fill_store_disk();
-    // Mail until the store refuses one: its room (what the WAL file already had) is used up.
-    let acked = g.path("acked.txt");
-    let port = g.addr.port().to_string();
-    let out = common::python(
-        "smtp_client.py",
-        &[
-            "load",
-            "127.0.0.1",
-            &port,
-            "1",
-            "300",
-            acked.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let refused = "could not queue a mail: the store's disk is full";
-    assert!(g.log().contains(refused), "{}", g.log());
+    let late = g.use_up_store_room();
     sim.control(json!({"cmd": "replug", "modem": "modem0"}));
     wait_until(
         "a part that could not be marked",
@@ -848,13 +828,7 @@ fn a_part_that_cannot_be_marked_sending_on_a_full_disk_waits_for_room_and_is_sen
         unfinished(&g) == 0
     });
     let records = sim.records();
-    eprintln!(
-        "{} mails queued after the disk filled, before the first 452",
-        std::fs::read_to_string(&acked)
-            .unwrap_or_default()
-            .lines()
-            .count()
-    );
+    eprintln!("{late} mails queued after the disk filled, before the first 452");
     assert_eq!(records.len(), queue.len(), "{records:?}");
     for e in g.queue() {
         let number = e["number"].as_str().unwrap();

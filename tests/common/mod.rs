@@ -226,6 +226,40 @@ max_recipients = 5
         c.wait().unwrap()
     }
 
+    /// After [`fill_store_disk`](Self::fill_store_disk): mail over SMTP until the store refuses
+    /// one (`452`), so that the room its files already had (the WAL's) is used up too, and its
+    /// next write fails. Returns how many mails were still queued.
+    pub fn use_up_store_room(&self) -> usize {
+        let acked = self.path("acked.txt");
+        let port = self.addr.port().to_string();
+        let out = python(
+            "smtp_client.py",
+            &[
+                "load",
+                "127.0.0.1",
+                &port,
+                "1",
+                "300",
+                acked.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            self.log()
+                .contains("could not queue a mail: the store's disk is full"),
+            "{}",
+            self.log()
+        );
+        std::fs::read_to_string(&acked)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
     /// Runs the CLI on this gateway's config (for a store on a tmpfs, in the gateway's mount
     /// namespace, with `nsenter`).
     pub fn cli(&self, args: &[&str]) -> Output {
