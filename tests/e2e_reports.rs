@@ -17,17 +17,19 @@ use mail2sms::queue::RequestStatus;
 use serde_json::{Value, json};
 
 fn gateway(sim: &SimProcess, sink: &Sink, sending: &str, replies: &str) -> Gateway {
+    Gateway::start("", &config(sim, sink, sending, replies))
+}
+
+/// The configuration of [`gateway`]: the simulated modems, the sink as relay, the templates.
+fn config(sim: &SimProcess, sink: &Sink, sending: &str, replies: &str) -> String {
     let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
-    Gateway::start(
-        "",
-        &format!(
-            "[sending]\nmax_attempts = 3\nretry_base_secs = 1\nretry_max_secs = 2\n{sending}\n\
-             {}\n[notify]\nrelay = \"127.0.0.1:{}\"\ntls = \"none\"\n\n\
-             [replies]\ntemplates = \"{}\"\nlanguage = \"en\"\nrelayed = false\n{replies}\n",
-            sim.modem_config(6),
-            sink.port,
-            templates.display()
-        ),
+    format!(
+        "[sending]\nmax_attempts = 3\nretry_base_secs = 1\nretry_max_secs = 2\n{sending}\n\
+         {}\n[notify]\nrelay = \"127.0.0.1:{}\"\ntls = \"none\"\n\n\
+         [replies]\ntemplates = \"{}\"\nlanguage = \"en\"\nrelayed = false\n{replies}\n",
+        sim.modem_config(6),
+        sink.port,
+        templates.display()
     )
 }
 
@@ -532,4 +534,81 @@ fn a_sender_is_told_when_a_crash_leaves_the_sms_uncertain() {
     );
     // The simulated network got each SMS once.
     assert_eq!(sim.records().len(), 2);
+}
+
+/// A status reply that left but whose `sent` the store cannot record (a full disk) is not sent
+/// again: the loop keeps the outcome and records it once there is room, instead of finding the
+/// reply still due and sending it every 50 ms. The relay holds the reply's DATA while the test
+/// fills the store's tmpfs ([`Gateway::start_on_tmpfs`]) and uses up its room (mail until
+/// `452`), then answers.
+#[test]
+fn a_reply_whose_sending_cannot_be_recorded_is_not_sent_again() {
+    let sim = reporting_sim(30);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(dir.path());
+    sink.hold();
+    let g = Gateway::start_on_tmpfs("", &config(&sim, &sink, "", ""), "4m");
+    let address = "+33640000009@sms";
+    send(
+        &g,
+        "alice@example.org",
+        &[address],
+        "SUCCESS,FAILURE",
+        &["--msgid", "<full@client.example>"],
+    );
+    wait_until(
+        "the reply held by the relay",
+        Duration::from_secs(60),
+        || sink.held(),
+    );
+    let filler = g.fill_store_disk();
+    g.use_up_store_room();
+    sink.release();
+    let unrecorded = "cannot record a status reply attempt";
+    wait_until(
+        "the reply's outcome refused",
+        Duration::from_secs(30),
+        || g.log().contains(unrecorded),
+    );
+    // Long enough for dozens of turns of the loop at its usual pace.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sink.about(address).len(), 1, "{:?}", sink.replies());
+
+    std::fs::remove_file(&filler).unwrap();
+    // The store's own record of the reply (no CLI shows it), read with Python's sqlite3 in the
+    // gateway's mount namespace.
+    let pid = g.child.as_ref().unwrap().id().to_string();
+    let db = g.path("store").join("queue.db");
+    let states = || {
+        let out = std::process::Command::new("nsenter")
+            .args(["--mount", "--target", &pid, "python3", "-c"])
+            .arg(
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+                 print(','.join(r[0] for r in c.execute('SELECT state FROM status_replies')))",
+            )
+            .arg(&db)
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    };
+    let recorded = (0..150).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        states() == "sent"
+    });
+    assert!(recorded, "{}\n{}", states(), g.log());
+    std::thread::sleep(Duration::from_secs(2));
+    let got = sink.about(address);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_reply(
+        &got[0],
+        "alice@example.org",
+        "<full@client.example>",
+        address,
+        "delivered",
+        "2.0.0",
+    );
 }

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::queue::imap::{PendingNotice, due_notices, next_notice_at};
-use crate::queue::{Store, now_ms};
+use crate::queue::{QueueError, Store, now_ms};
 
 /// How replies reach the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -249,16 +249,88 @@ pub(crate) fn next_attempt(e: &NotifyError, attempts: i64, max_attempts: u32) ->
         .then(|| now_ms() + retry_delay(attempts).as_millis() as i64)
 }
 
+/// Outcomes of mails that were sent (or given up) but that the store could not record yet (a
+/// full disk), by row id. The row still looks due: left alone, the loop would send the same
+/// mail again at its next turn, every 50 ms for as long as the disk stays full. Each outcome
+/// is recorded again before anything else, and its row is not attempted meanwhile. A restart
+/// forgets them: such a mail is then sent once more (at least once, as SMTP is).
+pub(crate) struct Unrecorded<T> {
+    outcomes: Vec<(i64, T)>,
+}
+
+impl<T: Clone> Unrecorded<T> {
+    pub(crate) fn new() -> Self {
+        Unrecorded {
+            outcomes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn contains(&self, id: i64) -> bool {
+        self.outcomes.iter().any(|(i, _)| *i == id)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.outcomes.is_empty()
+    }
+
+    pub(crate) fn push(&mut self, id: i64, outcome: T) {
+        self.outcomes.push((id, outcome));
+    }
+
+    /// Records each outcome again with `record`; keeps those the store still refuses.
+    pub(crate) async fn retry<F, Fut>(&mut self, mut record: F)
+    where
+        F: FnMut(i64, T) -> Fut,
+        Fut: Future<Output = Result<(), QueueError>>,
+    {
+        let mut kept = Vec::new();
+        for (id, outcome) in self.outcomes.drain(..) {
+            if record(id, outcome.clone()).await.is_err() {
+                kept.push((id, outcome));
+            }
+        }
+        self.outcomes = kept;
+    }
+}
+
+/// How long a sending loop waits while the store cannot record what it did (rather than
+/// its usual 50 ms): a full disk is not retried in a loop.
+pub(crate) const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// What became of a notice: sent, or failed (to be tried again at a time, or given up).
+#[derive(Debug, Clone)]
+enum NoticeOutcome {
+    Sent,
+    Failed { error: String, retry: Option<i64> },
+}
+
+async fn record_notice(store: &Store, id: i64, outcome: NoticeOutcome) -> Result<(), QueueError> {
+    match outcome {
+        NoticeOutcome::Sent => store.notice_sent(id).await,
+        NoticeOutcome::Failed { error, retry } => store.notice_failed(id, error, retry).await,
+    }
+}
+
 /// Sends pending notices until shutdown; `wake` is told when new ones are written.
 pub async fn run(store: Store, notifier: Notifier, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut unrecorded = Unrecorded::new();
     loop {
+        unrecorded
+            .retry(|id, outcome| record_notice(&store, id, outcome))
+            .await;
         match due_notices(store.reader(), 32).await {
             Ok(due) => {
                 for n in due {
                     if shutdown.is_cancelled() {
                         return;
                     }
-                    attempt(&store, &notifier, n).await;
+                    if unrecorded.contains(n.id) {
+                        continue;
+                    }
+                    let id = n.id;
+                    if let Some(outcome) = attempt(&store, &notifier, n).await {
+                        unrecorded.push(id, outcome);
+                    }
                 }
             }
             Err(e) => warn!(error = %e, "cannot read pending notices"),
@@ -267,15 +339,21 @@ pub async fn run(store: Store, notifier: Notifier, wake: Arc<Notify>, shutdown: 
             Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, 60_000) as u64),
             _ => Duration::from_secs(60),
         };
+        let least = if unrecorded.is_empty() {
+            Duration::from_millis(50)
+        } else {
+            STORE_RETRY
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+            _ = tokio::time::sleep(wait.max(least)) => {}
         }
     }
 }
 
-async fn attempt(store: &Store, notifier: &Notifier, n: PendingNotice) {
+/// Sends one notice and records the outcome; returns it if the store could not record it.
+async fn attempt(store: &Store, notifier: &Notifier, n: PendingNotice) -> Option<NoticeOutcome> {
     let result = notifier
         .send_failure_notice_about(
             &n.recipient,
@@ -284,19 +362,26 @@ async fn attempt(store: &Store, notifier: &Notifier, n: PendingNotice) {
             &n.reason,
         )
         .await;
-    let recorded = match result {
+    let outcome = match result {
         Ok(()) => {
             info!(to = %n.recipient, id = n.id, "failure notice sent");
-            store.notice_sent(n.id).await
+            NoticeOutcome::Sent
         }
         Err(e) => {
             let retry = next_attempt(&e, n.attempts, notifier.config.max_attempts);
             warn!(to = %n.recipient, id = n.id, attempts = n.attempts + 1, error = %e, retry = retry.is_some(), "failure notice not sent");
-            store.notice_failed(n.id, e.to_string(), retry).await
+            NoticeOutcome::Failed {
+                error: e.to_string(),
+                retry,
+            }
         }
     };
-    if let Err(e) = recorded {
-        warn!(id = n.id, error = %e, "cannot record a notice attempt");
+    match record_notice(store, n.id, outcome.clone()).await {
+        Ok(()) => None,
+        Err(e) => {
+            warn!(id = n.id, error = %e, retry_in = ?STORE_RETRY, "cannot record a notice attempt; not sending it again meanwhile");
+            Some(outcome)
+        }
     }
 }
 

@@ -31,9 +31,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Notifier, NotifyError, next_attempt, parse_address};
+use super::{Notifier, NotifyError, STORE_RETRY, Unrecorded, next_attempt, parse_address};
 use crate::queue::replies::{PendingReply, due, next_due, sent_since};
-use crate::queue::{Store, format_ms, now_ms};
+use crate::queue::{QueueError, Store, format_ms, now_ms};
 
 /// `[replies]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -547,7 +547,11 @@ pub async fn run(
     cfg: RepliesConfig,
     shutdown: CancellationToken,
 ) {
+    let mut unrecorded = Unrecorded::new();
     loop {
+        unrecorded
+            .retry(|id, outcome| record_reply(&store, id, outcome))
+            .await;
         if let Some(delay) = cfg.delay {
             let before = now_ms() - delay.as_millis() as i64;
             if let Err(e) = store
@@ -563,7 +567,13 @@ pub async fn run(
                     if shutdown.is_cancelled() {
                         return;
                     }
-                    attempt(&store, &notifier, &cfg, r).await;
+                    if unrecorded.contains(r.id) {
+                        continue;
+                    }
+                    let id = r.id;
+                    if let Some(outcome) = attempt(&store, &notifier, &cfg, r).await {
+                        unrecorded.push(id, outcome);
+                    }
                 }
             }
             Err(e) => warn!(error = %e, "cannot read owed status replies"),
@@ -572,14 +582,43 @@ pub async fn run(
             Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, 60_000) as u64),
             _ => POLL,
         };
+        let wait = if unrecorded.is_empty() {
+            wait.clamp(Duration::from_millis(50), POLL)
+        } else {
+            STORE_RETRY
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait.clamp(Duration::from_millis(50), POLL)) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
-async fn attempt(store: &Store, notifier: &Notifier, cfg: &RepliesConfig, r: PendingReply) {
+/// What became of a status reply: sent, not to be sent (why), or failed (to be tried again at
+/// a time, or given up).
+#[derive(Debug, Clone)]
+enum ReplyOutcome {
+    Sent,
+    Skipped(String),
+    Failed { error: String, retry: Option<i64> },
+}
+
+async fn record_reply(store: &Store, id: i64, outcome: ReplyOutcome) -> Result<(), QueueError> {
+    match outcome {
+        ReplyOutcome::Sent => store.reply_sent(id).await,
+        ReplyOutcome::Skipped(why) => store.reply_skipped(id, why).await,
+        ReplyOutcome::Failed { error, retry } => store.reply_failed(id, error, retry).await,
+    }
+}
+
+/// Decides on one owed reply, sends it if it is to be sent, and records the outcome; returns
+/// it if the store could not record it.
+async fn attempt(
+    store: &Store,
+    notifier: &Notifier,
+    cfg: &RepliesConfig,
+    r: PendingReply,
+) -> Option<ReplyOutcome> {
     let facts = Facts {
         sender: &r.sender,
         notify: r.notify.as_deref(),
@@ -599,16 +638,13 @@ async fn attempt(store: &Store, notifier: &Notifier, cfg: &RepliesConfig, r: Pen
             Ok(_) => {}
             Err(e) => {
                 warn!(error = %e, "cannot count replies for the rate limit; trying later");
-                return;
+                return None;
             }
         }
     }
     if let Err(why) = verdict {
         info!(id = r.id, request = %r.request_id, action = %r.action, "status reply not sent: {why}");
-        if let Err(e) = store.reply_skipped(r.id, why).await {
-            warn!(id = r.id, error = %e, "cannot record a skipped status reply");
-        }
-        return;
+        return settle(store, r.id, ReplyOutcome::Skipped(why)).await;
     }
     let now = now_ms();
     let ctx = TemplateContext::of(&r);
@@ -631,19 +667,31 @@ async fn attempt(store: &Store, notifier: &Notifier, cfg: &RepliesConfig, r: Pen
             Err(e) => Err(e),
         },
     };
-    let recorded = match result {
+    let outcome = match result {
         Ok(()) => {
             info!(to = %r.sender, id = r.id, action = %r.action, "status reply sent");
-            store.reply_sent(r.id).await
+            ReplyOutcome::Sent
         }
         Err(e) => {
             let retry = next_attempt(&e, r.attempts, notifier.config.max_attempts);
             warn!(to = %r.sender, id = r.id, attempts = r.attempts + 1, error = %e, retry = retry.is_some(), "status reply not sent");
-            store.reply_failed(r.id, e.to_string(), retry).await
+            ReplyOutcome::Failed {
+                error: e.to_string(),
+                retry,
+            }
         }
     };
-    if let Err(e) = recorded {
-        warn!(id = r.id, error = %e, "cannot record a status reply attempt");
+    settle(store, r.id, outcome).await
+}
+
+/// Records `outcome`; returns it if the store could not.
+async fn settle(store: &Store, id: i64, outcome: ReplyOutcome) -> Option<ReplyOutcome> {
+    match record_reply(store, id, outcome.clone()).await {
+        Ok(()) => None,
+        Err(e) => {
+            warn!(id, error = %e, retry_in = ?STORE_RETRY, "cannot record a status reply attempt; not sending it again meanwhile");
+            Some(outcome)
+        }
     }
 }
 

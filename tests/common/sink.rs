@@ -47,6 +47,21 @@ impl Sink {
         Sink { port, file, child }
     }
 
+    /// Holds the next mails' DATA unanswered until [`release`](Self::release).
+    pub fn hold(&self) {
+        std::fs::write(self.file.with_extension("jsonl.hold"), "").unwrap();
+    }
+
+    /// Whether a mail's DATA has been held.
+    pub fn held(&self) -> bool {
+        self.file.with_extension("jsonl.held").exists()
+    }
+
+    /// Answers the mails held, and those that follow, at once.
+    pub fn release(&self) {
+        std::fs::remove_file(self.file.with_extension("jsonl.hold")).unwrap();
+    }
+
     /// Every reply received so far, as Python's `email` package reads it.
     pub fn replies(&self) -> Vec<Value> {
         let out = python("dsn_parse.py", &[self.file.to_str().unwrap()]);

@@ -4,10 +4,13 @@ line (mail_from, rcpt_tos, data) to OUTFILE.
 
     smtp_sink.py PORT OUTFILE
 
-Prints "ready" once it listens.
+Prints "ready" once it listens. While a file OUTFILE.hold exists, a mail's DATA is held: the
+sink writes OUTFILE.held and answers only once OUTFILE.hold is removed (a relay slow to answer,
+for a test to act while a mail is on its way).
 """
 import asyncio
 import json
+import os
 import sys
 
 from aiosmtpd.controller import Controller
@@ -18,6 +21,11 @@ class Sink:
         self.path = path
 
     async def handle_DATA(self, server, session, envelope):
+        hold = self.path + ".hold"
+        if os.path.exists(hold):
+            open(self.path + ".held", "w").close()
+            while os.path.exists(hold):
+                await asyncio.sleep(0.05)
         with open(self.path, "a") as f:
             f.write(
                 json.dumps(
