@@ -649,7 +649,7 @@ async fn commit_batch(
     if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
         // A transaction a failure left open (its `ROLLBACK` failed too) ends here, so that
         // the next batch can begin.
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        rollback(conn).await;
         let msg = e.to_string();
         return batch
             .iter()
@@ -677,7 +677,7 @@ async fn commit_batch(
         };
         match unsaved {
             Some(Err(QueueError::Broken(msg))) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                rollback(conn).await;
                 return batch
                     .iter()
                     .map(|_| Err(QueueError::Broken(msg.clone())))
@@ -691,7 +691,7 @@ async fn commit_batch(
         }
         let saved = sqlx::query("SAVEPOINT job").execute(&mut *conn).await;
         if let Err(e) = saved {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            rollback(conn).await;
             return fail_batch(batch, &e.to_string());
         }
         let sp = &mut *conn;
@@ -741,14 +741,14 @@ async fn commit_batch(
             Err(_) => "ROLLBACK TO job; RELEASE job",
         };
         if let Err(e) = sqlx::query(ended).execute(&mut *conn).await {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            rollback(conn).await;
             return fail_batch(batch, &e.to_string());
         }
         results.push(r);
     }
     if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
         // Whether SQLite rolled back by itself or not, nothing of the batch is kept.
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        rollback(conn).await;
         let msg = e.to_string();
         return batch
             .iter()
@@ -760,6 +760,13 @@ async fn commit_batch(
             .collect();
     }
     results
+}
+
+/// Ends the writer's open transaction, if there is one, keeping nothing of it. Its error is
+/// ignored: after a failed `COMMIT` SQLite may have rolled back by itself, and a `ROLLBACK` that
+/// fails with the transaction still open is tried again by the next batch's `BEGIN`.
+async fn rollback(conn: &mut SqliteConnection) {
+    let _ = sqlx::query("ROLLBACK").execute(conn).await;
 }
 
 /// Every job of `batch` failed with `msg`: nothing of the batch was kept.
@@ -813,7 +820,7 @@ async fn commit_fused(
             Ok(()) => return batch.iter().map(|_| Ok(Outcome::Changed)).collect(),
             Err(e) => {
                 tracing::debug!("a batch of sends goes job by job: {e}");
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                rollback(conn).await;
             }
         }
     }
@@ -828,13 +835,13 @@ async fn commit_fused(
             Ok(()) => results.push(Ok(Outcome::Changed)),
             Err(QueueError::Broken(msg)) => {
                 // Written in part, or the commit failed: nothing of the batch is kept.
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                rollback(conn).await;
                 return fail_all(msg);
             }
             Err(e) if i == 0 => {
                 // Whether the transaction was opened is unknown: end it, and give the rest of
                 // the batch to the usual path, which opens its own.
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                rollback(conn).await;
                 results.push(Err(e));
                 if let Some(rest) = batch.get(1..).filter(|r| !r.is_empty()) {
                     results.extend(Box::pin(commit_batch(conn, rest, limits)).await);
@@ -847,7 +854,7 @@ async fn commit_fused(
                 if i + 1 == batch.len()
                     && let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await
                 {
-                    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                    rollback(conn).await;
                     return fail_all(format!("commit failed: {e}"));
                 }
             }
@@ -1206,7 +1213,7 @@ async fn commit_accepts(
         Ok(rows) => known_keys(&rows),
         Err(e) => {
             // Whether the transaction was opened is unknown: end it.
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            rollback(conn).await;
             return fail_all(e.to_string());
         }
     };
@@ -1260,7 +1267,7 @@ async fn commit_accepts(
         write_requests(conn, &rows, true).await
     };
     if let Err(e) = written {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        rollback(conn).await;
         return fail_all(format!("commit failed: {e}"));
     }
     results
