@@ -768,6 +768,50 @@ fn per_sim_rate_limit_spaces_the_sends() {
     assert!(sim.records().iter().all(|r| r.modem == "modem0"));
 }
 
+/// A modem's status the store refuses on a full disk is written as soon as there is room again,
+/// not at the next change or heartbeat (10 s later), and a run of refusals is logged once.
+#[test]
+fn a_modem_status_refused_on_a_full_disk_is_recorded_once_there_is_room() {
+    let sim = SimProcess::start(1, &["--latency-ms", "2"]);
+    let g = Gateway::start_on_tmpfs("", &sim.modem_config(6), "4m");
+    wait_until("the modem recorded ready", Duration::from_secs(30), || {
+        modems_json(&g)
+            .first()
+            .is_some_and(|m| m["state"]["state"] == "ready")
+    });
+    let filler = g.fill_store_disk();
+    g.use_up_store_room();
+    sim.control(json!({"cmd": "unplug", "modem": "modem0"}));
+    wait_until(
+        "the unplugged status refused",
+        Duration::from_secs(30),
+        || g.log().contains("cannot record modem status"),
+    );
+    // Refused again each second meanwhile, but said once.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        g.log().matches("cannot record modem status").count(),
+        1,
+        "{}",
+        g.log()
+    );
+    assert_eq!(modems_json(&g)[0]["state"]["state"], "ready");
+
+    // The modem is out: nothing is sent from here on. The refused
+    // snapshot's heartbeat would come 10 s after the refusal, after this wait.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(
+        "the unplugged status recorded",
+        Duration::from_secs(5),
+        || modems_json(&g)[0]["state"]["state"] == "unplugged",
+    );
+    assert!(
+        g.log().contains("modem status recorded again"),
+        "{}",
+        g.log()
+    );
+}
+
 /// Invariant 3 on a full disk: a part that cannot be marked `sending` on disk is not handed to
 /// the modem; once space is freed it is marked and sent, once, with the mails queued before the
 /// disk filled. The store is on a 4 MiB tmpfs of the gateway's own

@@ -22,7 +22,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::queue::Store;
@@ -192,25 +192,52 @@ async fn take_reports(
 }
 
 /// Writes each modem's status to the store when it changed (at most once a second) and
-/// every [`STATUS_HEARTBEAT`] anyway.
+/// every [`STATUS_HEARTBEAT`] anyway. A snapshot the store refused (a full disk) stays due and
+/// is written at the next round that succeeds, so `mail2sms modems` is current again as soon
+/// as there is room instead of at the next heartbeat; a run of refusals is logged once, and
+/// its end.
 async fn record_status(store: Store, modems: Vec<driver::Modem>, shutdown: CancellationToken) {
     let mut last: Vec<(String, tokio::time::Instant)> =
         vec![(String::new(), tokio::time::Instant::now()); modems.len()];
+    let mut refused = false;
     loop {
         let now = tokio::time::Instant::now();
-        let mut changed = Vec::new();
-        for (m, (json_before, written)) in modems.iter().zip(last.iter_mut()) {
-            let json = serde_json::to_string(&m.status()).unwrap_or_default();
-            if json != *json_before || now.duration_since(*written) >= STATUS_HEARTBEAT {
-                changed.push((m.name().to_string(), json.clone()));
-                *json_before = json;
-                *written = now;
+        let due: Vec<(usize, String)> = modems
+            .iter()
+            .zip(&last)
+            .enumerate()
+            .filter_map(|(i, (m, (json_before, written)))| {
+                let json = serde_json::to_string(&m.status()).unwrap_or_default();
+                (json != *json_before || now.duration_since(*written) >= STATUS_HEARTBEAT)
+                    .then_some((i, json))
+            })
+            .collect();
+        if !due.is_empty() {
+            let snapshots = due
+                .iter()
+                .filter_map(|(i, json)| Some((modems.get(*i)?.name().to_string(), json.clone())))
+                .collect();
+            match store.record_modems(snapshots).await {
+                Ok(()) => {
+                    for (i, json) in due {
+                        if let Some(slot) = last.get_mut(i) {
+                            *slot = (json, now);
+                        }
+                    }
+                    if std::mem::take(&mut refused) {
+                        info!("modem status recorded again");
+                    }
+                }
+                Err(e) if !refused => {
+                    refused = true;
+                    if e.is_storage_full() {
+                        error!(error = %e, "cannot record modem status: the store's disk is full; retrying every second");
+                    } else {
+                        warn!(error = %e, "cannot record modem status; retrying every second");
+                    }
+                }
+                Err(e) => debug!(error = %e, "cannot record modem status yet"),
             }
-        }
-        if !changed.is_empty()
-            && let Err(e) = store.record_modems(changed).await
-        {
-            warn!(error = %e, "cannot record modem status");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
