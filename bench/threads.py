@@ -21,10 +21,15 @@ def read_stat(path):
     return text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
 
 
+def split_ticks(fields):
+    """(utime, stime), in clock ticks, of the fields `read_stat` gives."""
+    # proc(5): utime and stime are fields 14 and 15 (1-based, counting pid and name).
+    return int(fields[11]), int(fields[12])
+
+
 def cpu_ticks(fields):
     """utime + stime, in clock ticks, of the fields `read_stat` gives."""
-    # proc(5): utime and stime are fields 14 and 15 (1-based, counting pid and name).
-    return int(fields[11]) + int(fields[12])
+    return sum(split_ticks(fields))
 
 
 def parent_pid(fields):
@@ -35,22 +40,36 @@ def parent_pid(fields):
 
 def process_cpu_seconds(pid):
     """utime + stime of process `pid` (every thread it has had), in seconds."""
+    return sum(process_cpu_split(pid))
+
+
+def process_cpu_split(pid):
+    """(utime, stime) of process `pid` (every thread it has had), in seconds."""
     stat = read_stat(f"/proc/{pid}/stat")
     if stat is None:
         raise OSError(f"process {pid} is gone")
-    return cpu_ticks(stat[1]) / CLK_TCK
+    user, system = split_ticks(stat[1])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_split(pid, prefix):
+    """(utime, stime), in seconds, of the threads of `pid` whose name starts with `prefix`
+    ((0, 0) for a process that is gone or has none)."""
+    user = system = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0, 0.0
+    for tid in tids:
+        stat = read_stat(f"/proc/{pid}/task/{tid}/stat")
+        if stat is not None and stat[0].startswith(prefix):
+            u, s = split_ticks(stat[1])
+            user += u
+            system += s
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def cpu_seconds(pid, prefix):
     """utime + stime, in seconds, of the threads of `pid` whose name starts with `prefix`
     (0 for a process that is gone or has none)."""
-    ticks = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for tid in tids:
-        stat = read_stat(f"/proc/{pid}/task/{tid}/stat")
-        if stat is not None and stat[0].startswith(prefix):
-            ticks += cpu_ticks(stat[1])
-    return ticks / CLK_TCK
+    return sum(cpu_split(pid, prefix))
