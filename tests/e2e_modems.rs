@@ -768,6 +768,68 @@ fn per_sim_rate_limit_spaces_the_sends() {
     assert!(sim.records().iter().all(|r| r.modem == "modem0"));
 }
 
+/// A part that left while the store's disk is full is recorded `sent` once there is room,
+/// without a restart: its `sent`, refused, is kept in memory meanwhile, where before it was
+/// dropped and the part stayed `sending` (to become `uncertain`, "may have been sent", at the
+/// next start). The modem takes 8 s to answer the part, long enough to fill the disk under it.
+#[test]
+fn a_part_sent_while_the_disk_is_full_is_recorded_sent_once_there_is_room() {
+    let sim = SimProcess::start(1, &["--latency-ms", "2"]);
+    let g = Gateway::start_on_tmpfs("", &format!("{SENDING}\n{}", sim.modem_config(20)), "4m");
+    wait_until("the modem recorded ready", Duration::from_secs(30), || {
+        modems_json(&g)
+            .first()
+            .is_some_and(|m| m["state"]["state"] == "ready")
+    });
+    sim.control(json!({"cmd": "cmgs_latency", "ms": 8000, "modem": "modem0"}));
+    smtp_send(
+        &g,
+        &["+33620000000@sms".into()],
+        "on the air",
+        "Sent while the disk fills.",
+    );
+    let first = |g: &Gateway| {
+        g.queue()
+            .into_iter()
+            .find(|e| e["number"] == "+33620000000")
+            .expect("the first mail is queued")
+    };
+    wait_until("the part on the air", Duration::from_secs(30), || {
+        first(&g)["state"] == "sending"
+    });
+    let filler = g.fill_store_disk();
+    g.use_up_store_room();
+    wait_until("its sent refused", Duration::from_secs(30), || {
+        g.log()
+            .contains("cannot record a send result: the store's disk is full")
+    });
+    assert_eq!(sim.records().len(), 1, "{:?}", sim.records());
+    assert_eq!(first(&g)["state"], "sending", "recorded on a full disk?");
+
+    sim.control(json!({"cmd": "cmgs_latency", "ms": 30, "modem": "modem0"}));
+    std::fs::remove_file(&filler).unwrap();
+    wait_until("every recipient final", Duration::from_secs(60), || {
+        unfinished(&g) == 0
+    });
+    let records = sim.records();
+    for e in g.queue() {
+        let number = e["number"].as_str().unwrap();
+        let n = records.iter().filter(|r| r.dest == number).count();
+        assert_eq!(n, 1, "{number} sent {n} times");
+        assert!(
+            matches!(e["state"].as_str(), Some("sent" | "delivered")),
+            "{e}\n{}",
+            g.log()
+        );
+    }
+    assert!(
+        g.log()
+            .contains("a send result kept while the store's disk was full is recorded"),
+        "{}",
+        g.log()
+    );
+}
+
 /// A modem's status the store refuses on a full disk is written as soon as there is room again,
 /// not at the next change or heartbeat (10 s later), and a run of refusals is logged once.
 #[test]

@@ -31,18 +31,20 @@
 //! The answer
 //! marks the part `sent`, schedules a retry with backoff (the rest of the message waits with
 //! it), fails it with its reason (a permanent `+CMS ERROR`, TS 27.005 §3.2.5, or the last
-//! allowed attempt), or makes it `uncertain` (no answer after the PDU was written).
+//! allowed attempt), or makes it `uncertain` (no answer after the PDU was written). An answer
+//! the store has no room to record (a full disk) is kept by the worker and written before
+//! anything else once there is room; nothing more is sent meanwhile.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::driver::{Modem, SendError};
 use super::pdu::{self, SubmitOptions, SubmitPdu};
@@ -327,6 +329,12 @@ struct Worker {
     /// The store failed to take this worker's last mark: it waits [`STORE_RETRY`] before it
     /// takes another message.
     store_failed: AtomicBool,
+    /// Send results the store refused for want of space (a `sent`, a part given back, a retry
+    /// or a failure), each commit's changes together, oldest first: written before anything
+    /// else once there is room ([`Worker::write_unrecorded`]), so that a part that left is
+    /// recorded `sent` rather than left `sending`, to become `uncertain` at the next start.
+    /// Never a `sending` mark: a part whose mark was refused is not sent.
+    unrecorded: Mutex<Vec<Vec<Change>>>,
 }
 
 async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
@@ -340,13 +348,24 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
         owed: None,
         send_time: None,
         store_failed: AtomicBool::new(false),
+        unrecorded: Mutex::new(Vec::new()),
     };
     let inner = w.inner.clone();
     let mut next = Next::None;
     loop {
         if shutdown.is_cancelled() {
             w.settle(&mut next, "the gateway is stopping").await;
+            w.give_up_unrecorded().await;
             return;
+        }
+        // Results the store refused come first: nothing more is sent while they cannot be
+        // written (its marks would be refused too).
+        if !w.write_unrecorded().await {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(STORE_RETRY) => {}
+            }
+            continue;
         }
         if w.store_failed.swap(false, Ordering::Relaxed) {
             // The message it could not mark went back to the list, and would be taken again
@@ -360,8 +379,13 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
         if !modem.is_ready() {
             w.settle(&mut next, "its modem is not ready").await;
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                alive = modem.changed() => if !alive { return },
+                _ = shutdown.cancelled() => {}
+                alive = modem.changed() => if !alive {
+                    w.give_up_unrecorded().await;
+                    return;
+                },
+                // Results kept for want of space are written while the modem is out too.
+                _ = tokio::time::sleep(STORE_RETRY), if w.has_unrecorded() => {}
             }
             continue;
         }
@@ -493,7 +517,8 @@ impl Worker {
             Err(QueueError::NotQueued(p)) => {
                 debug!(modem = %self.name(), part = p, "not sending a part no longer queued");
                 if let Some(owed) = owed
-                    && let Err(e) = self.commit_uncounted(vec![owed], None).await
+                    && let Err(e) = self.commit_uncounted(vec![owed.clone()], None).await
+                    && !self.keep_unrecorded(vec![owed], &e)
                 {
                     // It stays `sending`: at the next start it becomes `uncertain`.
                     warn!(error = %e, "cannot record a sent part");
@@ -501,6 +526,10 @@ impl Worker {
                 false
             }
             Err(e) => {
+                // The `sent` owed went down with the mark; the part it is for did leave.
+                if let Some(owed) = owed {
+                    self.keep_unrecorded(vec![owed], &e);
+                }
                 self.store_failed.store(true, Ordering::Relaxed);
                 if e.is_storage_full() {
                     error!(modem = %self.name(), error = %e, retry_in = ?STORE_RETRY, "cannot mark a part sending: the store's disk is full; not sending it");
@@ -542,6 +571,75 @@ impl Worker {
         }
     }
 
+    /// Keeps `changes` (send results, never a mark), whose commit the store refused with `e`,
+    /// to be written once there is room, if `e` says the store is full; true if kept. Other
+    /// failures are not kept: their parts stay as the store has them.
+    fn keep_unrecorded(&self, changes: Vec<Change>, e: &QueueError) -> bool {
+        if !e.is_storage_full() || changes.is_empty() {
+            return false;
+        }
+        error!(modem = %self.name(), error = %e, "cannot record a send result: the store's disk is full; it is kept and written once there is room");
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(changes);
+        true
+    }
+
+    fn has_unrecorded(&self) -> bool {
+        !self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Writes the results [`keep_unrecorded`](Self::keep_unrecorded) kept, oldest first, each
+    /// commit's changes in one commit again. True once none is left; false while the store
+    /// still has no room. One that fails otherwise is dropped, as it would have been at first.
+    async fn write_unrecorded(&self) -> bool {
+        loop {
+            let Some(changes) = ({
+                let mut kept = self
+                    .unrecorded
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                (!kept.is_empty()).then(|| kept.remove(0))
+            }) else {
+                return true;
+            };
+            // Counted for the status reports when they were refused: not again.
+            match self.commit_uncounted(changes.clone(), None).await {
+                Ok(()) => {
+                    info!(modem = %self.name(), "a send result kept while the store's disk was full is recorded")
+                }
+                Err(e) if e.is_storage_full() => {
+                    self.unrecorded
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(0, changes);
+                    return false;
+                }
+                Err(e) => warn!(modem = %self.name(), error = %e, "cannot record a send result"),
+            }
+        }
+    }
+
+    /// At the end: a last try at the results kept for want of space; those still refused are
+    /// lost with the process, and their parts, left `sending`, become `uncertain` at the next
+    /// start.
+    async fn give_up_unrecorded(&self) {
+        if self.write_unrecorded().await {
+            return;
+        }
+        let n = self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        error!(modem = %self.name(), results = n, "stopping with send results the store had no room for: their parts stay `sending` and become `uncertain` at the next start");
+    }
+
     /// Commits the `sent` still owed, before the worker waits for anything.
     async fn record(&mut self) {
         let owed = self.owed.take();
@@ -567,7 +665,8 @@ impl Worker {
             }
         };
         if !changes.is_empty()
-            && let Err(e) = self.commit(changes, None).await
+            && let Err(e) = self.commit(changes.clone(), None).await
+            && !self.keep_unrecorded(changes, &e)
         {
             warn!(error = %e, "cannot record the parts in hand");
         }
@@ -744,7 +843,9 @@ impl Worker {
                 });
             }
         }
-        if let Err(e) = self.commit(changes, None).await {
+        if let Err(e) = self.commit(changes.clone(), None).await
+            && !self.keep_unrecorded(changes, &e)
+        {
             warn!(error = %e, "cannot record a send result");
         }
         debug!(modem = %name, recipient = msg.rid(), "message stopped");
@@ -755,7 +856,9 @@ impl Worker {
     /// Commits a `sent` that was owed, by `due` or at once.
     async fn commit_owed(&self, owed: Option<Change>, due: Option<Instant>) {
         let Some(change) = owed else { return };
-        if let Err(e) = self.commit(vec![change], due).await {
+        if let Err(e) = self.commit(vec![change.clone()], due).await
+            && !self.keep_unrecorded(vec![change], &e)
+        {
             // The part stays `sending`: at the next start it becomes `uncertain`, not sent again.
             warn!(error = %e, "cannot record a sent part");
         }
