@@ -577,14 +577,16 @@ fn connect_when_free(g: &Gateway) -> TcpStream {
         let mut s = TcpStream::connect(g.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut greeting = [0u8; 512];
-        let n = s.read(&mut greeting).unwrap_or(0);
+        let read = s.read(&mut greeting);
+        let n = *read.as_ref().unwrap_or(&0);
         if greeting[..n].starts_with(b"220 ") {
             return s;
         }
         assert!(
             greeting[..n].starts_with(b"421 ") && std::time::Instant::now() < deadline,
-            "{:?}",
-            String::from_utf8_lossy(&greeting[..n])
+            "{:?} ({read:?}); the gateway's log:\n{}",
+            String::from_utf8_lossy(&greeting[..n]),
+            g.log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
