@@ -37,7 +37,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -334,7 +334,7 @@ struct Worker {
     /// else once there is room ([`Worker::write_unrecorded`]), so that a part that left is
     /// recorded `sent` rather than left `sending`, to become `uncertain` at the next start.
     /// Never a `sending` mark: a part whose mark was refused is not sent.
-    unrecorded: Mutex<Vec<Vec<Change>>>,
+    unrecorded: Mutex<VecDeque<Vec<Change>>>,
 }
 
 async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
@@ -348,7 +348,7 @@ async fn worker(inner: Arc<Inner>, me: usize, shutdown: CancellationToken) {
         owed: None,
         send_time: None,
         store_failed: AtomicBool::new(false),
-        unrecorded: Mutex::new(Vec::new()),
+        unrecorded: Mutex::new(VecDeque::new()),
     };
     let inner = w.inner.clone();
     let mut next = Next::None;
@@ -579,19 +579,20 @@ impl Worker {
             return false;
         }
         error!(modem = %self.name(), error = %e, "cannot record a send result: the store's disk is full; it is kept and written once there is room");
-        self.unrecorded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(changes);
+        self.kept().push_back(changes);
         true
     }
 
     fn has_unrecorded(&self) -> bool {
-        !self
-            .unrecorded
+        !self.kept().is_empty()
+    }
+
+    /// The results kept for want of space. The lock is never held across an `await`; a
+    /// panic elsewhere while it was held leaves a list that is still whole, so it is used as is.
+    fn kept(&self) -> MutexGuard<'_, VecDeque<Vec<Change>>> {
+        self.unrecorded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
     }
 
     /// Writes the results [`keep_unrecorded`](Self::keep_unrecorded) kept, oldest first, each
@@ -599,13 +600,7 @@ impl Worker {
     /// still has no room. One that fails otherwise is dropped, as it would have been at first.
     async fn write_unrecorded(&self) -> bool {
         loop {
-            let Some(changes) = ({
-                let mut kept = self
-                    .unrecorded
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                (!kept.is_empty()).then(|| kept.remove(0))
-            }) else {
+            let Some(changes) = self.kept().pop_front() else {
                 return true;
             };
             // Counted for the status reports when they were refused: not again.
@@ -614,10 +609,7 @@ impl Worker {
                     info!(modem = %self.name(), "a send result kept while the store's disk was full is recorded")
                 }
                 Err(e) if e.is_storage_full() => {
-                    self.unrecorded
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(0, changes);
+                    self.kept().push_front(changes);
                     return false;
                 }
                 Err(e) => warn!(modem = %self.name(), error = %e, "cannot record a send result"),
@@ -632,11 +624,7 @@ impl Worker {
         if self.write_unrecorded().await {
             return;
         }
-        let n = self
-            .unrecorded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
+        let n = self.kept().len();
         error!(modem = %self.name(), results = n, "stopping with send results the store had no room for: their parts stay `sending` and become `uncertain` at the next start");
     }
 
