@@ -68,6 +68,32 @@ const ASCII_SEPTETS: [Option<Septet>; 128] = {
     table
 };
 
+/// Septets each ASCII character costs (0: not in the alphabet), from [`ASCII_SEPTETS`].
+const ASCII_COST: [u8; 128] = {
+    let mut table = [0; 128];
+    let mut c = 0;
+    while c < 128 {
+        table[c] = match ASCII_SEPTETS[c] {
+            Some(Septet::Default(_)) => 1,
+            Some(Septet::Extension(_)) => 2,
+            None => 0,
+        };
+        c += 1;
+    }
+    table
+};
+
+/// Septets one byte of ASCII text costs, 0 when it is not in the alphabet (as for a byte that is
+/// not ASCII): a table lookup, for the measuring of long texts.
+pub fn ascii_cost(b: u8) -> u8 {
+    if b.is_ascii() {
+        // In bounds: the table has an entry for each of the 128 ASCII bytes.
+        ASCII_COST[usize::from(b & 0x7F)]
+    } else {
+        0
+    }
+}
+
 /// How one character is written in GSM 7-bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Septet {
@@ -120,6 +146,9 @@ pub fn septet_len(c: char) -> Option<usize> {
 
 /// True when every character of `text` has a GSM 7-bit encoding.
 pub fn is_encodable(text: &str) -> bool {
+    if text.is_ascii() {
+        return text.bytes().all(|b| ascii_cost(b) > 0);
+    }
     text.chars().all(|c| encode_char(c).is_some())
 }
 
