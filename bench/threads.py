@@ -7,6 +7,9 @@ import os
 # characters of it in /proc): the gateway's store.
 STORE_THREADS = "sqlx-sqlite"
 
+# tokio's threads (the runtime's workers and its blocking pool), as /proc names them.
+RUNTIME_THREADS = "tokio-"
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -73,3 +76,26 @@ def cpu_seconds(pid, prefix):
     """utime + stime, in seconds, of the threads of `pid` whose name starts with `prefix`
     (0 for a process that is gone or has none)."""
     return sum(cpu_split(pid, prefix))
+
+
+def sched_split(pid, prefix):
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of the threads of `pid` whose
+    name starts with `prefix`, from the scheduler's own accounting (`/proc/.../schedstat`);
+    None where the kernel does not keep it."""
+    on_cpu = waiting = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        stat = read_stat(f"/proc/{pid}/task/{tid}/stat")
+        if stat is None or not stat[0].startswith(prefix):
+            continue
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ran, waited = (int(x) for x in f.read().split()[:2])
+        except (OSError, ValueError):
+            return None
+        on_cpu += ran
+        waiting += waited
+    return on_cpu / 1e9, waiting / 1e9
